@@ -1,0 +1,88 @@
+/*
+ * vgpu_region.h — the one definition of the per-claim shared "region" file.
+ *
+ * Written by libvgpu.so in every process of a claim (admission counters, process slots) and by the
+ * kubelet plugin at Prepare (driver/region.py creates and reads it through cffi). driver/region.py
+ * extracts the text between the VGPU_CFFI_BEGIN and VGPU_CFFI_END markers and hands it to
+ * cffi.FFI.cdef(), so that part must stay in cffi's C subset: plain structs, fixed-size arrays,
+ * integer #defines, no _Atomic, no expressions in #defines. C code accesses the counters with
+ * __atomic builtins.
+ *
+ * Layout rules: the layout never changes within one VGPU_REGION_LAYOUT_VERSION; new fields go into
+ * the spare words. Fields of the SM-core limiter (issue 4) are reserved here from version 1 on.
+ */
+#ifndef VGPU_REGION_H
+#define VGPU_REGION_H
+
+#include <stdint.h>
+
+/* VGPU_CFFI_BEGIN */
+/* "VGPUREG1" read as a little-endian 64-bit integer; written last, so 0 means "not initialised". */
+#define VGPU_REGION_MAGIC 0x3147455255504756
+#define VGPU_REGION_LAYOUT_VERSION 1
+#define VGPU_MAX_GPUS 16
+#define VGPU_MAX_PROCS 1024
+#define VGPU_UUID_LEN 96
+#define VGPU_CLAIM_LEN 128
+#define VGPU_LIMITER_WORDS 8
+
+/*
+ * Byte-range locks (Linux open-file-description locks, F_OFD_SETLK) on the region file. They lie
+ * past the end of the file, so they never overlap data. The kernel drops them when the owning
+ * process dies, whatever its PID namespace: that is how a kill -9 is detected.
+ *   VGPU_LOCK_INIT      held while the header and GPU table are (re)initialised
+ *   VGPU_LOCK_SLOT_BASE + i  held by the process that owns process slot i for its whole life
+ */
+#define VGPU_LOCK_INIT 1099511627776
+#define VGPU_LOCK_SLOT_BASE 1099511628800
+
+/* vgpu_proc.state */
+#define VGPU_PROC_FREE 0
+#define VGPU_PROC_LIVE 1
+
+/* vgpu_gpu.core_policy */
+#define VGPU_POLICY_SOFT 0
+#define VGPU_POLICY_HARD 1
+
+/* Per claim and GPU. Counters are signed bytes and never negative. */
+struct vgpu_gpu {
+    char uuid[VGPU_UUID_LEN];      /* "GPU-..." / "MIG-..." as in the claim config */
+    int64_t limit_bytes;           /* the wall, copied from the config by every attaching process */
+    int64_t used_bytes;            /* admitted bytes of all live processes (the CAS target) */
+    int64_t peak_bytes;            /* highest used_bytes seen */
+    int64_t rejected_allocs;       /* allocations refused by the wall */
+    int64_t context_bytes;         /* part of used_bytes that is measured context footprint */
+    /* SM-core limiter (issue 4): reserved now so the layout does not change later. */
+    int32_t core_cap;              /* percent of SMs, 0 = no cap */
+    int32_t core_policy;           /* VGPU_POLICY_* */
+    int64_t measured_share_ppm;    /* measured SM share, parts per million */
+    int64_t throttled_ns;          /* total time launches were held back */
+    int64_t launches_delayed;      /* launches that waited at least once */
+    int64_t limiter_state[VGPU_LIMITER_WORDS];
+    int64_t spare[8];
+};
+
+/* One per process of the claim; owned by whoever holds its slot lock. Never compacted. */
+struct vgpu_proc {
+    int32_t state;                 /* VGPU_PROC_* */
+    int32_t pid;                   /* PID in the process's own namespace (display only) */
+    uint64_t generation;           /* bumped on every claim of the slot */
+    int64_t used[VGPU_MAX_GPUS];   /* bytes this process holds, indexed like vgpu_region.gpus */
+    int64_t spare[4];
+};
+
+struct vgpu_region {
+    uint64_t magic;                /* VGPU_REGION_MAGIC once initialised */
+    uint32_t layout_version;       /* VGPU_REGION_LAYOUT_VERSION */
+    uint32_t size_bytes;           /* sizeof(struct vgpu_region) */
+    uint32_t gpu_count;            /* used entries of gpus[] */
+    uint32_t proc_high_water;      /* slots [0, proc_high_water) have ever been claimed */
+    char claim_uid[VGPU_CLAIM_LEN];
+    uint64_t attach_count;         /* process attaches over the region's life */
+    int64_t spare[7];
+    struct vgpu_gpu gpus[VGPU_MAX_GPUS];
+    struct vgpu_proc procs[VGPU_MAX_PROCS];
+};
+/* VGPU_CFFI_END */
+
+#endif /* VGPU_REGION_H */
