@@ -1,0 +1,43 @@
+"""The kubelet plugin-registration service: tells the kubelet who we are and where to dial."""
+from __future__ import annotations
+
+import threading
+
+import grpc
+import structlog
+
+from vgpu_dra.kubeletplugin.proto import pluginregistration_pb2 as pb
+from vgpu_dra.kubeletplugin.proto import pluginregistration_pb2_grpc as pb_grpc
+
+PLUGIN_TYPE = "DRAPlugin"
+SUPPORTED_VERSIONS = ("v1.DRAPlugin", "v1beta1.DRAPlugin")
+"""Most preferred first: the kubelet takes the first entry it supports."""
+
+log = structlog.get_logger(__name__)
+
+
+class RegistrationService(pb_grpc.RegistrationServicer):
+    """Answers the kubelet's plugin watcher and remembers whether registration succeeded."""
+
+    def __init__(self, driver_name: str, endpoint: str):
+        self._info = pb.PluginInfo(type=PLUGIN_TYPE, name=driver_name, endpoint=endpoint,
+                                   supported_versions=list(SUPPORTED_VERSIONS))
+        self.registered = threading.Event()
+        self.last_error = ""
+
+    def GetInfo(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.PluginInfo:  # noqa: N802
+        log.info("kubelet asked for plugin info", endpoint=self._info.endpoint)
+        return self._info
+
+    def NotifyRegistrationStatus(self, request: pb.RegistrationStatus,  # noqa: N802
+                                 context: grpc.ServicerContext) -> pb.RegistrationStatusResponse:
+        if request.plugin_registered:
+            self.last_error = ""
+            self.registered.set()
+            log.info("registered with the kubelet")
+        else:
+            self.last_error = request.error
+            self.registered.clear()
+            # The kubelet only says this when our info is unacceptable; nothing to retry here.
+            log.error("kubelet rejected the registration", error=request.error)
+        return pb.RegistrationStatusResponse()
