@@ -26,7 +26,7 @@ CEL library: cel-python (``celpy``), a pure-Python implementation of the CEL spe
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -38,6 +38,7 @@ from celpy import celtypes
 from kubernetes.utils.quantity import parse_quantity
 
 from vgpu_dra.api.names import ATTR_TYPE, DEVICE_TYPE_VGPU, DRIVER_NAME
+from vgpu_dra.driver.ledger import Version
 
 log = structlog.get_logger(__name__)
 
@@ -289,16 +290,15 @@ KUBERNETES_FUNCTIONS: dict[str, Callable[..., Any]] = {
 
 
 class SelectableDevice(Protocol):
-    """What selectors read from a GPU: its driver, published attributes and capacities.
+    """What selectors read from a GPU (e.g. an allocator `GpuCandidate`): published attributes and
+    capacities, and optionally ``driver`` (default: this driver).
 
     Attribute and capacity keys are unqualified names of the driver's domain or ``domain/name``.
+    Devices are treated as immutable: a changed GPU is a new object.
     """
 
     @property
-    def driver(self) -> str: ...
-
-    @property
-    def attributes(self) -> Mapping[str, AttributeValue | SemVer]: ...
+    def attributes(self) -> Mapping[str, AttributeValue | Version | SemVer]: ...
 
     @property
     def capacity(self) -> Mapping[str, int]: ...
@@ -318,6 +318,11 @@ def _cel_value(value: AttributeValue | SemVer) -> Any:
         return celtypes.IntType(value)
     if isinstance(value, str):
         return celtypes.StringType(value)
+    if isinstance(value, Version):
+        try:
+            return SemVer.parse(value.text)
+        except ValueError:
+            return celtypes.StringType(value.text)  # a driver published a non-semver "version"
     return value  # SemVer: a CEL value of its own type
 
 
@@ -329,21 +334,21 @@ def _by_domain(values: Mapping[str, Any], driver: str, convert: Callable[[Any], 
     return _DomainMap({celtypes.StringType(d): celtypes.MapType(v) for d, v in domains.items()})
 
 
-def device_fingerprint(device: SelectableDevice) -> Hashable:
-    """What a selector result depends on: two devices with equal fingerprints match alike."""
-    return (device.driver, tuple(sorted(device.attributes.items())), tuple(sorted(device.capacity.items())))
+def _driver_of(device: SelectableDevice) -> str:
+    return getattr(device, "driver", DRIVER_NAME)
 
 
 def candidate_activation(device: SelectableDevice) -> dict[str, Any]:
     """The CEL variables for `device` presented as a vGPU candidate (``type`` reads ``vgpu``)."""
+    driver = _driver_of(device)
     attributes = dict(device.attributes)
-    if device.driver == DRIVER_NAME:
+    if driver == DRIVER_NAME:
         attributes[ATTR_TYPE] = DEVICE_TYPE_VGPU
     return {"device": celtypes.MapType({
-        celtypes.StringType("driver"): celtypes.StringType(device.driver),
+        celtypes.StringType("driver"): celtypes.StringType(driver),
         celtypes.StringType("allowMultipleAllocations"): celtypes.BoolType(True),
-        celtypes.StringType("attributes"): _by_domain(attributes, device.driver, _cel_value),
-        celtypes.StringType("capacity"): _by_domain(device.capacity, device.driver,
+        celtypes.StringType("attributes"): _by_domain(attributes, driver, _cel_value),
+        celtypes.StringType("capacity"): _by_domain(device.capacity, driver,
                                                     lambda v: Quantity(Decimal(int(v)))),
     })}
 
@@ -373,24 +378,28 @@ def _compile_one(expression: str) -> celpy.Runner:
 class CompiledSelectors:
     """A conjunction of CEL selectors; call it with a device to ask "does it match?".
 
-    Results are memoised by device fingerprint, so thousands of claims using the same class cost
-    one evaluation per distinct GPU. `errors` holds each distinct evaluation error once.
+    Results are memoised per published device object (a `GpuCandidate`'s `GpuDevice`), so
+    thousands of claims using the same class cost one evaluation per GPU. `errors` holds each
+    distinct evaluation error once.
     """
 
     expressions: tuple[str, ...]
     _programs: tuple[celpy.Runner, ...]
     errors: list[str] = field(default_factory=list)
-    _memo: dict[Hashable, bool] = field(default_factory=dict)
+    # id(device) -> (device, result); holding the device keeps its id from being reused.
+    _memo: dict[int, tuple[object, bool]] = field(default_factory=dict)
 
     def __call__(self, device: SelectableDevice) -> bool:
         if not self._programs:
             return True
-        key = device_fingerprint(device)
-        cached = self._memo.get(key)
-        if cached is not None:
-            return cached
+        source = getattr(device, "device", device)
+        cached = self._memo.get(id(source))
+        if cached is not None and cached[0] is source:
+            return cached[1]
         result = self._evaluate(device)
-        self._memo[key] = result
+        if len(self._memo) > 65536:
+            self._memo.clear()
+        self._memo[id(source)] = (source, result)
         return result
 
     def _evaluate(self, device: SelectableDevice) -> bool:

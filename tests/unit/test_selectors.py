@@ -120,3 +120,18 @@ def test_results_follow_attribute_changes():
 def test_semver_parse_rejects_garbage_with_message():
     with pytest.raises(ValueError, match="not a semantic version"):
         SemVer.parse("eight")
+
+
+def test_allocator_candidates_with_published_version_attributes():
+    from vgpu_dra.driver.ledger import GpuCandidate, GpuDevice, Version
+
+    device = GpuDevice(name="gpu-0", uuid="GPU-1", memory_bytes=10 * GIB, attributes={
+        "type": "gpu", "uuid": "GPU-1", "cudaComputeCapability": Version("8.6.0"),
+        "productName": "NVIDIA GeForce RTX 3080"})
+    selector = compile_selectors([CLASS_SELECTOR,
+                                  'device.attributes["vgpu.dra.dev"].cudaComputeCapability.isGreaterThan(semver("8.0.0"))',
+                                  'device.capacity["vgpu.dra.dev"].memory.compareTo(quantity("10Gi")) == 0'])
+    assert selector(GpuCandidate("node-a", device, used_memory_bytes=GIB, used_cores=0))
+    older = GpuDevice(name="gpu-0", uuid="GPU-1", memory_bytes=10 * GIB,
+                      attributes={**device.attributes, "cudaComputeCapability": Version("7.5.0")})
+    assert not selector(GpuCandidate("node-a", older, used_memory_bytes=0, used_cores=0))
