@@ -1,0 +1,41 @@
+"""pytest fixtures around the fake API server. Import them into a test folder's conftest.py:
+
+    from tests.fakes.apiserver.fixtures import fake_apiserver, kube_client, kubeconfig_path  # noqa: F401
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from kubernetes import client
+
+from tests.fakes.apiserver import FakeApiServer
+from tests.fakes.kubeconfig import api_client_for, write_kubeconfig
+
+
+@pytest.fixture
+def fake_apiserver() -> Iterator[FakeApiServer]:
+    """A started fake API server, stopped after the test."""
+    server = FakeApiServer(bookmark_interval_s=0.5).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def kube_client(fake_apiserver: FakeApiServer) -> Iterator[client.ApiClient]:
+    """A `kubernetes.client.ApiClient` pointed at the fake server (user "test")."""
+    api = api_client_for(fake_apiserver, user="test")
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture
+def kubeconfig_path(fake_apiserver: FakeApiServer, tmp_path: Path) -> Path:
+    """A kubeconfig file for the fake server, for code that loads one."""
+    return write_kubeconfig(fake_apiserver, tmp_path / "kubeconfig")

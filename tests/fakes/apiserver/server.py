@@ -1,0 +1,614 @@
+"""The fake Kubernetes API server: real HTTP on 127.0.0.1, served from a background thread.
+
+It speaks enough of the API for the real `kubernetes` Python client (typed calls, raw JSON with
+`_preload_content=False`, `watch.Watch().stream`) and for code that talks HTTP directly:
+discovery, CRUD, status and binding subresources, the three patch forms, list selectors and
+pagination, and watch with resourceVersions, bookmarks and 410 Gone.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from .errors import ApiError, bad_request, not_found
+from .hooks import WRITE_VERBS, AuditLog, AuditRecord, FaultInjector
+from .resources import RESOURCE_TYPES, ResourceType, group_versions, resource_for_path, resource_named
+from .schema_validation import SchemaRegistry, default_openapi_dir
+from .selectors import Predicate, SelectorError, parse_field_selector, parse_label_selector
+from .store import Observer, Store, WatchEvent
+
+SERVER_VERSION = {
+    "major": "1", "minor": "36", "emulationMajor": "1", "emulationMinor": "36",
+    "minCompatibilityMajor": "1", "minCompatibilityMinor": "35", "gitVersion": "v1.36.3",
+    "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.25.0", "compiler": "gc", "platform": "linux/amd64",
+}
+USER_HEADER = "X-Fake-User"
+
+_shared_registries: dict[Path, SchemaRegistry] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_schema_registry(openapi_dir: Path | None = None) -> SchemaRegistry:
+    """One registry per directory for the whole process, so compiled validators are reused by
+    every server a test session starts."""
+    path = (openapi_dir or default_openapi_dir()).resolve()
+    with _shared_lock:
+        if path not in _shared_registries:
+            _shared_registries[path] = SchemaRegistry(path)
+        return _shared_registries[path]
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """A Kubernetes Event (core/v1 or events.k8s.io/v1), reduced to what tests assert on."""
+
+    type: str
+    reason: str
+    message: str
+    regarding_kind: str
+    regarding_name: str
+    regarding_namespace: str
+    reporter: str
+    count: int
+
+
+@dataclass
+class _Route:
+    rt: ResourceType
+    namespace: str | None
+    name: str
+    subresource: str
+    legacy_watch: bool
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, fake: "FakeApiServer") -> None:
+        self.fake = fake
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # the audit log records requests; stderr noise helps nobody
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        self.server.fake._dispatch(self, "GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.server.fake._dispatch(self, "POST")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self.server.fake._dispatch(self, "PUT")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self.server.fake._dispatch(self, "PATCH")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self.server.fake._dispatch(self, "DELETE")
+
+    def send_json(self, code: int, body: Any, extra_headers: dict[str, str] | None = None) -> None:
+        data = body if isinstance(body, bytes) else _json_bytes(body)
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (extra_headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def read_body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise bad_request(f"the request body is not valid JSON: {exc}") from None
+
+
+class FakeApiServer:
+    """An in-process Kubernetes API server for tests. Start with `start()` or as a context manager.
+
+    Test hooks: `objects(kind)` reads the store, `add_observer(fn)` sees every committed write,
+    `faults.add(...)` fails upcoming requests, `latency_s` delays every non-watch request,
+    `audit()` lists who did what (identity from the X-Fake-User header), `events()` lists recorded
+    Events, `compact()` makes older resourceVersions expire (410 Gone).
+    """
+
+    def __init__(self, openapi_dir: Path | None = None, *, bookmark_interval_s: float = 1.0,
+                 history: int = 200_000) -> None:
+        self.schemas = shared_schema_registry(openapi_dir)
+        self.store = Store(self.schemas, history=history)
+        self.faults = FaultInjector()
+        self.latency_s = 0.0
+        self.bookmark_interval_s = bookmark_interval_s
+        self._audit = AuditLog()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> "FakeApiServer":
+        """Bind an ephemeral port on 127.0.0.1 and serve in a daemon thread."""
+        self._httpd = _HTTPServer(self)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"fake-apiserver:{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def port(self) -> int:
+        """The TCP port served."""
+        assert self._httpd is not None, "server not started"
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        """Base URL for kubernetes.client.Configuration(host=...)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """Stop serving: end watches, close every connection, join the serving thread."""
+        if self._httpd is None:
+            return
+        self.store.close()
+        self._httpd.shutdown()
+        with self._httpd.connections_lock:
+            conns = list(self._httpd.connections)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._httpd = None
+
+    def __enter__(self) -> "FakeApiServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # --- test hooks -----------------------------------------------------------------------
+
+    @property
+    def resource_version(self) -> int:
+        """The latest resourceVersion."""
+        return self.store.resource_version
+
+    def objects(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Deep copies of the stored objects of `kind` ("ResourceClaim", "pods", "Event.events.k8s.io")."""
+        rt = resource_named(kind)
+        return [copy.deepcopy(o) for o in self.store.snapshot(rt)
+                if namespace is None or o["metadata"].get("namespace") == namespace]
+
+    def get(self, kind: str, name: str, namespace: str = "") -> dict[str, Any] | None:
+        """A deep copy of one stored object, or None."""
+        rt = resource_named(kind)
+        try:
+            return copy.deepcopy(self.store.get(rt, namespace if rt.namespaced else "", name))
+        except ApiError:
+            return None
+
+    def create(self, obj: dict[str, Any], user: str = "test") -> dict[str, Any]:
+        """Store an object directly (validated like a POST); kind/apiVersion pick the resource."""
+        rt = self._resource_of(obj)
+        namespace = (obj.get("metadata") or {}).get("namespace") or ("default" if rt.namespaced else "")
+        return copy.deepcopy(self.store.create(rt, namespace, copy.deepcopy(obj), user=user))
+
+    def update_status(self, obj: dict[str, Any], user: str = "test") -> dict[str, Any]:
+        """PUT .../status directly (obj carries the resourceVersion it is based on)."""
+        rt = self._resource_of(obj)
+        meta = obj["metadata"]
+        return copy.deepcopy(self.store.update(rt, meta.get("namespace", ""), meta["name"], copy.deepcopy(obj),
+                                               "status" if rt.status_subresource else "", user=user))
+
+    def delete(self, kind: str, name: str, namespace: str = "", user: str = "test") -> None:
+        """DELETE directly (finalizers honoured)."""
+        rt = resource_named(kind)
+        self.store.delete(rt, namespace, name, user=user)
+
+    def _resource_of(self, obj: dict[str, Any]) -> ResourceType:
+        kind, api_version = obj.get("kind"), obj.get("apiVersion", "")
+        for rt in RESOURCE_TYPES:
+            if rt.kind == kind and rt.api_version == api_version:
+                return rt
+        raise KeyError(f"the fake API server does not serve {api_version}/{kind}")
+
+    def add_observer(self, observer: Observer) -> None:
+        """See `Store.add_observer`: called with a WriteRecord after every committed write."""
+        self.store.add_observer(observer)
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop calling an observer."""
+        self.store.remove_observer(observer)
+
+    def audit(self) -> list[AuditRecord]:
+        """Every resource request so far (user, verb, resource, name, result code)."""
+        return self._audit.snapshot()
+
+    def writes_by(self, user: str) -> list[AuditRecord]:
+        """Successful writes made by one identity."""
+        return [r for r in self._audit.snapshot() if r.user == user and r.verb in WRITE_VERBS and r.code < 300]
+
+    def events(self) -> list[RecordedEvent]:
+        """Every Event stored, from both the core and the events.k8s.io API, oldest first."""
+        out: list[tuple[int, RecordedEvent]] = []
+        for obj in self.store.snapshot(resource_named("Event")):
+            ref = obj.get("involvedObject") or {}
+            out.append((int(obj["metadata"]["resourceVersion"]), RecordedEvent(
+                obj.get("type", ""), obj.get("reason", ""), obj.get("message", ""), ref.get("kind", ""),
+                ref.get("name", ""), ref.get("namespace", ""),
+                obj.get("reportingComponent") or (obj.get("source") or {}).get("component", ""),
+                int(obj.get("count") or 1))))
+        for obj in self.store.snapshot(resource_named("Event.events.k8s.io")):
+            ref = obj.get("regarding") or {}
+            out.append((int(obj["metadata"]["resourceVersion"]), RecordedEvent(
+                obj.get("type", ""), obj.get("reason", ""), obj.get("note", ""), ref.get("kind", ""),
+                ref.get("name", ""), ref.get("namespace", ""), obj.get("reportingController", ""),
+                int((obj.get("series") or {}).get("count") or 1))))
+        return [e for _, e in sorted(out, key=lambda p: p[0])]
+
+    def compact(self) -> int:
+        """Expire every resourceVersion up to now: a later watch from an older RV gets 410 Gone."""
+        return self.store.compact()
+
+    # --- request handling -----------------------------------------------------------------
+
+    def _dispatch(self, handler: _Handler, method: str) -> None:
+        parts = urlsplit(handler.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        segs = [s for s in parts.path.split("/") if s]
+        user = handler.headers.get(USER_HEADER) or "anonymous"
+        route: _Route | None = None
+        verb = method.lower()
+        try:
+            if method == "GET" and self._serve_discovery(handler, segs):
+                return
+            route = self._route(segs)
+            if route is None:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            verb = self._verb(method, route, query)
+            if "dryRun" in query:
+                raise bad_request("dryRun is not supported by the fake API server")
+            fault = self.faults.take(verb, route.rt, route.subresource)
+            if self.latency_s > 0 and verb != "watch":
+                time.sleep(self.latency_s)
+            if fault is not None:
+                raise fault.error(route.rt, route.name)
+            if verb == "watch":
+                self._audit.add(AuditRecord(user, verb, route.rt.plural, route.rt.group, route.namespace or "",
+                                            route.name, route.subresource, 200))
+                self._serve_watch(handler, route, query)
+                return
+            code, body = self._serve_resource(handler, method, verb, route, query, user)
+            rv = ""
+            if isinstance(body, dict) and verb in WRITE_VERBS:
+                rv = (body.get("metadata") or {}).get("resourceVersion", "")
+            handler.send_json(code, body)
+            self._audit.add(AuditRecord(user, verb, route.rt.plural, route.rt.group, route.namespace or "",
+                                        route.name, route.subresource, code, rv))
+        except ApiError as exc:
+            headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+            try:
+                handler.send_json(exc.code, exc.status(), headers)
+            except OSError:
+                return
+            if route is not None:
+                self._audit.add(AuditRecord(user, verb, route.rt.plural, route.rt.group, route.namespace or "",
+                                            route.name, route.subresource, exc.code))
+        except (BrokenPipeError, ConnectionResetError):
+            handler.close_connection = True
+
+    def _verb(self, method: str, route: _Route, query: dict[str, str]) -> str:
+        if method == "GET":
+            if route.legacy_watch or query.get("watch") in ("1", "true", "True"):
+                return "watch"
+            return "get" if route.name else "list"
+        if method == "POST":
+            return "create"
+        if method == "PUT":
+            return "update"
+        if method == "PATCH":
+            return "patch"
+        return "delete" if route.name else "deletecollection"
+
+    def _route(self, segs: list[str]) -> _Route | None:
+        if len(segs) >= 3 and segs[0] == "api":
+            group, version, rest = "", segs[1], segs[2:]
+        elif len(segs) >= 4 and segs[0] == "apis":
+            group, version, rest = segs[1], segs[2], segs[3:]
+        else:
+            return None
+        legacy_watch = False
+        if rest and rest[0] == "watch":
+            legacy_watch, rest = True, rest[1:]
+        namespace: str | None = None
+        if len(rest) >= 3 and rest[0] == "namespaces" and resource_for_path(group, version, rest[2]):
+            namespace, rest = rest[1], rest[2:]
+        if not rest:
+            return None
+        rt = resource_for_path(group, version, rest[0])
+        if rt is None:
+            return None
+        name = rest[1] if len(rest) > 1 else ""
+        sub = rest[2] if len(rest) > 2 else ""
+        if len(rest) > 3:
+            return None
+        if namespace is not None and not rt.namespaced:
+            return None
+        if sub and not ((sub == "status" and rt.status_subresource) or (sub == "binding" and rt.kind == "Pod")):
+            return None
+        return _Route(rt, namespace, name, sub, legacy_watch)
+
+    def _serve_resource(self, handler: _Handler, method: str, verb: str, route: _Route, query: dict[str, str],
+                        user: str) -> tuple[int, Any]:
+        rt, ns = route.rt, route.namespace
+        if rt.namespaced and ns is None and verb not in ("list", "watch"):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        ns_key = ns or ""
+        if verb == "get":
+            return 200, self.store.get(rt, ns_key, route.name)
+        if verb == "list":
+            return 200, self._list(rt, ns, query)
+        body = handler.read_body()
+        if verb == "create":
+            if route.subresource == "binding":
+                return 201, self.store.bind_pod(rt, ns_key, route.name, body, user=user)
+            if route.name:
+                raise ApiError(405, "MethodNotAllowed", "POST is not allowed on a named resource")
+            return 201, self.store.create(rt, ns_key, body, user=user)
+        if verb == "update":
+            if route.subresource == "binding":
+                raise ApiError(405, "MethodNotAllowed", "binding only supports create")
+            return 200, self.store.update(rt, ns_key, route.name, body, route.subresource, user=user)
+        if verb == "patch":
+            ctype = (handler.headers.get("Content-Type") or "").split(";")[0].strip()
+            return 200, self.store.patch(rt, ns_key, route.name, ctype, body, route.subresource, user=user)
+        if verb == "delete":
+            if route.subresource:
+                raise ApiError(405, "MethodNotAllowed", "DELETE is not allowed on a subresource")
+            return 200, self.store.delete(rt, ns_key, route.name, body if isinstance(body, dict) else None, user=user)
+        if verb == "deletecollection":
+            items, _ = self.store.list(rt, ns, self._predicate(rt, query))
+            for obj in items:
+                try:
+                    self.store.delete(rt, obj["metadata"].get("namespace", ""), obj["metadata"]["name"],
+                                      body if isinstance(body, dict) else None, user=user)
+                except ApiError as exc:
+                    if exc.code != 404:
+                        raise
+            return 200, {"kind": rt.list_kind, "apiVersion": rt.api_version,
+                         "metadata": {"resourceVersion": str(self.store.resource_version)}, "items": []}
+        raise ApiError(405, "MethodNotAllowed", f"{method} is not allowed")
+
+    def _predicate(self, rt: ResourceType, query: dict[str, str]) -> Predicate | None:
+        try:
+            labels = parse_label_selector(query.get("labelSelector"))
+            fields = parse_field_selector(query.get("fieldSelector"), rt.field_selectors, rt.kind)
+        except SelectorError as exc:
+            raise bad_request(str(exc)) from None
+        if labels and fields:
+            return lambda o: labels(o) and fields(o)
+        return labels or fields
+
+    def _list(self, rt: ResourceType, namespace: str | None, query: dict[str, str]) -> bytes:
+        items, rv = self.store.list(rt, namespace, self._predicate(rt, query))
+        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        token = query.get("continue")
+        if token:
+            try:
+                start = json.loads(base64.urlsafe_b64decode(token.encode()))
+                start_key = (start["ns"], start["name"])
+            except (ValueError, KeyError, TypeError):
+                raise bad_request("invalid continue token") from None
+            items = [o for o in items if (o["metadata"].get("namespace", ""), o["metadata"]["name"]) > start_key]
+        limit = int(query.get("limit") or 0)
+        if limit > 0 and len(items) > limit:
+            last = items[limit - 1]["metadata"]
+            meta["continue"] = base64.urlsafe_b64encode(
+                _json_bytes({"ns": last.get("namespace", ""), "name": last["name"]})).decode()
+            meta["remainingItemCount"] = len(items) - limit
+            items = items[:limit]
+        # Items of a list carry no kind/apiVersion on the real server either.
+        head = _json_bytes({"kind": rt.list_kind, "apiVersion": rt.api_version, "metadata": meta})
+        encoded = b",".join(_json_bytes({k: v for k, v in o.items() if k not in ("kind", "apiVersion")})
+                            for o in items)
+        return head[:-1] + b',"items":[' + encoded + b"]}"
+
+    # --- watch ----------------------------------------------------------------------------
+
+    def _serve_watch(self, handler: _Handler, route: _Route, query: dict[str, str]) -> None:
+        rt, ns = route.rt, route.namespace
+        predicate = self._predicate(rt, query)
+        if route.name:
+            by_name = lambda o: o["metadata"]["name"] == route.name  # noqa: E731
+            predicate = (lambda o, p=predicate: by_name(o) and p(o)) if predicate else by_name
+
+        def matches(obj: dict[str, Any] | None) -> bool:
+            if obj is None:
+                return False
+            if ns is not None and obj["metadata"].get("namespace") != ns:
+                return False
+            return predicate is None or predicate(obj)
+
+        filtered = ns is not None or predicate is not None
+        rv_text = query.get("resourceVersion") or ""
+        send_initial = query.get("sendInitialEvents") == "true"
+        bookmarks = query.get("allowWatchBookmarks") in ("1", "true")
+        timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
+        end_time = time.monotonic() + timeout if timeout else float("inf")
+
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        handler.close_connection = True
+
+        def write(data: bytes) -> None:
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+        def bookmark(extra_annotations: dict[str, str] | None = None) -> bytes:
+            meta: dict[str, Any] = {"resourceVersion": str(self.store.resource_version)}
+            if extra_annotations:
+                meta["annotations"] = extra_annotations
+            return _json_bytes({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version,
+                                                                "metadata": meta}}) + b"\n"
+
+        try:
+            try:
+                if not rv_text.isdigit() and rv_text != "":
+                    raise bad_request(f"invalid resourceVersion {rv_text!r}")
+                rv = int(rv_text) if rv_text else None
+                start_rv = None if (rv in (None, 0) or send_initial) else rv
+                position, initial = self.store.watch_start(rt, start_rv)
+            except ApiError as exc:
+                write(_json_bytes({"type": "ERROR", "object": exc.status()}) + b"\n")
+                return
+            if initial is not None:
+                chunk = [WatchEvent(int(o["metadata"]["resourceVersion"]), "ADDED", o).line()
+                         for o in sorted(initial, key=lambda o: int(o["metadata"]["resourceVersion"])) if matches(o)]
+                if chunk:
+                    write(b"".join(chunk))
+                if send_initial and bookmarks:
+                    write(bookmark({"k8s.io/initial-events-end": "true"}))
+            next_bookmark = time.monotonic() + self.bookmark_interval_s
+            while not self.store.closed:
+                now = time.monotonic()
+                if now >= end_time:
+                    break
+                deadline = min(end_time, next_bookmark) if bookmarks else end_time
+                try:
+                    batch, position = self.store.wait_events(rt, position, min(deadline, now + 30.0))
+                except ApiError as exc:
+                    write(_json_bytes({"type": "ERROR", "object": exc.status()}) + b"\n")
+                    return
+                lines = []
+                for ev in batch:
+                    if not filtered:
+                        lines.append(ev.line())
+                        continue
+                    new_ok = matches(ev.obj)
+                    if ev.type == "MODIFIED":
+                        old_ok = matches(ev.old)
+                        if new_ok:
+                            lines.append(ev.line() if old_ok else ev.line("ADDED"))
+                        elif old_ok:
+                            lines.append(ev.line("DELETED"))
+                    elif new_ok:
+                        lines.append(ev.line())
+                if lines:
+                    write(b"".join(lines))
+                if bookmarks and time.monotonic() >= next_bookmark:
+                    write(bookmark())
+                    next_bookmark = time.monotonic() + self.bookmark_interval_s
+            handler.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            return
+
+    # --- discovery ------------------------------------------------------------------------
+
+    def _serve_discovery(self, handler: _Handler, segs: list[str]) -> bool:
+        gvs = group_versions()
+        if segs == ["version"]:
+            handler.send_json(200, SERVER_VERSION)
+        elif segs in (["healthz"], ["readyz"], ["livez"]):
+            data = b"ok"
+            handler.send_response(200)
+            handler.send_header("Content-Type", "text/plain")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+        elif segs == ["api"]:
+            handler.send_json(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+                {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{self.port}"}]})
+        elif segs == ["apis"]:
+            handler.send_json(200, {"kind": "APIGroupList", "apiVersion": "v1",
+                                    "groups": [self._api_group(g) for g in self._groups(gvs)]})
+        elif len(segs) == 2 and segs[0] == "apis" and segs[1] in self._groups(gvs):
+            handler.send_json(200, {"kind": "APIGroup", "apiVersion": "v1", **self._api_group(segs[1])})
+        elif segs == ["api", "v1"] or (len(segs) == 3 and segs[0] == "apis" and f"{segs[1]}/{segs[2]}" in gvs):
+            gv = "v1" if segs[0] == "api" else f"{segs[1]}/{segs[2]}"
+            handler.send_json(200, self._resource_list(gv, gvs[gv]))
+        elif segs[:2] == ["openapi", "v3"]:
+            self._serve_openapi(handler, segs[2:])
+        else:
+            return False
+        return True
+
+    @staticmethod
+    def _groups(gvs: dict[str, list[ResourceType]]) -> list[str]:
+        return sorted({gv.split("/")[0] for gv in gvs if "/" in gv})
+
+    @staticmethod
+    def _api_group(group: str) -> dict[str, Any]:
+        versions = sorted({rt.version for rt in RESOURCE_TYPES if rt.group == group})
+        entries = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+        return {"name": group, "versions": entries, "preferredVersion": entries[0]}
+
+    @staticmethod
+    def _resource_list(gv: str, types: list[ResourceType]) -> dict[str, Any]:
+        resources: list[dict[str, Any]] = []
+        for rt in types:
+            resources.append({"name": rt.plural, "singularName": rt.kind.lower(), "namespaced": rt.namespaced,
+                              "kind": rt.kind, "verbs": list(rt.verbs), "shortNames": list(rt.short_names)})
+            if rt.status_subresource:
+                resources.append({"name": f"{rt.plural}/status", "singularName": "", "namespaced": rt.namespaced,
+                                  "kind": rt.kind, "verbs": ["get", "patch", "update"]})
+            if rt.kind == "Pod":
+                resources.append({"name": "pods/binding", "singularName": "", "namespaced": True,
+                                  "kind": "Binding", "verbs": ["create"]})
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
+
+    def _serve_openapi(self, handler: _Handler, rest: list[str]) -> None:
+        directory = self.schemas._dir  # noqa: SLF001 - same package family
+        if not rest:
+            paths = {}
+            for f in sorted(directory.glob("*.json")):
+                path = f.stem.replace("_", "/")
+                paths[path] = {"serverRelativeURL": f"/openapi/v3/{path}"}
+            handler.send_json(200, {"paths": paths})
+            return
+        name = "_".join(rest) + ".json"
+        f = directory / name
+        if not f.exists():
+            raise not_found("openapi", "", "/".join(rest))
+        handler.send_json(200, f.read_bytes())
