@@ -1,0 +1,345 @@
+"""The consumption book: which GPUs exist on which node, and how much of each is taken.
+
+Pure and in-memory. The allocation controller keeps one `Ledger` for the whole cluster (GPUs from
+ResourceSlices, consumption from every claim's ``status.allocation``, its own and anybody else's)
+and `vgpu-dra plan` keeps one for the inventories it plans on. The allocator reads it; callers
+change it only through:
+
+- `Ledger.set_node` / `Ledger.remove_node` — the GPUs a node publishes (idempotent, replaces);
+- `Ledger.record` / `Ledger.release` — what one claim consumes, keyed by a caller-chosen claim key
+  (the controller uses the claim UID). Recording a key again replaces its previous consumption, so
+  rebuilding from a re-listed claim is harmless; releasing an unknown key is a no-op.
+- `Ledger.apply` — record every claim of an allocator `Placement` at once.
+
+Consumption is booked per (node, device name) whether or not that GPU is known yet, so the order
+in which slices and claims arrive does not matter: a node published later picks up what was
+already booked against it. Booked consumption above a GPU's capacity (an allocation written by
+another allocator) is kept as is; free capacity then reads 0, never negative.
+
+Every update touches one node: its GPUs' totals, its summary (largest free memory / fraction /
+cores on any one GPU), and its position in two score-ordered node lists (``O(log n)`` search plus a
+``memmove``), which is what lets the allocator reject most nodes without looking at their GPUs.
+"""
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
+
+from vgpu_dra.api.names import CORES_MAX
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Version:
+    """A published attribute of type ``version`` (semantic version text, e.g. ``"8.6.0"``).
+
+    Kept distinct from ``str`` so CEL evaluation can treat it as a semver and `matchAttribute`
+    compares versions with versions only.
+    """
+
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+AttributeValue = int | bool | str | Version
+"""A typed device attribute value as published in a ResourceSlice (int, bool, string, version)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GpuDevice:
+    """One physical GPU as its node publishes it: a device ``gpu-<index>`` in the node's pool.
+
+    ``attributes`` are the unqualified attribute names of the driver's domain (``uuid``,
+    ``productName``, ``numaNode`` …) with their typed values; ``memory_bytes`` is the usable
+    memory capacity and ``cores`` the cores capacity (always 100 for this driver).
+    """
+
+    name: str
+    uuid: str
+    memory_bytes: int
+    cores: int = CORES_MAX
+    numa_node: int = -1
+    product_name: str = ""
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.memory_bytes <= 0:
+            raise ValueError(f"GPU {self.name}: usable memory must be positive, got {self.memory_bytes}")
+        if self.cores <= 0:
+            raise ValueError(f"GPU {self.name}: cores capacity must be positive, got {self.cores}")
+        object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
+
+
+@dataclass(frozen=True, slots=True)
+class Consumption:
+    """What one claim takes from one GPU (a result's ``consumedCapacity``)."""
+
+    node: str
+    device: str
+    memory_bytes: int
+    cores: int
+
+
+@dataclass(frozen=True, slots=True)
+class GpuCandidate:
+    """A read-only view of one GPU and what is free on it, as selectors and reports see it."""
+
+    node: str
+    device: GpuDevice
+    used_memory_bytes: int
+    used_cores: int
+
+    @property
+    def name(self) -> str:
+        """The device name, ``gpu-<index>``."""
+        return self.device.name
+
+    @property
+    def attributes(self) -> Mapping[str, AttributeValue]:
+        """Published attributes (unqualified names in the driver's domain)."""
+        return self.device.attributes
+
+    @property
+    def capacity(self) -> Mapping[str, int]:
+        """Published capacities: ``memory`` (usable bytes) and ``cores`` (100)."""
+        return {"memory": self.device.memory_bytes, "cores": self.device.cores}
+
+    @property
+    def free_memory_bytes(self) -> int:
+        return max(0, self.device.memory_bytes - self.used_memory_bytes)
+
+    @property
+    def free_cores(self) -> int:
+        return max(0, self.device.cores - self.used_cores)
+
+
+class HasConsumptions(Protocol):
+    """Anything that can be booked claim by claim (an allocator `Placement`)."""
+
+    def claim_consumptions(self) -> Iterable[tuple[str, tuple[Consumption, ...]]]: ...
+
+
+class NodeState:
+    """One node's GPUs, their used totals and the summary the allocator filters on.
+
+    Owned by its `Ledger`; read by the allocator, never mutated outside the ledger.
+    """
+
+    __slots__ = ("name", "gpus", "index", "used_memory", "used_cores", "max_free_memory",
+                 "max_free_memory_gpu", "max_free_fraction", "max_free_fraction_gpu", "max_free_cores",
+                 "max_usable_memory", "score", "total_memory", "total_cores")
+
+    def __init__(self, name: str, gpus: tuple[GpuDevice, ...]):
+        self.name = name
+        self.gpus = gpus
+        self.index = {gpu.name: i for i, gpu in enumerate(gpus)}
+        self.used_memory = [0] * len(gpus)
+        self.used_cores = [0] * len(gpus)
+        self.total_memory = sum(gpu.memory_bytes for gpu in gpus)
+        self.total_cores = sum(gpu.cores for gpu in gpus)
+        self.max_usable_memory = max((gpu.memory_bytes for gpu in gpus), default=0)
+        self.max_free_memory = 0
+        self.max_free_memory_gpu = -1
+        self.max_free_fraction = 0.0
+        self.max_free_fraction_gpu = -1
+        self.max_free_cores = 0
+        self.score = 0.0
+
+    def free_memory(self, i: int) -> int:
+        return max(0, self.gpus[i].memory_bytes - self.used_memory[i])
+
+    def free_cores(self, i: int) -> int:
+        return max(0, self.gpus[i].cores - self.used_cores[i])
+
+    def candidate(self, i: int) -> GpuCandidate:
+        return GpuCandidate(self.name, self.gpus[i], self.used_memory[i], self.used_cores[i])
+
+    def refresh(self) -> None:
+        """Recompute the summary after the used totals changed (O(GPUs on the node))."""
+        best_memory, best_memory_gpu = 0, -1
+        best_fraction, best_fraction_gpu = 0.0, -1
+        best_cores = 0
+        free_memory_sum = 0
+        free_cores_sum = 0
+        for i, gpu in enumerate(self.gpus):
+            free_memory = gpu.memory_bytes - self.used_memory[i]
+            free_memory = free_memory if free_memory > 0 else 0
+            free_cores = gpu.cores - self.used_cores[i]
+            free_cores = free_cores if free_cores > 0 else 0
+            free_memory_sum += free_memory
+            free_cores_sum += free_cores
+            if free_memory > best_memory:
+                best_memory, best_memory_gpu = free_memory, i
+            fraction = free_memory / gpu.memory_bytes
+            if fraction > best_fraction:
+                best_fraction, best_fraction_gpu = fraction, i
+            if free_cores > best_cores:
+                best_cores = free_cores
+        self.max_free_memory, self.max_free_memory_gpu = best_memory, best_memory_gpu
+        self.max_free_fraction, self.max_free_fraction_gpu = best_fraction, best_fraction_gpu
+        self.max_free_cores = best_cores
+        self.score = _free_share(free_memory_sum, self.total_memory, free_cores_sum, self.total_cores)
+
+
+def _free_share(free_memory: int, total_memory: int, free_cores: int, total_cores: int) -> float:
+    """How much of a node is free, 0.0 (full) to 1.0 (idle): memory and cores weigh equally."""
+    if not total_memory:
+        return 0.0
+    return (free_memory / total_memory + free_cores / total_cores) / 2
+
+
+class Ledger:
+    """Nodes, their GPUs, and per-claim consumption; see the module docstring for the contract."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, NodeState] = {}
+        # Ascending by (score, name): binpack walks it forwards. The second list holds
+        # (-score, name) so spread also breaks ties by name.
+        self._by_free_ascending: list[tuple[float, str]] = []
+        self._by_free_descending: list[tuple[float, str]] = []
+        self._book: dict[str, tuple[Consumption, ...]] = {}
+        # (node, device) -> claim key -> (memory, cores): survives the GPU's absence.
+        self._holders: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
+
+    # --- nodes -----------------------------------------------------------------------------
+
+    def set_node(self, name: str, gpus: Iterable[GpuDevice]) -> None:
+        """Publish (or replace) a node's GPUs; consumption already booked against it is kept."""
+        devices = tuple(gpus)
+        names = [gpu.name for gpu in devices]
+        if len(set(names)) != len(names):
+            raise ValueError(f"node {name}: device names are not unique: {names}")
+        if name in self._nodes:
+            self._unindex(self._nodes[name])
+        state = NodeState(name, devices)
+        for i, gpu in enumerate(devices):
+            for memory, cores in self._holders.get((name, gpu.name), {}).values():
+                state.used_memory[i] += memory
+                state.used_cores[i] += cores
+        state.refresh()
+        self._nodes[name] = state
+        self._index(state)
+
+    def remove_node(self, name: str) -> None:
+        """Forget a node's GPUs (its booked consumption stays until released)."""
+        state = self._nodes.pop(name, None)
+        if state is not None:
+            self._unindex(state)
+
+    def node(self, name: str) -> NodeState | None:
+        """The node's state, or None when it publishes no GPUs."""
+        return self._nodes.get(name)
+
+    def node_names(self) -> list[str]:
+        """All known nodes, sorted by name."""
+        return sorted(self._nodes)
+
+    def nodes_by_free(self, *, most_free_first: bool) -> Iterator[NodeState]:
+        """Nodes ordered by how much of them is free (ties by name): the node policy's walk."""
+        order = self._by_free_descending if most_free_first else self._by_free_ascending
+        nodes = self._nodes
+        for _, name in order:
+            yield nodes[name]
+
+    def candidates(self, node: str) -> list[GpuCandidate]:
+        """Views of a node's GPUs with their current use (empty for an unknown node)."""
+        state = self._nodes.get(node)
+        return [] if state is None else [state.candidate(i) for i in range(len(state.gpus))]
+
+    def gpu_count(self) -> int:
+        return sum(len(state.gpus) for state in self._nodes.values())
+
+    # --- consumption -----------------------------------------------------------------------
+
+    def record(self, claim_key: str, consumptions: Iterable[Consumption]) -> None:
+        """Book what a claim consumes, replacing anything booked under the same key before."""
+        items = tuple(consumptions)
+        for item in items:
+            if item.memory_bytes < 0 or item.cores < 0:
+                raise ValueError(f"claim {claim_key}: negative consumption on {item.node}/{item.device}")
+        self.release(claim_key)
+        if not items:
+            return
+        self._book[claim_key] = items
+        touched: set[str] = set()
+        for item in items:
+            holders = self._holders.setdefault((item.node, item.device), {})
+            memory, cores = holders.get(claim_key, (0, 0))
+            holders[claim_key] = (memory + item.memory_bytes, cores + item.cores)
+            self._adjust(item, +1, touched)
+        self._refresh(touched)
+
+    def release(self, claim_key: str) -> bool:
+        """Give back everything booked under ``claim_key``; False when nothing was."""
+        items = self._book.pop(claim_key, None)
+        if items is None:
+            return False
+        touched: set[str] = set()
+        for item in items:
+            key = (item.node, item.device)
+            holders = self._holders.get(key)
+            if holders is not None and holders.pop(claim_key, None) is not None and not holders:
+                del self._holders[key]
+            self._adjust(item, -1, touched)
+        self._refresh(touched)
+        return True
+
+    def apply(self, placement: HasConsumptions) -> None:
+        """Book every claim of an allocator placement."""
+        for claim_key, consumptions in placement.claim_consumptions():
+            self.record(claim_key, consumptions)
+
+    def booked(self, claim_key: str) -> tuple[Consumption, ...]:
+        """What is booked under a claim key (empty when nothing)."""
+        return self._book.get(claim_key, ())
+
+    def claim_keys(self) -> list[str]:
+        return list(self._book)
+
+    def holders(self, node: str, device: str) -> dict[str, tuple[int, int]]:
+        """Claim key → (memory bytes, cores) booked on one GPU."""
+        return dict(self._holders.get((node, device), {}))
+
+    def used(self, node: str, device: str) -> tuple[int, int]:
+        """(memory bytes, cores) booked on one GPU, known or not."""
+        memory = cores = 0
+        for item_memory, item_cores in self._holders.get((node, device), {}).values():
+            memory += item_memory
+            cores += item_cores
+        return memory, cores
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _adjust(self, item: Consumption, sign: int, touched: set[str]) -> None:
+        state = self._nodes.get(item.node)
+        if state is None:
+            return
+        i = state.index.get(item.device)
+        if i is None:
+            return
+        if item.node not in touched:
+            self._unindex(state)
+            touched.add(item.node)
+        state.used_memory[i] += sign * item.memory_bytes
+        state.used_cores[i] += sign * item.cores
+
+    def _refresh(self, touched: set[str]) -> None:
+        for name in touched:
+            state = self._nodes[name]
+            state.refresh()
+            self._index(state)
+
+    def _index(self, state: NodeState) -> None:
+        bisect.insort(self._by_free_ascending, (state.score, state.name))
+        bisect.insort(self._by_free_descending, (-state.score, state.name))
+
+    def _unindex(self, state: NodeState) -> None:
+        for order, key in ((self._by_free_ascending, (state.score, state.name)),
+                           (self._by_free_descending, (-state.score, state.name))):
+            position = bisect.bisect_left(order, key)
+            if position < len(order) and order[position] == key:
+                del order[position]
