@@ -131,9 +131,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def read_body(self) -> Any:
+    def drain_body(self) -> None:
+        """Read the request body off the connection now: a keep-alive connection carries the
+        next request right after it, so an error answered early must not leave it unread."""
         length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        self.raw_body = self.rfile.read(length) if length else b""
+
+    def read_body(self) -> Any:
+        raw = self.raw_body
         if not raw:
             return None
         try:
@@ -294,6 +299,7 @@ class FakeApiServer:
     # --- request handling -----------------------------------------------------------------
 
     def _dispatch(self, handler: _Handler, method: str) -> None:
+        handler.drain_body()
         parts = urlsplit(handler.path)
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         segs = [s for s in parts.path.split("/") if s]
@@ -320,12 +326,13 @@ class FakeApiServer:
                 self._serve_watch(handler, route, query)
                 return
             code, body = self._serve_resource(handler, method, verb, route, query, user)
-            rv = ""
+            rv, name = "", route.name
             if isinstance(body, dict) and verb in WRITE_VERBS:
                 rv = (body.get("metadata") or {}).get("resourceVersion", "")
+                name = name or (body.get("metadata") or {}).get("name", "")
             handler.send_json(code, body)
             self._audit.add(AuditRecord(user, verb, route.rt.plural, route.rt.group, route.namespace or "",
-                                        route.name, route.subresource, code, rv))
+                                        name, route.subresource, code, rv))
         except ApiError as exc:
             headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
             try:
@@ -502,6 +509,7 @@ class FakeApiServer:
                 position, initial = self.store.watch_start(rt, start_rv)
             except ApiError as exc:
                 write(_json_bytes({"type": "ERROR", "object": exc.status()}) + b"\n")
+                handler.wfile.write(b"0\r\n\r\n")
                 return
             if initial is not None:
                 chunk = [WatchEvent(int(o["metadata"]["resourceVersion"]), "ADDED", o).line()
@@ -520,7 +528,7 @@ class FakeApiServer:
                     batch, position = self.store.wait_events(rt, position, min(deadline, now + 30.0))
                 except ApiError as exc:
                     write(_json_bytes({"type": "ERROR", "object": exc.status()}) + b"\n")
-                    return
+                    break
                 lines = []
                 for ev in batch:
                     if not filtered:

@@ -1,0 +1,112 @@
+"""Test hooks other suites rely on: store access, faults, observers, audit, events, GC, shutdown."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from kubernetes import client
+
+from tests.apiserver.raw_requests import request
+from tests.apiserver.test_crud import CLAIMS, claim, pod
+from tests.fakes.apiserver import FakeApiServer, WriteRecord
+from tests.fakes.kubeconfig import api_client_for
+
+
+def test_objects_returns_copies_of_the_store(kube_client: client.ApiClient, fake_apiserver: FakeApiServer) -> None:
+    request(kube_client, "POST", CLAIMS, claim("c1"))
+    [stored] = fake_apiserver.objects("ResourceClaim")
+    stored["metadata"]["labels"] = {"mutated": "locally"}
+    assert "labels" not in fake_apiserver.objects("resourceclaims")[0]["metadata"]
+    assert fake_apiserver.get("ResourceClaim", "c1", "default")["metadata"]["name"] == "c1"
+    assert fake_apiserver.get("ResourceClaim", "missing", "default") is None
+
+
+def test_injected_conflicts_then_success(kube_client: client.ApiClient, fake_apiserver: FakeApiServer) -> None:
+    obj = request(kube_client, "POST", CLAIMS, claim("c1")).body
+    fault = fake_apiserver.faults.add(409, resource="resourceclaims", verbs=("update",), subresource="status",
+                                      count=2)
+    for _ in range(2):
+        resp = request(kube_client, "PUT", f"{CLAIMS}/c1/status", obj)
+        assert resp.status == 409 and resp.body["reason"] == "Conflict"
+    assert request(kube_client, "PUT", f"{CLAIMS}/c1/status", obj).status == 200
+    assert fault.hits == 2
+    # Only the matching verb/subresource was affected.
+    fake_apiserver.faults.add(500, resource="ResourceClaim", verbs=("get",))
+    assert request(kube_client, "GET", f"{CLAIMS}/c1").status == 500
+    assert request(kube_client, "GET", f"{CLAIMS}/c1").status == 200
+
+
+def test_throttling_sends_retry_after(kube_client: client.ApiClient, fake_apiserver: FakeApiServer) -> None:
+    fake_apiserver.faults.add(429, verbs=("list",))
+    # The client honours Retry-After on a read and tries again.
+    client.CoreV1Api(kube_client).list_namespaced_pod("default")
+    assert [(r.verb, r.code) for r in fake_apiserver.audit()] == [("list", 429), ("list", 200)]
+    fake_apiserver.faults.add(429, verbs=("create",))
+    with pytest.raises(client.ApiException) as exc:
+        client.CoreV1Api(kube_client).create_namespaced_pod("default", pod("p"))
+    assert exc.value.status == 429 and exc.value.headers["Retry-After"] == "1"
+
+
+def test_observer_sees_every_committed_state(kube_client: client.ApiClient, fake_apiserver: FakeApiServer) -> None:
+    seen: list[tuple[str, str, str, int]] = []
+
+    def observe(record: WriteRecord) -> None:
+        seen.append((record.type, record.resource.kind, record.obj["metadata"]["name"], record.rv))
+
+    fake_apiserver.add_observer(observe)
+    request(kube_client, "POST", CLAIMS, claim("c1"))
+    request(kube_client, "PATCH", f"{CLAIMS}/c1", {"metadata": {"labels": {"a": "b"}}},
+            "application/merge-patch+json")
+    request(kube_client, "POST", CLAIMS, claim("bad_name"))  # rejected: not observed
+    request(kube_client, "DELETE", f"{CLAIMS}/c1")
+    assert [s[:3] for s in seen] == [("ADDED", "ResourceClaim", "c1"), ("MODIFIED", "ResourceClaim", "c1"),
+                                     ("DELETED", "ResourceClaim", "c1")]
+    assert [s[3] for s in seen] == sorted(s[3] for s in seen)
+
+
+def test_audit_records_identity_per_client(fake_apiserver: FakeApiServer) -> None:
+    leader, follower = api_client_for(fake_apiserver, "leader"), api_client_for(fake_apiserver, "follower")
+    request(leader, "POST", CLAIMS, claim("c1"))
+    request(follower, "GET", f"{CLAIMS}/c1")
+    request(follower, "POST", CLAIMS, claim("c1"))  # 409: not a successful write
+    assert [(r.verb, r.name) for r in fake_apiserver.writes_by("leader")] == [("create", "c1")]
+    assert fake_apiserver.writes_by("follower") == []
+    assert [(r.user, r.verb, r.code) for r in fake_apiserver.audit()] == [
+        ("leader", "create", 201), ("follower", "get", 200), ("follower", "create", 409)]
+    leader.close()
+    follower.close()
+
+
+def test_deleting_an_owner_collects_its_dependents(kube_client: client.ApiClient,
+                                                   fake_apiserver: FakeApiServer) -> None:
+    node = fake_apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}})
+    fake_apiserver.create({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+                           "metadata": {"name": "node-1-vgpu", "ownerReferences": [
+                               {"apiVersion": "v1", "kind": "Node", "name": "node-1",
+                                "uid": node["metadata"]["uid"], "controller": True}]},
+                           "spec": {"driver": "vgpu.dra.dev", "nodeName": "node-1",
+                                    "pool": {"name": "node-1", "generation": 1, "resourceSliceCount": 1},
+                                    "devices": []}})
+    client.CoreV1Api(kube_client).delete_node("node-1")
+    assert fake_apiserver.objects("ResourceSlice") == []
+
+
+def test_latency_delays_requests(kube_client: client.ApiClient, fake_apiserver: FakeApiServer) -> None:
+    fake_apiserver.latency_s = 0.3
+    import time
+    start = time.monotonic()
+    client.CoreV1Api(kube_client).list_namespaced_pod("default")
+    # Not a performance assertion: the hook must delay by at least what it was told.
+    assert time.monotonic() - start >= 0.3
+
+
+def test_stop_releases_the_port() -> None:
+    server = FakeApiServer().start()
+    port = server.port
+    api = api_client_for(server)
+    client.CoreV1Api(api).create_namespaced_pod("default", pod("p"))
+    server.stop()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    api.close()
