@@ -330,18 +330,19 @@ class FakeApiServer:
             if isinstance(body, dict) and verb in WRITE_VERBS:
                 rv = (body.get("metadata") or {}).get("resourceVersion", "")
                 name = name or (body.get("metadata") or {}).get("name", "")
-            handler.send_json(code, body)
+            # Audit before answering, so the log is in order by the time the client sees the result.
             self._audit.add(AuditRecord(user, verb, route.rt.plural, route.rt.group, route.namespace or "",
                                         name, route.subresource, code, rv))
+            handler.send_json(code, body)
         except ApiError as exc:
             headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+            if route is not None:
+                self._audit.add(AuditRecord(user, verb, route.rt.plural, route.rt.group, route.namespace or "",
+                                            route.name, route.subresource, exc.code))
             try:
                 handler.send_json(exc.code, exc.status(), headers)
             except OSError:
                 return
-            if route is not None:
-                self._audit.add(AuditRecord(user, verb, route.rt.plural, route.rt.group, route.namespace or "",
-                                            route.name, route.subresource, exc.code))
         except (BrokenPipeError, ConnectionResetError):
             handler.close_connection = True
 
