@@ -1,0 +1,89 @@
+"""`vgpu-dra controller`: run the cluster-wide allocation controller."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+import structlog
+
+
+def register(subparsers: Any) -> None:
+    """Add the `controller` subcommand."""
+    parser = subparsers.add_parser(
+        "controller", help="allocate fractional-GPU ResourceClaims (the cluster-wide allocation controller)",
+        description="Allocates ResourceClaims whose DeviceClass is labelled vgpu.dra.dev/allocator=controller, "
+                    "for pending pods, with node/GPU placement policies.")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config, then ~/.kube/config)")
+    parser.add_argument("--node-policy", default="binpack", choices=("binpack", "spread"),
+                        help="which node to prefer among those that fit (default: binpack)")
+    parser.add_argument("--gpu-policy", default="binpack", choices=("binpack", "spread"),
+                        help="which GPU to prefer on the chosen node (default: binpack)")
+    parser.add_argument("--workers", type=int, default=4, help="concurrent syncs (default: 4)")
+    parser.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics, 0 = off (default: 8080)")
+    parser.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
+                        help="campaign for a Lease so that only one replica writes (default: on)")
+    parser.add_argument("--lease-namespace", default="kube-system", help="namespace of the leader Lease")
+    parser.add_argument("--lease-name", default="vgpu-dra-controller", help="name of the leader Lease")
+    parser.add_argument("--identity", default=None, help="leader identity (default: hostname + random suffix)")
+    parser.add_argument("--lease-duration", type=float, default=15.0, help="seconds a Lease lasts unrenewed")
+    parser.add_argument("--retry-refused-after", type=float, default=30.0,
+                        help="seconds before a refused pod is retried even if nothing changed")
+    parser.add_argument("--log-format", choices=("json", "console"), default=None,
+                        help="log format (default: console on a terminal, else json)")
+    parser.set_defaults(handler=run)
+
+
+def configure_logging(log_format: str | None) -> None:
+    """structlog: JSON in clusters, key=value on a terminal."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    as_json = log_format == "json" or (log_format is None and not sys.stderr.isatty())
+    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"),
+                                    structlog.processors.format_exc_info, renderer],
+                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+
+def _api_client(kubeconfig: str | None) -> Any:
+    from kubernetes import client, config
+
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until SIGTERM/SIGINT."""
+    from prometheus_client import start_http_server
+
+    from vgpu_dra.controller.allocation_term import TermSettings
+    from vgpu_dra.controller.service import ControllerService, LeaderSettings
+    from vgpu_dra.driver.placement_policy import PlacementPolicy
+
+    configure_logging(args.log_format)
+    log = structlog.get_logger("vgpu_dra.controller")
+    settings = TermSettings(policy=PlacementPolicy.parse(args.node_policy, args.gpu_policy), workers=args.workers,
+                            retry_refused_after_s=args.retry_refused_after)
+    leader = LeaderSettings(enabled=args.leader_elect, namespace=args.lease_namespace, name=args.lease_name,
+                            lease_duration_s=args.lease_duration,
+                            renew_deadline_s=min(10.0, args.lease_duration * 2 / 3),
+                            retry_period_s=min(2.0, args.lease_duration / 5),
+                            **({"identity": args.identity} if args.identity else {}))
+    service = ControllerService(_api_client(args.kubeconfig), settings, leader)
+    if args.metrics_port:
+        start_http_server(args.metrics_port, registry=service.metrics.registry)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info("starting", node_policy=args.node_policy, gpu_policy=args.gpu_policy, leader_elect=args.leader_elect,
+             identity=leader.identity, metrics_port=args.metrics_port)
+    service.run(stop)
+    log.info("stopped")
+    return 0
