@@ -30,6 +30,7 @@ import yaml
 
 from vgpu_dra.api.quantity import parse_bytes
 from vgpu_dra.driver.inventory import ARCHITECTURE_NAMES, BRAND_NAMES, UNKNOWN
+from vgpu_dra.driver.inventory_file import parse_inventory
 
 FAKES_DIR = Path(__file__).resolve().parent
 NVML_SOURCE_DIR = FAKES_DIR / "nvml"
@@ -77,7 +78,12 @@ def inventory_document(inventory: str | Path | Mapping[str, Any]) -> dict[str, A
 
 
 def render_flat_inventory(document: Mapping[str, Any]) -> str:
-    """The fake's flat file for a NodeInventory document (format: tests/fakes/nvml/README.md)."""
+    """The fake's flat file for a NodeInventory document (format: tests/fakes/nvml/README.md).
+
+    The document is first checked as vgpu-dra checks inventory files, so a typo fails here with
+    the field's name rather than as a puzzling NVML answer later.
+    """
+    parse_inventory(document, source="fake NVML inventory")
     lines = [
         "fake-nvml-inventory 1",
         f"driver_version {document['driverVersion']}",
@@ -109,10 +115,15 @@ def render_flat_inventory(document: Mapping[str, Any]) -> str:
             f"utilization {int(utilization.get('gpu', 0))} {int(utilization.get('memory', 0))}",
         ]
         lines += [
-            f"process {int(p['pid'])} {parse_bytes(p['usedGpuMemory'])}" for p in fake.get("processes") or []
+            f"process {_pid(p['pid'])} {parse_bytes(p['usedGpuMemory'])}" for p in fake.get("processes") or []
         ]
         lines += _error_lines(fake)
     return "\n".join(lines) + "\n"
+
+
+def _pid(value: int | str) -> str:
+    """A process id, or "self": whichever process asks NVML sees its own pid there."""
+    return "self" if value == "self" else str(int(value))
 
 
 def _cuda_version_code(text: str) -> int:

@@ -155,3 +155,17 @@ def test_a_c_program_built_against_the_nvml_abi_reads_the_same_inventory(fake_nv
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split() == [str(10240 * MiB), str(243 * MiB)]
+
+
+def test_a_process_entry_named_self_reports_the_callers_pid(fake_nvml: FakeNvml) -> None:
+    document = inventory_document("rtx3080-homelab")
+    document["gpus"][0]["fakeNvml"]["processes"] = [{"pid": "self", "usedGpuMemory": "1Gi"}]
+    script = "import os, pynvml; pynvml.nvmlInit(); " \
+             "print(os.getpid(), *[(p.pid, p.usedGpuMemory) for p in " \
+             "pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(0))])"
+
+    result = subprocess.run([sys.executable, "-c", script], env=fake_nvml.env(document),
+                            capture_output=True, text=True, timeout=60)
+
+    own_pid, listed = result.stdout.split(" ", 1)
+    assert listed.strip() == f"({own_pid}, {1 << 30})", result.stderr

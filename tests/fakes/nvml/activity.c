@@ -5,7 +5,9 @@
  * a fake that tracks what fake-CUDA processes really do only has to change the two fake_activity_*
  * functions, and every NVML entry point below (and memory `used` in device.c) follows.
  */
+#define _GNU_SOURCE
 #include <string.h>
+#include <unistd.h>
 
 #include "fake_nvml.h"
 
@@ -14,6 +16,11 @@ nvmlReturn_t fake_activity_utilization(const struct fake_gpu *gpu, nvmlUtilizati
     out->gpu = gpu->util_gpu;
     out->memory = gpu->util_memory;
     return NVML_SUCCESS;
+}
+
+unsigned int fake_activity_pid(const struct fake_process *process)
+{
+    return process->is_self ? (unsigned int)getpid() : process->pid;
 }
 
 unsigned long long fake_activity_used_bytes(const struct fake_gpu *gpu)
@@ -69,7 +76,7 @@ static nvmlReturn_t processes_current(nvmlDevice_t device, const char *function,
         return rc;
     for (i = 0; i < device->process_count; i++) {
         memset(&infos[i], 0, sizeof(infos[i]));
-        infos[i].pid = device->processes[i].pid;
+        infos[i].pid = fake_activity_pid(&device->processes[i]);
         infos[i].usedGpuMemory = device->processes[i].used_bytes;
         /* Not a MIG device: NVML reports both instance ids as "not available". */
         infos[i].gpuInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
@@ -99,7 +106,7 @@ FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses(nvmlDevice_t 
         return rc;
     for (i = 0; i < device->process_count; i++) {
         memset(&infos[i], 0, sizeof(infos[i]));
-        infos[i].pid = device->processes[i].pid;
+        infos[i].pid = fake_activity_pid(&device->processes[i]);
         infos[i].usedGpuMemory = device->processes[i].used_bytes;
     }
     return NVML_SUCCESS;

@@ -108,6 +108,7 @@ struct fake_error {
 
 struct fake_process {
     unsigned int pid;
+    int is_self; /* `process self ...`: reported with the pid of the calling process */
     unsigned long long used_bytes;
 };
 
@@ -170,5 +171,6 @@ nvmlReturn_t fake_check_device(nvmlDevice_t device, const char *function);
 /* activity.c: the seam for live activity (utilization now; shared occupancy later). */
 nvmlReturn_t fake_activity_utilization(const struct fake_gpu *gpu, nvmlUtilization_t *out);
 unsigned long long fake_activity_used_bytes(const struct fake_gpu *gpu);
+unsigned int fake_activity_pid(const struct fake_process *process);
 
 #endif

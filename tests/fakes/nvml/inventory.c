@@ -117,8 +117,9 @@ static int add_process(const struct parser *p, struct fake_gpu *gpu, char *rest)
     char *used_text = strtok(NULL, " \t");
     struct fake_process *grown;
     unsigned int pid = 0;
+    int is_self = pid_text != NULL && strcmp(pid_text, "self") == 0;
     unsigned long long used = 0;
-    if (parse_uint(p, "process pid", pid_text, &pid) != 0 ||
+    if ((!is_self && parse_uint(p, "process pid", pid_text, &pid) != 0) ||
         parse_ull(p, "process usedGpuMemory", used_text, &used) != 0)
         return -1;
     grown = realloc(gpu->processes, (gpu->process_count + 1) * sizeof(*grown));
@@ -126,6 +127,7 @@ static int add_process(const struct parser *p, struct fake_gpu *gpu, char *rest)
         return fail(p, "out of memory");
     gpu->processes = grown;
     gpu->processes[gpu->process_count].pid = pid;
+    gpu->processes[gpu->process_count].is_self = is_self;
     gpu->processes[gpu->process_count].used_bytes = used;
     gpu->process_count++;
     return 0;
