@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from tests.fakes.nvml_env import FakeNvml, fake_nvml, fake_nvml_library  # noqa: F401
 from tests.fakes.openapi_schema import validate
 from vgpu_dra.api.quantity import parse_bytes
 from vgpu_dra.driver.devices import (
@@ -18,7 +19,7 @@ from vgpu_dra.driver.devices import (
     slice_device_limit,
     to_device,
 )
-from vgpu_dra.driver.inventory import GpuInfo, NodeInventory
+from vgpu_dra.driver.inventory import GpuInfo, NodeInventory, discover
 from vgpu_dra.driver.inventory_file import load_inventory
 
 INVENTORIES = Path(__file__).resolve().parents[1] / "fakes" / "inventories"
@@ -242,3 +243,20 @@ def test_gpu_info_is_immutable() -> None:
     gpu: GpuInfo = HOMELAB.gpus[0]
     with pytest.raises(dataclasses.FrozenInstanceError):
         gpu.index = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ["rtx3080-homelab", "mixed-node"])
+def test_slices_from_nvml_discovery_validate_and_offer_usable_memory(
+    fake_nvml: FakeNvml, tmp_path: Path, name: str
+) -> None:
+    """End to end on a node: fake NVML → pynvml → discover → slices."""
+    fake_nvml.use(name)
+    inventory = discover(name, sysfs_root=tmp_path)
+
+    (spec,) = build_slices(inventory, generation=1, allow_multiple_allocations=True)
+
+    validate(_slice_object(spec), SLICE)
+    expected = {"rtx3080-homelab": ["9997Mi"], "mixed-node": ["15105Mi", "15105Mi", "45489Mi"]}[name]
+    assert [d["capacity"]["memory"]["value"] for d in spec["devices"]] == expected
+    assert all(d["allowMultipleAllocations"] is True for d in spec["devices"])
+    assert all(d["capacity"]["cores"]["requestPolicy"]["default"] == "0" for d in spec["devices"])
