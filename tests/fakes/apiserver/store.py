@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
-from . import semantics
+from . import dra_validation, semantics
 from .errors import ApiError, already_exists, bad_request, conflict, gone, invalid, not_found
 from .patch import PatchConflict, PatchError, json_patch, merge_patch, strategic_merge_patch
 from .resources import RESOURCE_TYPES, ResourceType
@@ -156,6 +156,9 @@ class Store:
     def _validate(self, rt: ResourceType, obj: dict[str, Any]) -> None:
         errors = semantics.metadata_errors(rt, obj)
         errors.extend(self._schemas.validate(obj, rt.group_version, rt.schema_key))
+        if not errors:
+            # Semantic rules assume the shape is right (they index into typed fields).
+            errors.extend(dra_validation.object_errors(rt.kind, obj))
         if errors:
             raise invalid(rt.kind, rt.group, (obj.get("metadata") or {}).get("name", ""), errors)
 

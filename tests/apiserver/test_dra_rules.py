@@ -1,0 +1,99 @@
+"""resource.k8s.io semantic validation: the limits a driver or allocator can trip over."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes import client
+
+from tests.apiserver.raw_requests import request
+from tests.apiserver.test_crud import CLAIMS, claim
+
+SLICES = "/apis/resource.k8s.io/v1/resourceslices"
+
+
+def gpu(i: int, **extra: object) -> dict:
+    return {"name": f"gpu-{i}",
+            "attributes": {"vgpu.dra.dev/index": {"int": i}, "vgpu.dra.dev/driverVersion": {"version": "570.1.2"}},
+            "capacity": {"vgpu.dra.dev/memory": {"value": "80Gi", "requestPolicy": {
+                "default": "80Gi", "validRange": {"min": "1Mi", "step": "1Mi"}}}},
+            "allowMultipleAllocations": True, **extra}
+
+
+def slice_body(devices: list[dict], name: str = "node-1-vgpu", **spec: object) -> dict:
+    body_spec = {"driver": "vgpu.dra.dev", "nodeName": "node-1",
+                 "pool": {"name": "node-1", "generation": 1, "resourceSliceCount": 1}, "devices": devices}
+    body_spec.update(spec)
+    return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice", "metadata": {"name": name},
+            "spec": {k: v for k, v in body_spec.items() if v is not None}}
+
+
+def test_slice_with_128_devices_is_accepted_129_is_not(kube_client: client.ApiClient) -> None:
+    assert request(kube_client, "POST", SLICES, slice_body([gpu(i) for i in range(128)])).status == 201
+    resp = request(kube_client, "POST", SLICES, slice_body([gpu(i) for i in range(129)], name="too-big"))
+    assert resp.status == 422 and "spec.devices" in resp.message and "at most 128" in resp.message
+
+
+def test_slice_needs_exactly_one_node_scope(kube_client: client.ApiClient) -> None:
+    resp = request(kube_client, "POST", SLICES, slice_body([gpu(0)], allNodes=True))
+    assert resp.status == 422 and "exactly one of" in resp.message
+    resp = request(kube_client, "POST", SLICES, slice_body([gpu(0)], nodeName=None))
+    assert resp.status == 422
+
+
+@pytest.mark.parametrize("device, field", [
+    (gpu(0, attributes={"vgpu.dra.dev/index": {"int": 0, "string": "0"}}), "attributes[vgpu.dra.dev/index]"),
+    (gpu(0, attributes={"vgpu.dra.dev/driverVersion": {"version": "570.1"}}), "driverVersion].version"),
+    (gpu(0, attributes={"vgpu.dra.dev/has-dash": {"bool": True}}), "attributes[vgpu.dra.dev/has-dash]"),
+    (gpu(0, name="GPU_0"), "spec.devices[0].name"),
+    (gpu(0, allowMultipleAllocations=None), "requestPolicy"),
+])
+def test_bad_devices_are_rejected(kube_client: client.ApiClient, device: dict, field: str) -> None:
+    device = {k: v for k, v in device.items() if v is not None}
+    resp = request(kube_client, "POST", SLICES, slice_body([device]))
+    assert resp.status == 422 and field in resp.message, resp.message
+
+
+def test_duplicate_device_names_are_rejected(kube_client: client.ApiClient) -> None:
+    resp = request(kube_client, "POST", SLICES, slice_body([gpu(0), gpu(0)]))
+    assert resp.status == 422 and "Duplicate" in resp.message
+
+
+def test_slice_driver_and_node_are_immutable(kube_client: client.ApiClient) -> None:
+    obj = request(kube_client, "POST", SLICES, slice_body([gpu(0)])).body
+    obj["spec"]["nodeName"] = "node-2"
+    resp = request(kube_client, "PUT", f"{SLICES}/node-1-vgpu", obj)
+    assert resp.status == 422 and "spec.nodeName" in resp.message
+
+
+def test_claim_cross_references_are_checked(kube_client: client.ApiClient) -> None:
+    bad = claim("c1")
+    bad["spec"]["devices"]["constraints"] = [{"requests": ["gpus"], "matchAttribute": "vgpu.dra.dev/numa"}]
+    resp = request(kube_client, "POST", CLAIMS, bad)
+    assert resp.status == 422 and "constraints[0].requests[0]" in resp.message
+    bad = claim("c1")
+    bad["spec"]["devices"]["constraints"] = [{"matchAttribute": "numa"}]
+    resp = request(kube_client, "POST", CLAIMS, bad)
+    assert resp.status == 422 and "matchAttribute" in resp.message
+    bad = claim("c1")
+    bad["spec"]["devices"]["requests"].append(bad["spec"]["devices"]["requests"][0])
+    resp = request(kube_client, "POST", CLAIMS, bad)
+    assert resp.status == 422 and "Duplicate" in resp.message
+    bad = claim("c1")
+    bad["spec"]["devices"]["config"] = [{"requests": ["gpu"], "opaque": {"driver": "Not_A_Domain",
+                                                                         "parameters": {}}}]
+    resp = request(kube_client, "POST", CLAIMS, bad)
+    assert resp.status == 422 and "config[0].opaque.driver" in resp.message
+
+
+def test_claim_with_first_available_and_capacity_requests_is_accepted(kube_client: client.ApiClient) -> None:
+    body = claim("c1")
+    body["spec"]["devices"]["requests"] = [{"name": "gpu", "firstAvailable": [
+        {"name": "big", "deviceClassName": "vgpu.dra.dev",
+         "capacity": {"requests": {"vgpu.dra.dev/memory": "40Gi"}}},
+        {"name": "small", "deviceClassName": "vgpu.dra.dev",
+         "capacity": {"requests": {"vgpu.dra.dev/memory": "10Gi"}}}]}]
+    body["spec"]["devices"]["config"] = [{"requests": ["gpu/small"], "opaque": {
+        "driver": "vgpu.dra.dev", "parameters": {"apiVersion": "vgpu.dra.dev/v1alpha1", "kind": "VgpuConfig"}}}]
+    resp = request(kube_client, "POST", CLAIMS, body)
+    assert resp.status == 201, resp.message
+    assert resp.body["spec"]["devices"]["requests"][0]["firstAvailable"][1]["count"] == 1

@@ -1,0 +1,281 @@
+"""resource.k8s.io/v1 validation rules beyond the schema (k/k pkg/apis/resource/validation).
+
+The limits a driver or allocator can trip over: slice and device counts, name formats, exactly
+one node scope, one value per attribute, request/config cross-references, size caps. CEL
+expressions are only length-checked (compiling them needs the Kubernetes CEL environment).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .schema_validation import FieldError
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
+_DNS_LABEL_RE = re.compile(rf"^{_DNS_LABEL}$")
+_C_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$")
+
+MAX_DEVICES_PER_SLICE = 128
+MAX_DEVICES_PER_SLICE_WITH_TAINTS_OR_COUNTERS = 64
+MAX_ATTRIBUTES_AND_CAPACITIES = 32
+MAX_ATTRIBUTE_VALUE_LENGTH = 64
+MAX_TAINTS = 16
+MAX_REQUESTS = 32
+MAX_SUBREQUESTS = 8
+MAX_SELECTORS = 32
+MAX_CONSTRAINTS = 32
+MAX_CONFIGS = 32
+MAX_CEL_LENGTH = 10 * 1024
+MAX_OPAQUE_PARAMETERS = 10 * 1024
+MAX_VALID_VALUES = 10
+_ATTRIBUTE_VALUE_FIELDS = ("int", "bool", "string", "version", "ints", "bools", "strings", "versions")
+
+
+def _err(path: str, message: str, reason: str = "FieldValueInvalid") -> FieldError:
+    return FieldError(path, message, reason)
+
+
+def _too_many(path: str, n: int, limit: int) -> FieldError:
+    return _err(path, f"Too many: {n}: must have at most {limit} items", "FieldValueTooMany")
+
+
+def _driver_errors(driver: Any, path: str) -> list[FieldError]:
+    if not isinstance(driver, str) or not driver:
+        return [_err(path, "Required value", "FieldValueRequired")]
+    if len(driver) > 63 or not _DNS_SUBDOMAIN.match(driver):
+        return [_err(path, f"Invalid value: {driver!r}: must be a lowercase DNS subdomain of at most 63 characters")]
+    return []
+
+
+def _qualified_name_errors(name: str, path: str, require_domain: bool = False) -> list[FieldError]:
+    domain, sep, ident = name.rpartition("/")
+    errs = []
+    if require_domain and not sep:
+        errs.append(_err(path, f"Invalid value: {name!r}: a fully qualified name must include a domain"))
+    if sep and (not domain or len(domain) > 63 or not _DNS_SUBDOMAIN.match(domain)):
+        errs.append(_err(path, f"Invalid value: {name!r}: the domain must be a DNS subdomain of at most 63 characters"))
+    if len(ident) > 32 or not _C_IDENTIFIER.match(ident):
+        errs.append(_err(path, f"Invalid value: {name!r}: the name must be a C identifier of at most 32 characters"))
+    return errs
+
+
+def _device_errors(device: dict[str, Any], path: str, allow_requests_policy: bool) -> list[FieldError]:
+    errs: list[FieldError] = []
+    name = device.get("name", "")
+    if not _DNS_LABEL_RE.match(name or "-") or len(name) > 63:
+        errs.append(_err(f"{path}.name", f"Invalid value: {name!r}: must be a DNS label"))
+    attributes = device.get("attributes") or {}
+    capacity = device.get("capacity") or {}
+    if len(attributes) + len(capacity) > MAX_ATTRIBUTES_AND_CAPACITIES:
+        errs.append(_err(f"{path}", f"Too many: {len(attributes) + len(capacity)}: attributes and capacities "
+                         f"must not exceed {MAX_ATTRIBUTES_AND_CAPACITIES}", "FieldValueTooMany"))
+    for key, value in attributes.items():
+        apath = f"{path}.attributes[{key}]"
+        errs.extend(_qualified_name_errors(key, apath))
+        set_fields = [f for f in _ATTRIBUTE_VALUE_FIELDS if isinstance(value, dict) and value.get(f) is not None]
+        if len(set_fields) != 1:
+            errs.append(_err(apath, f"Invalid value: exactly one value must be specified (found {set_fields or 'none'})"))
+            continue
+        field = set_fields[0]
+        values = value[field] if field.endswith("s") else [value[field]]
+        for v in values:
+            if field.startswith(("string", "version")) and len(v) > MAX_ATTRIBUTE_VALUE_LENGTH:
+                errs.append(_err(f"{apath}.{field}", f"Too long: may not be more than {MAX_ATTRIBUTE_VALUE_LENGTH} "
+                                 "bytes", "FieldValueTooLong"))
+            if field.startswith("version") and not _SEMVER.match(v):
+                errs.append(_err(f"{apath}.{field}", f"Invalid value: {v!r}: must be a semantic version"))
+    for key, cap in capacity.items():
+        cpath = f"{path}.capacity[{key}]"
+        errs.extend(_qualified_name_errors(key, cpath))
+        policy = (cap or {}).get("requestPolicy")
+        if policy is not None:
+            if not allow_requests_policy:
+                errs.append(_err(f"{cpath}.requestPolicy", "Forbidden: allowMultipleAllocations must be true",
+                                 "FieldValueForbidden"))
+            valid = policy.get("validValues") or []
+            if len(valid) > MAX_VALID_VALUES:
+                errs.append(_too_many(f"{cpath}.requestPolicy.validValues", len(valid), MAX_VALID_VALUES))
+            if valid and policy.get("validRange"):
+                errs.append(_err(f"{cpath}.requestPolicy", "Invalid value: exactly one of validValues or "
+                                 "validRange may be set"))
+    taints = device.get("taints") or []
+    if len(taints) > MAX_TAINTS:
+        errs.append(_too_many(f"{path}.taints", len(taints), MAX_TAINTS))
+    return errs
+
+
+def resource_slice_errors(slice_obj: dict[str, Any]) -> list[FieldError]:
+    """ValidateResourceSlice, for the fields drivers fill in."""
+    spec = slice_obj.get("spec") or {}
+    errs = _driver_errors(spec.get("driver"), "spec.driver")
+    pool = spec.get("pool") or {}
+    pool_name = pool.get("name") or ""
+    if not pool_name or len(pool_name) > 253 or not all(_DNS_SUBDOMAIN.match(p or "-") for p in pool_name.split("/")):
+        errs.append(_err("spec.pool.name", f"Invalid value: {pool_name!r}: must be one or more DNS subdomains "
+                         "separated by slashes, at most 253 characters"))
+    if int(pool.get("resourceSliceCount") or 0) <= 0:
+        errs.append(_err("spec.pool.resourceSliceCount", "Invalid value: must be greater than zero"))
+    if int(pool.get("generation") or 0) < 0:
+        errs.append(_err("spec.pool.generation", "Invalid value: must be greater than or equal to 0"))
+    scopes = [s for s in ("nodeName", "nodeSelector", "allNodes", "perDeviceNodeSelection") if spec.get(s)]
+    if len(scopes) != 1:
+        errs.append(_err("spec", "Invalid value: exactly one of `nodeName`, `nodeSelector`, `allNodes`, "
+                         f"`perDeviceNodeSelection` is required (found {scopes or 'none'})"))
+    if spec.get("nodeName") and not _DNS_SUBDOMAIN.match(spec["nodeName"]):
+        errs.append(_err("spec.nodeName", f"Invalid value: {spec['nodeName']!r}: must be a DNS subdomain"))
+    devices = spec.get("devices") or []
+    if devices and spec.get("sharedCounters"):
+        errs.append(_err("spec", "Invalid value: only one of `devices` and `sharedCounters` may be set"))
+    heavy = any(d.get("taints") or d.get("consumesCounters")
+                or any(isinstance(a, dict) and any(a.get(f) is not None for f in ("ints", "bools", "strings", "versions"))
+                       for a in (d.get("attributes") or {}).values())
+                for d in devices)
+    limit = MAX_DEVICES_PER_SLICE_WITH_TAINTS_OR_COUNTERS if heavy else MAX_DEVICES_PER_SLICE
+    if len(devices) > limit:
+        errs.append(_too_many("spec.devices", len(devices), limit))
+    seen: set[str] = set()
+    for i, device in enumerate(devices):
+        path = f"spec.devices[{i}]"
+        errs.extend(_device_errors(device, path, bool(device.get("allowMultipleAllocations"))))
+        name = device.get("name", "")
+        if name in seen:
+            errs.append(_err(f"{path}.name", f"Duplicate value: {name!r}", "FieldValueDuplicate"))
+        seen.add(name)
+        if spec.get("perDeviceNodeSelection"):
+            per = [s for s in ("nodeName", "nodeSelector", "allNodes") if device.get(s)]
+            if len(per) != 1:
+                errs.append(_err(path, "Invalid value: with perDeviceNodeSelection each device needs exactly one "
+                                 "of `nodeName`, `nodeSelector`, `allNodes`"))
+    return errs
+
+
+def _selector_errors(selectors: list[Any], path: str) -> list[FieldError]:
+    errs = []
+    if len(selectors) > MAX_SELECTORS:
+        errs.append(_too_many(path, len(selectors), MAX_SELECTORS))
+    for i, sel in enumerate(selectors):
+        expr = ((sel or {}).get("cel") or {}).get("expression")
+        if not expr:
+            errs.append(_err(f"{path}[{i}].cel.expression", "Required value", "FieldValueRequired"))
+        elif len(expr) > MAX_CEL_LENGTH:
+            errs.append(_err(f"{path}[{i}].cel.expression", f"Too long: may not be more than {MAX_CEL_LENGTH} bytes",
+                             "FieldValueTooLong"))
+    return errs
+
+
+def _opaque_errors(opaque: dict[str, Any] | None, path: str) -> list[FieldError]:
+    if not opaque:
+        return [_err(path, "Required value: exactly one configuration type must be set", "FieldValueRequired")]
+    errs = _driver_errors(opaque.get("driver"), f"{path}.driver")
+    if len(json.dumps(opaque.get("parameters"), separators=(",", ":"))) > MAX_OPAQUE_PARAMETERS:
+        errs.append(_err(f"{path}.parameters", f"Too long: may not be more than {MAX_OPAQUE_PARAMETERS} bytes",
+                         "FieldValueTooLong"))
+    return errs
+
+
+def _exact_errors(req: dict[str, Any], path: str) -> list[FieldError]:
+    errs = _selector_errors(req.get("selectors") or [], f"{path}.selectors")
+    mode = req.get("allocationMode", "ExactCount")
+    if mode == "ExactCount" and int(req.get("count") or 0) <= 0:
+        errs.append(_err(f"{path}.count", f"Invalid value: {req.get('count')}: must be greater than zero"))
+    elif mode == "All" and req.get("count"):
+        errs.append(_err(f"{path}.count", "Invalid value: must not be specified when allocationMode is 'All'"))
+    for key in ((req.get("capacity") or {}).get("requests") or {}):
+        errs.extend(_qualified_name_errors(key, f"{path}.capacity.requests[{key}]"))
+    return errs
+
+
+def claim_spec_errors(spec: dict[str, Any], path: str = "spec") -> list[FieldError]:
+    """ValidateResourceClaimSpec: requests, subrequests, constraints, config."""
+    devices = spec.get("devices") or {}
+    requests = devices.get("requests") or []
+    errs: list[FieldError] = []
+    base = f"{path}.devices"
+    if len(requests) > MAX_REQUESTS:
+        errs.append(_too_many(f"{base}.requests", len(requests), MAX_REQUESTS))
+    names: dict[str, set[str]] = {}
+    for i, req in enumerate(requests):
+        rpath = f"{base}.requests[{i}]"
+        name = req.get("name", "")
+        if not _DNS_LABEL_RE.match(name or "-"):
+            errs.append(_err(f"{rpath}.name", f"Invalid value: {name!r}: must be a DNS label"))
+        if name in names:
+            errs.append(_err(f"{rpath}.name", f"Duplicate value: {name!r}", "FieldValueDuplicate"))
+        has_exact, subs = req.get("exactly") is not None, req.get("firstAvailable")
+        if has_exact == bool(subs):
+            errs.append(_err(rpath, "Invalid value: exactly one of `exactly` or `firstAvailable` is required"))
+        sub_names: set[str] = set()
+        if has_exact:
+            errs.extend(_exact_errors(req["exactly"], f"{rpath}.exactly"))
+        for j, sub in enumerate(subs or []):
+            spath = f"{rpath}.firstAvailable[{j}]"
+            sub_name = sub.get("name", "")
+            if not _DNS_LABEL_RE.match(sub_name or "-"):
+                errs.append(_err(f"{spath}.name", f"Invalid value: {sub_name!r}: must be a DNS label"))
+            if sub_name in sub_names:
+                errs.append(_err(f"{spath}.name", f"Duplicate value: {sub_name!r}", "FieldValueDuplicate"))
+            sub_names.add(sub_name)
+            errs.extend(_exact_errors(sub, spath))
+        if subs and len(subs) > MAX_SUBREQUESTS:
+            errs.append(_too_many(f"{rpath}.firstAvailable", len(subs), MAX_SUBREQUESTS))
+        names[name] = sub_names
+
+    def ref_errors(refs: list[str], rpath: str) -> list[FieldError]:
+        out = []
+        for k, ref in enumerate(refs):
+            main, _, sub = ref.partition("/")
+            if main not in names or (sub and sub not in names[main]):
+                out.append(_err(f"{rpath}[{k}]", f"Invalid value: {ref!r}: must be the name of a request in the "
+                                "claim or the name of a request and a subrequest separated by '/'"))
+        return out
+
+    constraints = devices.get("constraints") or []
+    if len(constraints) > MAX_CONSTRAINTS:
+        errs.append(_too_many(f"{base}.constraints", len(constraints), MAX_CONSTRAINTS))
+    for i, con in enumerate(constraints):
+        cpath = f"{base}.constraints[{i}]"
+        errs.extend(ref_errors(con.get("requests") or [], f"{cpath}.requests"))
+        kinds = [k for k in ("matchAttribute", "distinctAttribute") if con.get(k)]
+        if len(kinds) != 1:
+            errs.append(_err(cpath, "Required value: exactly one constraint must be set", "FieldValueRequired"))
+        for k in kinds:
+            errs.extend(_qualified_name_errors(con[k], f"{cpath}.{k}", require_domain=True))
+    configs = devices.get("config") or []
+    if len(configs) > MAX_CONFIGS:
+        errs.append(_too_many(f"{base}.config", len(configs), MAX_CONFIGS))
+    for i, cfg in enumerate(configs):
+        errs.extend(ref_errors(cfg.get("requests") or [], f"{base}.config[{i}].requests"))
+        errs.extend(_opaque_errors(cfg.get("opaque"), f"{base}.config[{i}].opaque"))
+    return errs
+
+
+def device_class_errors(obj: dict[str, Any]) -> list[FieldError]:
+    """ValidateDeviceClass: selector and config caps."""
+    spec = obj.get("spec") or {}
+    errs = _selector_errors(spec.get("selectors") or [], "spec.selectors")
+    configs = spec.get("config") or []
+    if len(configs) > MAX_CONFIGS:
+        errs.append(_too_many("spec.config", len(configs), MAX_CONFIGS))
+    for i, cfg in enumerate(configs):
+        errs.extend(_opaque_errors(cfg.get("opaque"), f"spec.config[{i}].opaque"))
+    return errs
+
+
+def object_errors(kind: str, obj: dict[str, Any]) -> list[FieldError]:
+    """The resource.k8s.io rules for any stored object of `kind` (empty for other kinds)."""
+    if kind == "ResourceSlice":
+        return resource_slice_errors(obj)
+    if kind == "ResourceClaim":
+        return claim_spec_errors(obj.get("spec") or {})
+    if kind == "ResourceClaimTemplate":
+        return claim_spec_errors(((obj.get("spec") or {}).get("spec")) or {}, "spec.spec")
+    if kind == "DeviceClass":
+        return device_class_errors(obj)
+    return []
