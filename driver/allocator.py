@@ -140,6 +140,11 @@ class PodRequest:
         if len(set(keys)) != len(keys):
             raise AllocationInputError(f"pod {self.label}: claim keys are not unique: {keys}")
 
+    @property
+    def restricted(self) -> bool:
+        """Whether any node restriction is set."""
+        return self.allowed_nodes is not None or self.node_filter is not None or bool(self.avoid_nodes)
+
     def allows(self, node: str) -> bool:
         """Whether the pod may be placed on ``node``."""
         if self.allowed_nodes is not None and node not in self.allowed_nodes:
@@ -315,9 +320,19 @@ class _Need:
 def allocate(ledger: Ledger, pod: PodRequest, policy: PlacementPolicy = PlacementPolicy()) -> Placement | Refusal:
     """Place all of one pod's claims on one node, or say why not. Never changes ``ledger``."""
     claims = _prepare(pod)
+    flat = [need for needs in claims for need in needs]
+    # What the node's best GPU must have free for the pod's largest request (a necessary condition).
+    min_memory = max(need.min_free_memory for need in flat)
+    min_fraction = max(need.min_free_fraction for need in flat)
+    min_cores = max(need.cores for need in flat)
+    min_count = max(need.count for need in flat)
     try:
-        for state in _nodes_in_policy_order(ledger, pod, policy):
-            if not all(need.summary_allows(state) for needs in claims for need in needs):
+        for state in _candidate_nodes(ledger, pod, policy, min_memory, min_fraction):
+            if (state.max_free_memory < min_memory or state.max_free_fraction < min_fraction
+                    or state.max_free_cores < min_cores or len(state.gpus) < min_count
+                    or not pod.allows(state.name)):
+                continue
+            if len(flat) > 1 and not all(need.summary_allows(state) for need in flat):
                 continue
             picks = _place_pod(state, claims, policy.gpu)
             if picks is not None:
@@ -325,6 +340,27 @@ def allocate(ledger: Ledger, pod: PodRequest, policy: PlacementPolicy = Placemen
         return _diagnose(ledger, pod, claims, policy.gpu)
     except _SelectorFailed as failure:
         return failure.refusal
+
+
+_FEW_NODES = 64  # below this many possible nodes, rank them directly instead of walking all
+
+
+def _candidate_nodes(ledger: Ledger, pod: PodRequest, policy: PlacementPolicy, min_memory: int,
+                     min_fraction: float) -> Iterable[NodeState]:
+    """Nodes in the node policy's order, skipping (by bisect) those whose best GPU is too small."""
+    spread = policy.node is Policy.SPREAD
+    if pod.allowed_nodes is not None and len(pod.allowed_nodes) <= _FEW_NODES:
+        # A short allow-list (a claim shared with a pod already placed): rank just those.
+        states = [state for name in pod.allowed_nodes if (state := ledger.node(name)) is not None]
+    else:
+        by_memory = ledger.count_with_free_memory(min_memory)
+        by_fraction = ledger.count_with_free_fraction(min_fraction)
+        if min(by_memory, by_fraction) > _FEW_NODES:
+            return ledger.nodes_by_free(most_free_first=spread)
+        states = (ledger.with_free_memory(min_memory) if by_memory <= by_fraction
+                  else ledger.with_free_fraction(min_fraction))
+    states.sort(key=(lambda s: (-s.score, s.name)) if spread else (lambda s: (s.score, s.name)))
+    return states
 
 
 def _prepare(pod: PodRequest) -> list[list[_Need]]:
@@ -341,20 +377,6 @@ def _prepare(pod: PodRequest) -> list[list[_Need]]:
             need.prefix = f"{prefix}: " if prefix else ""
         prepared.append(needs)
     return prepared
-
-
-def _nodes_in_policy_order(ledger: Ledger, pod: PodRequest, policy: PlacementPolicy) -> Iterator[NodeState]:
-    spread = policy.node is Policy.SPREAD
-    if pod.allowed_nodes is not None and len(pod.allowed_nodes) * 8 < len(ledger.node_names()):
-        # A short allow-list (a claim shared with a pod already placed): rank just those.
-        states = [state for name in pod.allowed_nodes if (state := ledger.node(name)) is not None]
-        states.sort(key=lambda s: ((-s.score if spread else s.score), s.name))
-        candidates: Iterable[NodeState] = states
-    else:
-        candidates = ledger.nodes_by_free(most_free_first=spread)
-    for state in candidates:
-        if pod.allows(state.name):
-            yield state
 
 
 def _place_pod(state: NodeState, claims: list[list[_Need]], policy: Policy) -> list[dict[int, list[int]]] | None:
@@ -505,15 +527,17 @@ def _placement(state: NodeState, claims: list[list[_Need]], picks: list[dict[int
 
 def _diagnose(ledger: Ledger, pod: PodRequest, claims: list[list[_Need]], policy: Policy) -> Refusal:
     """Find the first thing that cannot be satisfied and describe it, with the nearest miss."""
-    states = [state for name in ledger.node_names() if (state := ledger.node(name)) is not None]
+    states = ledger.states()
     if not any(state.gpus for state in states):
         return Refusal("no node publishes GPUs of driver vgpu.dra.dev", RefusalKind.NO_NODE)
-    considered = [state for state in states if state.gpus and pod.allows(state.name)]
+    considered = [state for state in states if state.gpus and pod.allows(state.name)] if pod.restricted \
+        else [state for state in states if state.gpus]
     if not considered:
         return Refusal(_no_node_reason(pod, states), RefusalKind.NO_NODE)
     for needs in claims:
         for need in needs:
-            refusal = _static_refusal(considered, need) or _capacity_refusal(considered, need, policy)
+            refusal = (_static_refusal(considered, need)
+                       or _capacity_refusal(ledger, pod, considered, need, policy))
             if refusal is not None:
                 return refusal
     for needs in claims:
@@ -542,28 +566,27 @@ def _static_refusal(considered: list[NodeState], need: _Need) -> Refusal | None:
     matching = 0
     largest: GpuDevice | None = None
     for state in considered:
-        if need.selector is None and need.count == 1:
-            # Fast path without a GPU scan: the node's largest GPU decides.
-            if need.memory_on(state.max_usable_memory) is not None:
-                return None
-            big = max(state.gpus, key=lambda gpu: gpu.memory_bytes)
-            if largest is None or big.memory_bytes > largest.memory_bytes:
-                largest = big
-            matching += len(state.gpus)
-            continue
         fitting = 0
-        for i, gpu in enumerate(state.gpus):
-            if not need.selects(state, i):
-                continue
-            matching += 1
-            if largest is None or gpu.memory_bytes > largest.memory_bytes:
-                largest = gpu
-            if need.memory_on(gpu.memory_bytes) is not None:
-                fitting += 1
+        if need.selector is None:
+            for size, how_many in state.gpu_sizes:  # no GPU scan: sizes decide
+                matching += how_many
+                if need.memory_on(size) is not None:
+                    fitting += how_many
+            if largest is None or state.max_usable_memory > largest.memory_bytes:
+                largest = state.largest_gpu
+        else:
+            for i, gpu in enumerate(state.gpus):
+                if not need.selects(state, i):
+                    continue
+                matching += 1
+                if largest is None or gpu.memory_bytes > largest.memory_bytes:
+                    largest = gpu
+                if need.memory_on(gpu.memory_bytes) is not None:
+                    fitting += 1
+        if fitting >= need.count:
+            return None
         if fitting > best_count:
             best_count, best_node = fitting, state.name
-    if best_count >= need.count:
-        return None
     which = " matching its selectors" if need.selector is not None else ""
     if matching == 0:
         return Refusal(f"{need.where()}no GPU matches the request's selectors on the "
@@ -580,11 +603,13 @@ def _static_refusal(considered: list[NodeState], need: _Need) -> Refusal | None:
                    RefusalKind.TOO_FEW_GPUS, need.claim.key, need.request.name)
 
 
-def _capacity_refusal(considered: list[NodeState], need: _Need, policy: Policy) -> Refusal | None:
+def _capacity_refusal(ledger: Ledger, pod: PodRequest, considered: list[NodeState], need: _Need,
+                      policy: Policy) -> Refusal | None:
     """The request alone does not fit what is free now: say what is free at best."""
     best_count, best_node = 0, ""
-    for state in considered:
-        if not need.summary_allows(state) and need.count == 1:
+    may_fit = _nodes_whose_best_gpu_may_fit(ledger, pod, need)
+    for state in may_fit:
+        if not need.summary_allows(state):
             continue
         free_memory = [state.free_memory(i) for i in range(len(state.gpus))]
         free_cores = [state.free_cores(i) for i in range(len(state.gpus))]
@@ -598,50 +623,64 @@ def _capacity_refusal(considered: list[NodeState], need: _Need, policy: Policy) 
         return Refusal(f"{need.where()}needs {need.count} GPUs{which} with {need.describe()} free on one node; "
                        f"the best node, {best_node or considered[0].name}, has {best_count}",
                        RefusalKind.NO_CAPACITY, need.claim.key, need.request.name)
-    return Refusal(f"{need.where()}no GPU{which} has {need.describe()} free; {_best_free(considered, need)}",
+    return Refusal(f"{need.where()}no GPU{which} has {need.describe()} free; "
+                   f"{_best_free(ledger, pod, considered, may_fit, need)}",
                    RefusalKind.NO_CAPACITY, need.claim.key, need.request.name)
 
 
-def _best_free(considered: list[NodeState], need: _Need) -> str:
-    """The nearest miss: the most memory free, or the most cores where the memory would fit."""
+def _nodes_whose_best_gpu_may_fit(ledger: Ledger, pod: PodRequest, need: _Need) -> list[NodeState]:
+    by_memory = ledger.count_with_free_memory(need.min_free_memory)
+    by_fraction = ledger.count_with_free_fraction(need.min_free_fraction)
+    states = (ledger.with_free_memory(need.min_free_memory) if by_memory <= by_fraction
+              else ledger.with_free_fraction(need.min_free_fraction))
+    return [state for state in states if pod.allows(state.name)]
+
+
+def _best_free(ledger: Ledger, pod: PodRequest, considered: list[NodeState], may_fit: list[NodeState],
+               need: _Need) -> str:
+    """The nearest miss: the most cores free where the memory would fit, else the most memory free."""
     percent = need.request.share.memory_percent is not None
-    best: tuple[float, str, int] | None = None  # (free memory or fraction, node, GPU index)
-    cores_where_memory_fits: tuple[int, str, str] | None = None
-    for state in considered:
-        if need.selector is None:
-            measure = state.max_free_fraction if percent else state.max_free_memory
-            index = state.max_free_fraction_gpu if percent else state.max_free_memory_gpu
-            if index >= 0 and (best is None or measure > best[0]):
-                best = (measure, state.name, index)
-            memory_may_fit = (state.max_free_memory >= need.min_free_memory
-                              and state.max_free_fraction >= need.min_free_fraction)
-            if not (need.cores and memory_may_fit):
-                continue
-        for i, gpu in enumerate(state.gpus):
-            free = state.free_memory(i)
-            if need.selector is not None:
-                if not need.selects(state, i):
+    if need.cores:
+        best_cores: tuple[int, str, str] | None = None
+        for state in may_fit:
+            for i, gpu in enumerate(state.gpus):
+                memory = need.memory_on(gpu.memory_bytes)
+                if memory is None or memory > state.free_memory(i):
                     continue
-                measure = free / gpu.memory_bytes if percent else free
-                if best is None or measure > best[0]:
-                    best = (measure, state.name, i)
-            memory = need.memory_on(gpu.memory_bytes)
-            if memory is not None and memory <= free:
+                if need.selector is not None and not need.selects(state, i):
+                    continue
                 cores = state.free_cores(i)
-                if cores_where_memory_fits is None or cores > cores_where_memory_fits[0]:
-                    cores_where_memory_fits = (cores, state.name, gpu.name)
-    if need.cores and cores_where_memory_fits is not None:
-        cores, node, gpu_name = cores_where_memory_fits
-        return f"where the memory fits, the most cores free is {cores} % (on {node} {gpu_name})"
+                if best_cores is None or cores > best_cores[0]:
+                    best_cores = (cores, state.name, gpu.name)
+        if best_cores is not None:
+            cores, node, gpu_name = best_cores
+            return f"where the memory fits, the most cores free is {cores} % (on {node} {gpu_name})"
+    best: tuple[NodeState, int] | None = None
+    if need.selector is None:
+        # The index's tail is the node whose best GPU has the most free.
+        ordered = ledger.with_free_fraction(0.0) if percent else ledger.with_free_memory(0)
+        for state in reversed(ordered):
+            if pod.allows(state.name):
+                index = state.max_free_fraction_gpu if percent else state.max_free_memory_gpu
+                best = (state, index) if index >= 0 else None
+                break
+    else:
+        best_measure = -1.0
+        for state in considered:
+            for i, gpu in enumerate(state.gpus):
+                if need.selects(state, i):
+                    free = state.free_memory(i)
+                    measure = free / gpu.memory_bytes if percent else free
+                    if measure > best_measure:
+                        best_measure, best = measure, (state, i)
     if best is None:
         return "no GPU has any memory free"
-    _, node, index = best
-    state = next(s for s in considered if s.name == node)
+    state, index = best
     free = state.free_memory(index)
     text = humanize_bytes(free)
     if percent:
         text += f" ({100 * free // state.gpus[index].memory_bytes} %)"
-    return f"largest free: {text} on {node} {state.gpus[index].name}"
+    return f"largest free: {text} on {state.name} {state.gpus[index].name}"
 
 
 def _claim_refusal(considered: list[NodeState], needs: list[_Need], policy: Policy) -> Refusal | None:

@@ -17,8 +17,10 @@ already booked against it. Booked consumption above a GPU's capacity (an allocat
 another allocator) is kept as is; free capacity then reads 0, never negative.
 
 Every update touches one node: its GPUs' totals, its summary (largest free memory / fraction /
-cores on any one GPU), and its position in two score-ordered node lists (``O(log n)`` search plus a
-``memmove``), which is what lets the allocator reject most nodes without looking at their GPUs.
+cores on any one GPU), and its position in four sorted node lists (``O(log n)`` search plus a
+``memmove`` each): by free share ascending and descending (the node policies' walking orders) and
+by the best GPU's free memory and free fraction (bisect finds the nodes that could take a request
+at all). That is what lets the allocator reject most nodes without looking at their GPUs.
 """
 from __future__ import annotations
 
@@ -131,7 +133,7 @@ class NodeState:
 
     __slots__ = ("name", "gpus", "index", "used_memory", "used_cores", "max_free_memory",
                  "max_free_memory_gpu", "max_free_fraction", "max_free_fraction_gpu", "max_free_cores",
-                 "max_usable_memory", "score", "total_memory", "total_cores")
+                 "max_usable_memory", "largest_gpu", "gpu_sizes", "score", "total_memory", "total_cores")
 
     def __init__(self, name: str, gpus: tuple[GpuDevice, ...]):
         self.name = name
@@ -142,6 +144,12 @@ class NodeState:
         self.total_memory = sum(gpu.memory_bytes for gpu in gpus)
         self.total_cores = sum(gpu.cores for gpu in gpus)
         self.max_usable_memory = max((gpu.memory_bytes for gpu in gpus), default=0)
+        self.largest_gpu = max(gpus, key=lambda gpu: gpu.memory_bytes) if gpus else None
+        sizes: dict[int, int] = {}
+        for gpu in gpus:
+            sizes[gpu.memory_bytes] = sizes.get(gpu.memory_bytes, 0) + 1
+        self.gpu_sizes = tuple(sorted(sizes.items()))
+        """(usable bytes, how many GPUs of that size): static checks without a GPU scan."""
         self.max_free_memory = 0
         self.max_free_memory_gpu = -1
         self.max_free_fraction = 0.0
@@ -201,6 +209,10 @@ class Ledger:
         # (-score, name) so spread also breaks ties by name.
         self._by_free_ascending: list[tuple[float, str]] = []
         self._by_free_descending: list[tuple[float, str]] = []
+        # Ascending by the node's best GPU: bisect finds the nodes that could take a request at all.
+        self._by_max_free_memory: list[tuple[int, str]] = []
+        self._by_max_free_fraction: list[tuple[float, str]] = []
+        self._names: list[str] = []
         self._book: dict[str, tuple[Consumption, ...]] = {}
         # (node, device) -> claim key -> (memory, cores): survives the GPU's absence.
         self._holders: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
@@ -215,6 +227,8 @@ class Ledger:
             raise ValueError(f"node {name}: device names are not unique: {names}")
         if name in self._nodes:
             self._unindex(self._nodes[name])
+        else:
+            bisect.insort(self._names, name)
         state = NodeState(name, devices)
         for i, gpu in enumerate(devices):
             for memory, cores in self._holders.get((name, gpu.name), {}).values():
@@ -229,6 +243,7 @@ class Ledger:
         state = self._nodes.pop(name, None)
         if state is not None:
             self._unindex(state)
+            del self._names[bisect.bisect_left(self._names, name)]
 
     def node(self, name: str) -> NodeState | None:
         """The node's state, or None when it publishes no GPUs."""
@@ -236,7 +251,32 @@ class Ledger:
 
     def node_names(self) -> list[str]:
         """All known nodes, sorted by name."""
-        return sorted(self._nodes)
+        return list(self._names)
+
+    def states(self) -> list[NodeState]:
+        """All known nodes' states, sorted by name."""
+        nodes = self._nodes
+        return [nodes[name] for name in self._names]
+
+    def count_with_free_memory(self, min_bytes: int) -> int:
+        """How many nodes have a GPU with at least ``min_bytes`` free (O(log n))."""
+        order = self._by_max_free_memory
+        return len(order) - bisect.bisect_left(order, (min_bytes, ""))
+
+    def count_with_free_fraction(self, min_fraction: float) -> int:
+        """How many nodes have a GPU with at least ``min_fraction`` of its memory free (O(log n))."""
+        order = self._by_max_free_fraction
+        return len(order) - bisect.bisect_left(order, (min_fraction, ""))
+
+    def with_free_memory(self, min_bytes: int) -> list[NodeState]:
+        """The nodes `count_with_free_memory` counts, most free last."""
+        order = self._by_max_free_memory
+        return [self._nodes[name] for _, name in order[bisect.bisect_left(order, (min_bytes, "")):]]
+
+    def with_free_fraction(self, min_fraction: float) -> list[NodeState]:
+        """The nodes `count_with_free_fraction` counts, most free last."""
+        order = self._by_max_free_fraction
+        return [self._nodes[name] for _, name in order[bisect.bisect_left(order, (min_fraction, "")):]]
 
     def nodes_by_free(self, *, most_free_first: bool) -> Iterator[NodeState]:
         """Nodes ordered by how much of them is free (ties by name): the node policy's walk."""
@@ -333,13 +373,19 @@ class Ledger:
             state.refresh()
             self._index(state)
 
+    def _index_keys(self, state: NodeState) -> tuple[tuple[list, tuple], ...]:
+        return ((self._by_free_ascending, (state.score, state.name)),
+                (self._by_free_descending, (-state.score, state.name)),
+                (self._by_max_free_memory, (state.max_free_memory, state.name)),
+                (self._by_max_free_fraction, (state.max_free_fraction, state.name)))
+
     def _index(self, state: NodeState) -> None:
-        bisect.insort(self._by_free_ascending, (state.score, state.name))
-        bisect.insort(self._by_free_descending, (-state.score, state.name))
+        for order, key in self._index_keys(state):
+            bisect.insort(order, key)
 
     def _unindex(self, state: NodeState) -> None:
-        for order, key in ((self._by_free_ascending, (state.score, state.name)),
-                           (self._by_free_descending, (-state.score, state.name))):
+        # Called before the state's used totals change, so its keys are the ones indexed.
+        for order, key in self._index_keys(state):
             position = bisect.bisect_left(order, key)
             if position < len(order) and order[position] == key:
                 del order[position]
