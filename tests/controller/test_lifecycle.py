@@ -1,0 +1,128 @@
+"""A claim's life around the allocation: refusals, template claims, deallocation, deletion, wipes."""
+from __future__ import annotations
+
+from tests.fakes.kubeconfig import api_client_for
+from vgpu_dra.api.names import FINALIZER
+from vgpu_dra.controller.kubeapi import DEVICE_CLASSES, PODS, KubeApi
+
+from .cluster import add_device_class, add_node, claim, gpu, pod, running_controller, vgpu_config
+from .waiting import wait_for
+
+
+def allocation_of(server, name):
+    obj = server.get("ResourceClaim", name, "default")
+    return (obj.get("status") or {}).get("allocation") if obj else None
+
+
+def refusals(server, name):
+    return [e for e in server.events() if e.regarding_name == name and e.reason == "AllocationFailed"]
+
+
+def test_bad_config_is_refused_with_event_then_fixed_claim_allocates(fake_apiserver):
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server)
+    server.create(claim("bad", config=vgpu_config(memoryPercent=150)))
+    server.create(pod("app", ["bad"]))
+    with running_controller(server):
+        events = wait_for(lambda: refusals(server, "bad"), what="Warning event on the claim")
+        assert events[0].type == "Warning" and events[0].regarding_kind == "ResourceClaim"
+        assert "memoryPercent" in events[0].message
+        wait_for(lambda: [e for e in refusals(server, "app") if e.regarding_kind == "Pod"], what="event on the pod")
+        assert allocation_of(server, "bad") is None
+        assert FINALIZER not in (server.get("ResourceClaim", "bad", "default")["metadata"].get("finalizers") or [])
+        # Claim specs are immutable: the user replaces the claim with a fixed one.
+        server.delete("ResourceClaim", "bad", "default")
+        server.create(claim("bad", config=vgpu_config(memoryPercent=15)))
+        wait_for(lambda: allocation_of(server, "bad"), what="the fixed claim allocated")
+
+
+def test_bad_class_config_then_fixed_class_allocates_without_touching_the_claim(fake_apiserver):
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server, "medium.vgpu.dra.dev", config=vgpu_config(memory="2Gi", colour="blue"))
+    server.create(claim("c", device_class="medium.vgpu.dra.dev"))
+    server.create(pod("app", ["c"]))
+    with running_controller(server):
+        event = wait_for(lambda: refusals(server, "c"), what="refusal")[0]
+        assert "colour" in event.message and "medium.vgpu.dra.dev" in event.message
+        fixed = server.get("DeviceClass", "medium.vgpu.dra.dev")
+        fixed["spec"]["config"][0]["opaque"]["parameters"] = vgpu_config(memory="2Gi")
+        KubeApi(api_client_for(server, user="admin")).update(DEVICE_CLASSES, fixed)
+        alloc = wait_for(lambda: allocation_of(server, "c"), what="allocation after the class was fixed")
+    assert alloc["devices"]["results"][0]["consumedCapacity"]["memory"] == "2Gi"
+    assert alloc["devices"]["config"][0]["source"] == "FromClass"
+
+
+def test_template_claim_found_through_owner_reference(fake_apiserver):
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server)
+    owner = server.create(pod("web-0", templates={"gpu": "small-gpu"}))
+    # what kube-controller-manager creates for the template reference
+    server.create(claim("web-0-gpu-x7k2p", config=vgpu_config(memory="1Gi"), owner=owner))
+    with running_controller(server):
+        wait_for(lambda: allocation_of(server, "web-0-gpu-x7k2p"), what="template claim allocated")
+        wait_for(lambda: not server.get("Pod", "web-0", "default")["spec"].get("schedulingGates"), what="gate lifted")
+
+
+def test_unreserved_claim_of_finished_pod_is_deallocated(fake_apiserver):
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server)
+    server.create(claim("job", config=vgpu_config(memory="8Gi")))
+    server.create(claim("next", config=vgpu_config(memory="8Gi")))
+    server.create(pod("job", ["job"]))
+    server.create(pod("next", ["next"]))
+    with running_controller(server):
+        first = wait_for(lambda: next((n for n in ("job", "next") if allocation_of(server, n)), None),
+                         what="one of the two 8Gi claims allocated")
+        other = "next" if first == "job" else "job"
+        wait_for(lambda: refusals(server, other), what="the other refused (one GPU, 8Gi each)")
+        # The first pod runs and finishes; the scheduler/kubelet side is played by hand.
+        bind(server, first, "node")
+        finished = server.get("Pod", first, "default")
+        finished["status"] = {"phase": "Succeeded"}
+        server.update_status(finished, user="kubelet")
+        wait_for(lambda: allocation_of(server, first) is None, what="finished pod's claim deallocated")
+        assert FINALIZER not in (server.get("ResourceClaim", first, "default")["metadata"].get("finalizers") or [])
+        wait_for(lambda: allocation_of(server, other), what="freed capacity goes to the waiting pod")
+
+
+def test_deleting_an_allocated_claim_completes(fake_apiserver):
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server)
+    server.create(claim("doomed", config=vgpu_config(memory="1Gi")))
+    server.create(pod("app", ["doomed"]))
+    with running_controller(server):
+        wait_for(lambda: allocation_of(server, "doomed"), what="allocated")
+        server.delete("Pod", "app", "default")
+        server.delete("ResourceClaim", "doomed", "default")
+        wait_for(lambda: server.get("ResourceClaim", "doomed", "default") is None, what="claim gone")
+
+
+def test_scheduler_wipe_reallocates_on_another_node(fake_apiserver):
+    server = fake_apiserver
+    add_node(server, "first", [gpu(0)])
+    add_node(server, "second", [gpu(0)])
+    add_device_class(server)
+    server.create(claim("c", config=vgpu_config(memory="1Gi")))
+    server.create(pod("app", ["c"]))
+    with running_controller(server):
+        alloc = wait_for(lambda: allocation_of(server, "c"), what="first allocation")
+        node = alloc["devices"]["results"][0]["pool"]
+        # kube-scheduler's PostFilter: the pod does not fit that node, so it clears the allocation.
+        wiped = server.get("ResourceClaim", "c", "default")
+        wiped["status"] = {}
+        server.update_status(wiped, user="kube-scheduler")
+        again = wait_for(lambda: allocation_of(server, "c"), what="re-allocation")
+    assert again["devices"]["results"][0]["pool"] != node
+
+
+def bind(server, pod_name, node):
+    """What kube-scheduler does once it picked a node: POST the pod's binding subresource."""
+    api = KubeApi(api_client_for(server, user="kube-scheduler"))
+    api._request("POST", PODS.path("default", pod_name, "binding"), body={
+        "apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod_name, "namespace": "default"},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node}})
