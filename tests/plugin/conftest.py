@@ -28,3 +28,51 @@ def short_tmp() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="vgpu-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+from tests.fakes.apiserver.fixtures import fake_apiserver, kube_client, kubeconfig_path  # noqa: E402,F401
+from tests.fakes.nvml_env import fake_nvml, fake_nvml_library  # noqa: E402,F401
+from tests.plugin.node import ClaimMaker, create_node, kubelet_for, node_settings, shim_library  # noqa: E402
+
+NODE = "mixed-node"
+
+
+@pytest.fixture(scope="session")
+def shim_source(tmp_path_factory) -> Path:  # noqa: ANN001
+    """libvgpu.so as the image ships it."""
+    return shim_library(tmp_path_factory.mktemp("shim"))
+
+
+@pytest.fixture
+def node_root(short_tmp: Path) -> Path:
+    return short_tmp
+
+
+@pytest.fixture
+def settings(node_root: Path, shim_source: Path):  # noqa: ANN201
+    return node_settings(node_root, NODE, shim_source)
+
+
+@pytest.fixture
+def claims(fake_apiserver):  # noqa: ANN001, ANN201
+    create_node(fake_apiserver, NODE)
+    return ClaimMaker(fake_apiserver, NODE)
+
+
+@pytest.fixture
+def plugin(settings, kube_client, fake_nvml, claims):  # noqa: ANN001, ANN201
+    """The plugin running in this process on the mixed node (2x T4 + L40S), slices published."""
+    from vgpu_dra.kubeletplugin.plugin import KubeletPlugin
+
+    fake_nvml.use("mixed-node")
+    running = KubeletPlugin(settings, kube_client)
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def kubelet(plugin, settings):  # noqa: ANN001, ANN201
+    fake = kubelet_for(settings)
+    yield fake
+    fake.close()

@@ -1,0 +1,94 @@
+"""`vgpu-dra kubelet-plugin`: the node agent (run by the DaemonSet on every GPU node)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+
+def register(subparsers: Any) -> None:
+    """Add the `kubelet-plugin` subcommand."""
+    from vgpu_dra.kubeletplugin import settings as s
+
+    parser = subparsers.add_parser(
+        "kubelet-plugin", help="serve the kubelet's DRA plugin API on this node",
+        description="Registers with the kubelet, prepares and unprepares fractional-GPU claims (CDI specs, "
+                    "claim directories), publishes the node's GPUs as ResourceSlices and serves node metrics.")
+    parser.add_argument("--node-name", default=os.environ.get("NODE_NAME", ""),
+                        help="this node's name (default: $NODE_NAME)")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config, then ~/.kube/config)")
+    parser.add_argument("--registrar-dir", type=Path, default=s.DEFAULT_REGISTRAR_DIR,
+                        help=f"kubelet plugin registration directory (default: {s.DEFAULT_REGISTRAR_DIR})")
+    parser.add_argument("--plugin-dir", type=Path, default=s.DEFAULT_PLUGIN_DIR,
+                        help=f"directory of the DRA socket and the serialization lock (default: {s.DEFAULT_PLUGIN_DIR})")
+    parser.add_argument("--cdi-dir", type=Path, default=s.DEFAULT_CDI_DIR,
+                        help=f"where claim CDI specs are written (default: {s.DEFAULT_CDI_DIR})")
+    parser.add_argument("--nvidia-cdi-dir", type=Path, action="append", dest="nvidia_cdi_dirs",
+                        help="directory searched for NVIDIA's generated CDI spec (repeatable; "
+                             "default: /etc/cdi and /var/run/cdi)")
+    parser.add_argument("--state-dir", type=Path, default=s.DEFAULT_STATE_DIR,
+                        help=f"claim directories, installed shim, checkpoint (default: {s.DEFAULT_STATE_DIR})")
+    parser.add_argument("--shim", type=Path, default=s.DEFAULT_SHIM_SOURCE,
+                        help=f"libvgpu.so shipped in the image (default: {s.DEFAULT_SHIM_SOURCE})")
+    parser.add_argument("--dev-dir", type=Path, default=s.DEFAULT_DEV_DIR,
+                        help="host directory of the NVIDIA device nodes (default: /dev)")
+    parser.add_argument("--boot-id-file", type=Path, default=s.DEFAULT_BOOT_ID_PATH,
+                        help=f"boot ID source (default: {s.DEFAULT_BOOT_ID_PATH})")
+    parser.add_argument("--pod-uid", default=os.environ.get("POD_UID") or None,
+                        help="set during rolling updates so old and new plugin pods use distinct sockets")
+    parser.add_argument("--metrics-address", default="0.0.0.0", help="address of /metrics (default: 0.0.0.0)")
+    parser.add_argument("--metrics-port", type=int, default=s.DEFAULT_METRICS_PORT,
+                        help=f"port of /metrics, -1 = off (default: {s.DEFAULT_METRICS_PORT})")
+    parser.add_argument("--resync-seconds", type=float, default=60.0,
+                        help="period of inventory and claim-pod refresh (default: 60)")
+    parser.add_argument("--no-slices", action="store_true", help="do not publish ResourceSlices")
+    parser.add_argument("--log-format", choices=("json", "console"), default=None,
+                        help="log format (default: console on a terminal, else json)")
+    parser.set_defaults(handler=run)
+
+
+def _configure_logging(log_format: str | None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    as_json = log_format == "json" or (log_format is None and not sys.stderr.isatty())
+    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"),
+                                    structlog.processors.format_exc_info, renderer],
+                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+
+def _api_client(kubeconfig: str | None) -> Any:
+    from kubernetes import client, config
+
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the plugin until SIGTERM/SIGINT."""
+    from vgpu_dra.kubeletplugin.plugin import KubeletPlugin
+    from vgpu_dra.kubeletplugin.settings import DEFAULT_NVIDIA_CDI_DIRS, PluginSettings
+
+    _configure_logging(args.log_format)
+    log = structlog.get_logger("vgpu_dra.kubeletplugin")
+    try:
+        settings = PluginSettings(
+            node_name=args.node_name, registrar_dir=args.registrar_dir, plugin_dir=args.plugin_dir,
+            cdi_dir=args.cdi_dir, nvidia_cdi_dirs=tuple(args.nvidia_cdi_dirs or DEFAULT_NVIDIA_CDI_DIRS),
+            state_dir=args.state_dir, shim_source=args.shim, dev_dir=args.dev_dir, boot_id_path=args.boot_id_file,
+            pod_uid=args.pod_uid, metrics_address=args.metrics_address,
+            metrics_port=None if args.metrics_port < 0 else args.metrics_port, resync_seconds=args.resync_seconds)
+        plugin = KubeletPlugin(settings, _api_client(args.kubeconfig), publish_slices=not args.no_slices)
+        return plugin.run_until_signal()
+    except Exception as exc:  # noqa: BLE001 - one clear line, then a non-zero exit for the DaemonSet
+        log.error("kubelet plugin failed", error=str(exc), exc_info=True)
+        return 1
