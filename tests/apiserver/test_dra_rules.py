@@ -97,3 +97,19 @@ def test_claim_with_first_available_and_capacity_requests_is_accepted(kube_clien
     resp = request(kube_client, "POST", CLAIMS, body)
     assert resp.status == 201, resp.message
     assert resp.body["spec"]["devices"]["requests"][0]["firstAvailable"][1]["count"] == 1
+
+
+def test_consumable_capacity_gate_off_drops_sharing_fields(kube_client: client.ApiClient,
+                                                           fake_apiserver) -> None:
+    fake_apiserver.disable_feature("DRAConsumableCapacity")
+    stored = request(kube_client, "POST", SLICES, slice_body([gpu(0)])).body
+    device = stored["spec"]["devices"][0]
+    assert "allowMultipleAllocations" not in device
+    assert device["capacity"] == {"vgpu.dra.dev/memory": {"value": "80Gi"}}
+    body = claim("c1")
+    body["spec"]["devices"]["requests"][0]["exactly"]["capacity"] = {"requests": {"vgpu.dra.dev/memory": "8Gi"}}
+    stored = request(kube_client, "POST", CLAIMS, body).body
+    assert "capacity" not in stored["spec"]["devices"]["requests"][0]["exactly"]
+    fake_apiserver.enable_feature("DRAConsumableCapacity")
+    stored = request(kube_client, "POST", SLICES, slice_body([gpu(0)], name="again")).body
+    assert stored["spec"]["devices"][0]["allowMultipleAllocations"] is True

@@ -80,6 +80,9 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    # A controller opens dozens of pooled connections at once; the stdlib default backlog of 5
+    # would turn that burst into SYN retries (a second each).
+    request_queue_size = 256
 
     def __init__(self, fake: "FakeApiServer") -> None:
         self.fake = fake
@@ -257,6 +260,15 @@ class FakeApiServer:
             if rt.kind == kind and rt.api_version == api_version:
                 return rt
         raise KeyError(f"the fake API server does not serve {api_version}/{kind}")
+
+    def disable_feature(self, gate: str) -> None:
+        """Behave like a server with this feature gate off (e.g. "DRAConsumableCapacity": slices
+        lose allowMultipleAllocations and requestPolicy, claims their capacity requests)."""
+        self.store.set_feature(gate, enabled=False)
+
+    def enable_feature(self, gate: str) -> None:
+        """Undo `disable_feature`."""
+        self.store.set_feature(gate, enabled=True)
 
     def add_observer(self, observer: Observer) -> None:
         """See `Store.add_observer`: called with a WriteRecord after every committed write."""

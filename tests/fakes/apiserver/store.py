@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 from . import dra_validation, semantics
+from .feature_gates import KNOWN_GATES, drop_disabled_fields
 from .errors import ApiError, already_exists, bad_request, conflict, gone, invalid, not_found
 from .patch import PatchConflict, PatchError, json_patch, merge_patch, strategic_merge_patch
 from .resources import RESOURCE_TYPES, ResourceType
@@ -105,6 +106,7 @@ class Store:
         self._dependents: dict[str, set[tuple[ResourceType, Key]]] = {}
         self._uids: set[str] = set()
         self.closed = False
+        self.disabled_features: frozenset[str] = frozenset()
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -238,6 +240,7 @@ class Store:
             meta.pop("namespace", None)
         obj["metadata"] = meta
         obj = semantics.prepare_for_create(rt, semantics.apply_defaults(rt, obj))
+        obj = drop_disabled_fields(rt.kind, obj, None, self.disabled_features)
         with self._lock:
             if not meta.get("name") and meta.get("generateName"):
                 for _ in range(100):
@@ -296,6 +299,7 @@ class Store:
         meta.pop("managedFields", None)
         obj = {**obj, "metadata": meta}
         obj = semantics.prepare_for_update(rt, old, semantics.apply_defaults(rt, obj), subresource)
+        obj = drop_disabled_fields(rt.kind, obj, old, self.disabled_features)
         meta = dict(obj["metadata"])
         obj["metadata"] = meta
         self._validate(rt, obj)
@@ -410,6 +414,13 @@ class Store:
             obj = {**old, "metadata": meta, "spec": {**spec, "nodeName": node}}
             self._commit(rt, (namespace, name), "MODIFIED", obj, old, user)
             return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+
+    def set_feature(self, gate: str, enabled: bool) -> None:
+        """Turn a feature gate on or off (see feature_gates.py for what each one drops)."""
+        if gate not in KNOWN_GATES:
+            raise KeyError(f"unknown feature gate {gate!r}; the fake knows {sorted(KNOWN_GATES)}")
+        with self._lock:
+            self.disabled_features = (self.disabled_features - {gate}) if enabled else (self.disabled_features | {gate})
 
     # --- watch ------------------------------------------------------------------------------
 
