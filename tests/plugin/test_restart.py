@@ -1,0 +1,137 @@
+"""Restarts, reboots, corrupt checkpoints: the node's claim files always match the checkpoint."""
+from __future__ import annotations
+
+import json
+import mmap
+import uuid
+
+from tests.plugin.cdi_schema import validate_cdi_spec
+from tests.plugin.node import kubelet_for
+from vgpu_dra.driver import region as region_layout
+from vgpu_dra.driver.region import read_region
+from vgpu_dra.kubeletplugin.plugin import KubeletPlugin
+
+
+def _set_peak(path, value):
+    with open(path, "r+b") as handle, mmap.mmap(handle.fileno(), region_layout.REGION_SIZE) as mem:
+        region = region_layout.ffi.from_buffer("struct vgpu_region *", mem)
+        region.gpus[0].peak_bytes = value
+        del region
+
+
+def _start(settings, kube_client):
+    plugin = KubeletPlugin(settings, kube_client, publish_slices=False)
+    plugin.start()
+    return plugin
+
+
+def _spec_path(settings, uid):
+    return settings.cdi_dir / f"k8s.vgpu.dra.dev-claim_{uid}.json"
+
+
+def test_restart_keeps_prepared_claims_and_answers_from_the_checkpoint(settings, kube_client, fake_nvml, claims):
+    fake_nvml.use("mixed-node")
+    claim = claims.create([{"request": "gpu", "device": "gpu-0"}])
+    plugin = _start(settings, kube_client)
+    kubelet = kubelet_for(settings)
+    first = kubelet.prepare([claim.ref])[claim.uid]
+    kubelet.close()
+    plugin.stop()
+    claims.server.delete("ResourceClaim", claim.name, claim.namespace)  # API gone: only the checkpoint knows
+
+    plugin = _start(settings, kube_client)
+    try:
+        kubelet = kubelet_for(settings)
+        assert kubelet.prepare([claim.ref])[claim.uid] == first
+        assert kubelet.unprepare([claim.ref]) == {claim.uid: ""}
+        assert not _spec_path(settings, claim.uid).exists()
+        kubelet.close()
+    finally:
+        plugin.stop()
+
+
+def test_simulated_reboot_recreates_specs_and_resets_regions(settings, kube_client, fake_nvml, claims):
+    fake_nvml.use("mixed-node")
+    one = claims.create([{"request": "gpu", "device": "gpu-0", "consumedCapacity": {"memory": "1Gi", "cores": "5"},
+                          "shareID": str(uuid.uuid4())}])
+    two = claims.create([{"request": "gpu", "device": "gpu-2"}])
+    plugin = _start(settings, kube_client)
+    kubelet = kubelet_for(settings)
+    kubelet.prepare([one.ref, two.ref])
+    kubelet.close()
+    specs_before = {uid: _spec_path(settings, uid).read_text() for uid in (one.uid, two.uid)}
+    plugin.stop()
+
+    # Reboot: a new boot ID, /var/run (the CDI dir) empty, stale region inode left on /var/lib.
+    settings.boot_id_path.write_text(str(uuid.uuid4()) + "\n")
+    for spec in settings.cdi_dir.iterdir():
+        spec.unlink()
+    _set_peak(settings.claims_dir / one.uid / "region", 12345)  # what processes before the reboot left
+    assert read_region(settings.claims_dir / one.uid / "region").gpus[0].peak_bytes == 12345
+
+    plugin = _start(settings, kube_client)
+    try:
+        for uid in (one.uid, two.uid):
+            assert _spec_path(settings, uid).read_text() == specs_before[uid]
+            validate_cdi_spec(json.loads(specs_before[uid]))
+        region = read_region(settings.claims_dir / one.uid / "region")
+        assert region.gpus[0].peak_bytes == 0 and region.gpus[0].limit_bytes == 1 << 30
+        checkpoint = json.loads(settings.checkpoint_path.read_text())
+        assert checkpoint["bootID"] == settings.boot_id_path.read_text().strip()
+    finally:
+        plugin.stop()
+
+
+def test_corrupt_checkpoint_is_set_aside_and_rebuilt_from_the_api(settings, kube_client, fake_nvml, claims):
+    fake_nvml.use("mixed-node")
+    kept = claims.create([{"request": "gpu", "device": "gpu-1", "consumedCapacity": {"memory": "2Gi", "cores": "0"},
+                           "shareID": str(uuid.uuid4())}])
+    gone = claims.create([{"request": "gpu", "device": "gpu-0"}])
+    plugin = _start(settings, kube_client)
+    kubelet = kubelet_for(settings)
+    answers = kubelet.prepare([kept.ref, gone.ref])
+    kubelet.close()
+    plugin.stop()
+    claims.server.delete("ResourceClaim", gone.name, gone.namespace)
+    settings.checkpoint_path.write_bytes(settings.checkpoint_path.read_bytes()[:40])  # torn write
+
+    plugin = _start(settings, kube_client)  # must not crash
+    try:
+        assert settings.checkpoint_path.with_name("checkpoint.json.corrupt").exists()
+        assert set(json.loads(settings.checkpoint_path.read_text())["claims"]) == {kept.uid}
+        assert not (settings.claims_dir / gone.uid).exists() and not _spec_path(settings, gone.uid).exists()
+        kubelet = kubelet_for(settings)
+        assert kubelet.prepare([kept.ref])[kept.uid] == answers[kept.uid]
+        kubelet.close()
+    finally:
+        plugin.stop()
+
+
+def test_interrupted_prepare_is_rolled_back_at_start(settings, kube_client, fake_nvml, claims):
+    """A checkpoint entry still 'preparing' (crash between the two checkpoint writes)."""
+    from dataclasses import replace
+
+    from vgpu_dra.driver.checkpoint import CheckpointStore
+
+    fake_nvml.use("mixed-node")
+    claim = claims.create([{"request": "gpu", "device": "gpu-0"}])
+    plugin = _start(settings, kube_client)
+    kubelet = kubelet_for(settings)
+    kubelet.prepare([claim.ref])
+    kubelet.close()
+    plugin.stop()
+    store = CheckpointStore(settings.checkpoint_path)
+    checkpoint = store.load()
+    store.save(checkpoint.with_claims({claim.uid: replace(checkpoint.claims[claim.uid], state="preparing")}))
+    (settings.cdi_dir / ".k8s.vgpu.dra.dev-claim_x.json.tmp-123").write_text("{")  # torn temp file
+
+    plugin = _start(settings, kube_client)
+    try:
+        assert list(settings.cdi_dir.iterdir()) == []
+        assert list(settings.claims_dir.iterdir()) == []
+        kubelet = kubelet_for(settings)
+        assert kubelet.prepare([claim.ref])[claim.uid].error == ""  # the kubelet's retry succeeds
+        assert _spec_path(settings, claim.uid).exists()
+        kubelet.close()
+    finally:
+        plugin.stop()
