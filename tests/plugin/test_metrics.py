@@ -1,0 +1,77 @@
+"""Node metrics over HTTP: claim series from Prepare on, region counters, NVML per-GPU series."""
+from __future__ import annotations
+
+import mmap
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from vgpu_dra.driver import region as region_layout
+
+T4_0 = "GPU-2f8e4d1a-7c3b-4e9f-a152-6d0c8b9e3f71"
+
+
+def _scrape(plugin) -> dict[str, list]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{plugin.metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def _one(samples, name, **labels):
+    matching = [s for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items())]
+    assert len(matching) == 1, (name, labels, samples.get(name))
+    return matching[0].value
+
+
+def test_claim_series_exist_from_prepare_on(kubelet, claims, plugin, settings):
+    claim = claims.create([{"request": "gpu", "device": "gpu-0", "shareID": "0f0e0d0c-0000-4000-8000-000000000001",
+                            "consumedCapacity": {"memory": "2Gi", "cores": "25"}}], pods=("web-1", "web-2"))
+    before = _scrape(plugin)
+    assert not [s for s in before.get("vgpu_dra_claim_memory_limit_bytes", []) if s.labels["claim_uid"] == claim.uid]
+    kubelet.prepare([claim.ref])
+    samples = _scrape(plugin)
+    labels = dict(namespace="default", claim=claim.name, claim_uid=claim.uid, gpu_uuid=T4_0, node="mixed-node",
+                  pod="web-1,web-2", device="gpu-0")
+    assert _one(samples, "vgpu_dra_claim_memory_limit_bytes", **labels) == 2 << 30
+    assert _one(samples, "vgpu_dra_claim_core_limit_percent", **labels) == 25
+    assert _one(samples, "vgpu_dra_claim_memory_used_bytes", **labels) == 0
+    assert _one(samples, "vgpu_dra_claim_memory_peak_bytes", **labels) == 0
+    assert _one(samples, "vgpu_dra_claim_rejected_allocations_total", **labels) == 0
+    assert _one(samples, "vgpu_dra_gpu_claims", gpu_uuid=T4_0) == 1
+    assert _one(samples, "vgpu_dra_gpu_memory_allocated_bytes", gpu_uuid=T4_0) == 2 << 30
+    assert _one(samples, "vgpu_dra_prepared_claims") == 1
+    assert _one(samples, "vgpu_dra_prepare_duration_seconds_count") >= 1
+
+    kubelet.unprepare([claim.ref])
+    after = _scrape(plugin)
+    assert not [s for s in after.get("vgpu_dra_claim_memory_limit_bytes", []) if s.labels["claim_uid"] == claim.uid]
+    assert _one(after, "vgpu_dra_unprepare_duration_seconds_count") >= 1
+
+
+def test_usage_comes_from_the_claim_region(kubelet, claims, plugin, settings):
+    claim = claims.create([{"request": "gpu", "device": "gpu-0"}])
+    kubelet.prepare([claim.ref])
+    path = settings.claims_dir / claim.uid / "region"
+    with open(path, "r+b") as handle, mmap.mmap(handle.fileno(), region_layout.REGION_SIZE) as mem:
+        region = region_layout.ffi.from_buffer("struct vgpu_region *", mem)
+        region.gpus[0].used_bytes = 300 << 20  # what the shim's processes would have counted
+        region.gpus[0].peak_bytes = 500 << 20
+        region.gpus[0].rejected_allocs = 3
+        del region
+    samples = _scrape(plugin)
+    assert _one(samples, "vgpu_dra_claim_memory_used_bytes", claim_uid=claim.uid) == 300 << 20
+    assert _one(samples, "vgpu_dra_claim_memory_peak_bytes", claim_uid=claim.uid) == 500 << 20
+    assert _one(samples, "vgpu_dra_claim_rejected_allocations_total", claim_uid=claim.uid) == 3
+
+
+def test_per_gpu_nvml_series(plugin):
+    samples = _scrape(plugin)
+    totals = {s.labels["device"]: s.value for s in samples["vgpu_dra_gpu_memory_total_bytes"]}
+    assert set(totals) == {"gpu-0", "gpu-1", "gpu-2"}
+    assert totals["gpu-0"] == 15360 << 20
+    assert {s.labels["device"] for s in samples["vgpu_dra_gpu_utilization_percent"]} == {"gpu-0", "gpu-1", "gpu-2"}
+    assert {s.labels["device"] for s in samples["vgpu_dra_gpu_memory_used_bytes"]} == {"gpu-0", "gpu-1", "gpu-2"}
