@@ -110,6 +110,7 @@ class AllocationTerm:
         self._refused: set[str] = set()                  # pod keys waiting for capacity
         self._last_refusal: dict[str, tuple[str, float]] = {}
         self._first_seen: dict[str, float] = {}          # pod uid -> monotonic time first seen pending
+        self._finished: set[str] = set()                 # pod uids whose claims were all allocated
         self._pending_claims: set[str] = set()           # claim keys of pending pods not yet allocated
 
     # ------------------------------------------------------------------ lifecycle
@@ -249,6 +250,8 @@ class AllocationTerm:
                     pod = self.pods.get(pod_key)
                     if _pod_pending(pod):
                         self._avoid.setdefault(meta(pod)["uid"], set()).add(wiped_on)
+                        self._finished.discard(meta(pod)["uid"])
+                        self._first_seen.setdefault(meta(pod)["uid"], time.monotonic())
                         log.info("allocation wiped while pod pending; avoiding node", claim=key, pod=pod_key,
                                  node=wiped_on)
             self.metrics.pending_claims.set(len(self._pending_claims))
@@ -293,6 +296,7 @@ class AllocationTerm:
                     self._pod_key.pop(uid, None)
                     self._avoid.pop(uid, None)
                     self._first_seen.pop(uid, None)
+                    self._finished.discard(uid)
                     self._last_refusal.pop(key, None)
                     to_check |= self._owned.get(uid, set())
                 self._refused.discard(key)
@@ -305,7 +309,8 @@ class AllocationTerm:
                 for claim_key in claim_keys:
                     self._claim_users.setdefault(claim_key, set()).add(key)
                 if _pod_pending(current):
-                    self._first_seen.setdefault(uid, time.monotonic())
+                    if uid not in self._finished:
+                        self._first_seen.setdefault(uid, time.monotonic())
                 else:
                     self._first_seen.pop(uid, None)
                     to_check |= set(claim_keys) | set(previous_claims)
@@ -489,6 +494,7 @@ class AllocationTerm:
         key = object_key(pod)
         with self.lock:
             started = self._first_seen.pop(uid, None)
+            self._finished.add(uid)
             self._refused.discard(key)
             self._last_refusal.pop(key, None)
             self._pending_claims.difference_update(self._pod_claims.get(key, ()))

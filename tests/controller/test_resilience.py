@@ -1,0 +1,101 @@
+"""Watches that expire, writes that conflict, books rebuilt from other writers' allocations."""
+from __future__ import annotations
+
+import threading
+
+from tests.fakes.kubeconfig import api_client_for
+from vgpu_dra.controller.informer import Informer
+from vgpu_dra.controller.kubeapi import RESOURCE_CLAIMS, KubeApi
+
+from .cluster import add_device_class, add_node, claim, gpu, pod, running_controller, vgpu_config
+from .waiting import wait_for
+
+
+def allocation_of(server, name):
+    obj = server.get("ResourceClaim", name, "default")
+    return (obj.get("status") or {}).get("allocation") if obj else None
+
+
+def test_informer_relists_after_410_and_reports_what_changed(fake_apiserver):
+    server = fake_apiserver
+    for name in ("keep", "drop"):
+        server.create(claim(name))
+    seen: list[tuple[str, bool, bool]] = []
+    informer = Informer(KubeApi(api_client_for(server, user="informer")), RESOURCE_CLAIMS,
+                        lambda key, old, new: seen.append((key, old is not None, new is not None)),
+                        watch_timeout_s=30)
+    stop = threading.Event()
+    thread = threading.Thread(target=informer.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(informer.synced.is_set, what="first list")
+        assert sorted(informer.snapshot()) == ["default/drop", "default/keep"]
+        server.faults.add(410, resource="resourceclaims", verbs=("watch",), count=1)
+        server.delete("ResourceClaim", "drop", "default")
+        server.create(claim("new"))
+        informer.close()  # the connection drops; the re-watch is answered 410 Gone
+        wait_for(lambda: informer.relists >= 2, what="a relist after 410")
+        wait_for(lambda: sorted(informer.snapshot()) == ["default/keep", "default/new"], what="store after relist")
+        server.create(claim("after"))
+        wait_for(lambda: "default/after" in informer.snapshot(), what="watching again after the relist")
+    finally:
+        stop.set()
+        informer.close()
+        thread.join(timeout=10)
+    assert seen.count(("default/drop", True, False)) == 1
+    assert ("default/new", False, True) in seen
+
+
+def test_status_write_conflicts_are_retried(fake_apiserver):
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server)
+    server.create(claim("c", config=vgpu_config(memory="1Gi")))
+    server.faults.add(409, resource="resourceclaims", verbs=("update",), subresource="status", count=2)
+    server.create(pod("app", ["c"]))
+    with running_controller(server) as controller:
+        wait_for(lambda: allocation_of(server, "c"), what="allocated despite two conflicts")
+        conflicts = controller.service.metrics.conflicts._value.get()
+    assert conflicts == 2
+    assert len(allocation_of(server, "c")["devices"]["results"]) == 1
+
+
+def test_server_errors_are_retried_with_backoff(fake_apiserver):
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server)
+    server.create(claim("c", config=vgpu_config(memory="1Gi")))
+    server.faults.add(500, resource="resourceclaims", verbs=("update",), count=3)
+    server.create(pod("app", ["c"]))
+    with running_controller(server):
+        wait_for(lambda: allocation_of(server, "c"), what="allocated after transient errors")
+
+
+def _foreign_allocation(server, name, node, device, *, share=True, memory="9Gi"):
+    obj = server.get("ResourceClaim", name, "default")
+    result = {"request": "gpu", "driver": "vgpu.dra.dev", "pool": node, "device": device}
+    if share:
+        result["shareID"] = "9c8a4f5e-2b1d-4e6f-8a7b-1c2d3e4f5a6b"
+        result["consumedCapacity"] = {"memory": memory, "cores": "0"}
+    obj["status"] = {"allocation": {"devices": {"results": [result]}, "nodeSelector": {"nodeSelectorTerms": [
+        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]},
+        "allocationTimestamp": "2026-01-01T00:00:00Z"}}
+    server.update_status(obj, user="kube-scheduler")
+
+
+def test_books_include_allocations_made_by_others(fake_apiserver):
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0), gpu(1), gpu(2)])
+    add_device_class(server)
+    # kube-scheduler (or an earlier controller) already gave out gpu-0 exclusively and 9 GiB of gpu-1
+    server.create(claim("exclusive", config=vgpu_config(memory="1Gi")))
+    _foreign_allocation(server, "exclusive", "node", "gpu-0", share=False)
+    server.create(claim("big-share", config=vgpu_config(memory="9Gi")))
+    _foreign_allocation(server, "big-share", "node", "gpu-1")
+    for i in range(2):
+        server.create(claim(f"mine-{i}", config=vgpu_config(memory="2Gi")))
+        server.create(pod(f"mine-{i}", [f"mine-{i}"]))
+    with running_controller(server):
+        for i in range(2):
+            alloc = wait_for(lambda i=i: allocation_of(server, f"mine-{i}"), what=f"mine-{i} allocated")
+            assert alloc["devices"]["results"][0]["device"] == "gpu-2", "gpu-0 and gpu-1 are taken by others"
