@@ -6,7 +6,9 @@ import pytest
 from kubernetes import client
 
 from tests.apiserver.raw_requests import request
+from tests.fakes.apiserver import FakeApiServer
 from tests.apiserver.test_crud import CLAIMS, claim
+from tests.fakes.apiserver.quantity import canonical as canonical_quantity
 
 SLICES = "/apis/resource.k8s.io/v1/resourceslices"
 
@@ -100,7 +102,7 @@ def test_claim_with_first_available_and_capacity_requests_is_accepted(kube_clien
 
 
 def test_consumable_capacity_gate_off_drops_sharing_fields(kube_client: client.ApiClient,
-                                                           fake_apiserver) -> None:
+                                                           fake_apiserver: FakeApiServer) -> None:
     fake_apiserver.disable_feature("DRAConsumableCapacity")
     stored = request(kube_client, "POST", SLICES, slice_body([gpu(0)])).body
     device = stored["spec"]["devices"][0]
@@ -113,3 +115,25 @@ def test_consumable_capacity_gate_off_drops_sharing_fields(kube_client: client.A
     fake_apiserver.enable_feature("DRAConsumableCapacity")
     stored = request(kube_client, "POST", SLICES, slice_body([gpu(0)], name="again")).body
     assert stored["spec"]["devices"][0]["allowMultipleAllocations"] is True
+
+
+def test_quantities_are_stored_in_canonical_form(kube_client: client.ApiClient) -> None:
+    device = gpu(0)
+    device["capacity"] = {"vgpu.dra.dev/memory": {"value": "1024Mi", "requestPolicy": {
+        "default": "0.5Gi", "validRange": {"min": "1048576", "step": "1Mi"}}}, "vgpu.dra.dev/cores": {"value": 100}}
+    stored = request(kube_client, "POST", SLICES, slice_body([device])).body["spec"]["devices"][0]["capacity"]
+    assert stored == {"vgpu.dra.dev/memory": {"value": "1Gi", "requestPolicy": {
+        "default": "512Mi", "validRange": {"min": "1048576", "step": "1Mi"}}}, "vgpu.dra.dev/cores": {"value": "100"}}
+    body = claim("c1")
+    body["spec"]["devices"]["requests"][0]["exactly"]["capacity"] = {"requests": {"vgpu.dra.dev/cores": "1000m"}}
+    stored = request(kube_client, "POST", CLAIMS, body).body
+    assert stored["spec"]["devices"]["requests"][0]["exactly"]["capacity"]["requests"] == {"vgpu.dra.dev/cores": "1"}
+
+
+@pytest.mark.parametrize("raw, canonical", [
+    ("1024Mi", "1Gi"), ("0.5Gi", "512Mi"), ("1.5Ki", "1536"), ("1536Mi", "1536Mi"), ("1000", "1k"),
+    ("1500", "1500"), ("0.5", "500m"), ("1000m", "1"), ("8589934592", "8589934592"), ("1.5e3", "1500"),
+    ("1e3", "1e3"), (100, "100"), (1.5, "1500m"), ("0", "0"), ("-1Gi", "-1Gi"),
+])
+def test_quantity_canonical_form(raw: object, canonical: str) -> None:
+    assert canonical_quantity(raw) == canonical

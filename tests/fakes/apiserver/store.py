@@ -155,7 +155,8 @@ class Store:
 
     # --- the commit path --------------------------------------------------------------------
 
-    def _validate(self, rt: ResourceType, obj: dict[str, Any]) -> None:
+    def _validate(self, rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+        """`obj` as it will be stored (quantities canonical), or 422 naming every bad field."""
         errors = semantics.metadata_errors(rt, obj)
         errors.extend(self._schemas.validate(obj, rt.group_version, rt.schema_key))
         if not errors:
@@ -163,6 +164,7 @@ class Store:
             errors.extend(dra_validation.object_errors(rt.kind, obj))
         if errors:
             raise invalid(rt.kind, rt.group, (obj.get("metadata") or {}).get("name", ""), errors)
+        return self._schemas.normalize(obj, rt.group_version, rt.schema_key)
 
     def _commit(self, rt: ResourceType, key: Key, event_type: str, obj: dict[str, Any],
                 old: dict[str, Any] | None, user: str) -> None:
@@ -249,7 +251,8 @@ class Store:
                         meta["name"] = candidate
                         break
             key = (namespace if rt.namespaced else "", meta.get("name") or "")
-            self._validate(rt, obj)
+            obj = self._validate(rt, obj)
+            meta = obj["metadata"]
             errors = semantics.create_errors(rt, obj)
             if errors:
                 raise invalid(rt.kind, rt.group, key[1], errors)
@@ -300,9 +303,9 @@ class Store:
         obj = {**obj, "metadata": meta}
         obj = semantics.prepare_for_update(rt, old, semantics.apply_defaults(rt, obj), subresource)
         obj = drop_disabled_fields(rt.kind, obj, old, self.disabled_features)
+        obj = self._validate(rt, obj)
         meta = dict(obj["metadata"])
-        obj["metadata"] = meta
-        self._validate(rt, obj)
+        obj = {**obj, "metadata": meta}
         errors = semantics.update_errors(rt, old, obj, subresource)
         if errors:
             raise invalid(rt.kind, rt.group, name, errors)
