@@ -196,7 +196,13 @@ class AllocationTerm:
         self._capacity_changed()
 
     def _on_class(self, key: str, old: JsonObject | None, new: JsonObject | None) -> None:
+        # A class appearing or changing can make a claim ours, fix its config or its selectors:
+        # every pending pod is looked at again (classes change rarely).
         self._capacity_changed()
+        if self.ready.is_set():
+            for pod_key, pod in self.pods.snapshot().items():
+                if _pod_pending(pod):
+                    self.queue.add(("pod", pod_key))
 
     def _on_node(self, key: str, old: JsonObject | None, new: JsonObject | None) -> None:
         if old is None or new is None or old.get("spec") != new.get("spec") or \

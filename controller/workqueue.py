@@ -26,6 +26,7 @@ class WorkQueue:
         self._processing: set[Hashable] = set()
         self._dirty: set[Hashable] = set()
         self._delayed: list[tuple[float, int, Hashable]] = []
+        self._due: dict[Hashable, float] = {}  # earliest pending delayed add per key
         self._sequence = itertools.count()
         self._failures: dict[Hashable, int] = {}
         self._shutdown = False
@@ -47,9 +48,17 @@ class WorkQueue:
             self._cond.notify()
 
     def add_after(self, key: Hashable, delay_s: float) -> None:
-        """Queue `key` after `delay_s`."""
+        """Queue `key` after `delay_s`; a key already waiting to be added earlier is left alone, so
+        repeated retries of one key never pile up."""
+        due = time.monotonic() + delay_s
         with self._cond:
-            heapq.heappush(self._delayed, (time.monotonic() + delay_s, next(self._sequence), key))
+            if self._shutdown:
+                return
+            current = self._due.get(key)
+            if current is not None and current <= due:
+                return
+            self._due[key] = due
+            heapq.heappush(self._delayed, (due, next(self._sequence), key))
             self._cond.notify()
 
     def add_rate_limited(self, key: Hashable) -> float:
@@ -78,8 +87,10 @@ class WorkQueue:
             while True:
                 now = time.monotonic()
                 while self._delayed and self._delayed[0][0] <= now:
-                    _, _, key = heapq.heappop(self._delayed)
-                    self._add_locked(key)
+                    due, _, key = heapq.heappop(self._delayed)
+                    if self._due.get(key) == due:  # else superseded by an earlier add_after
+                        del self._due[key]
+                        self._add_locked(key)
                 if self._queue:
                     key = self._queue.popleft()
                     self._queued.discard(key)
@@ -114,4 +125,5 @@ class WorkQueue:
             self._queue.clear()
             self._queued.clear()
             self._delayed.clear()
+            self._due.clear()
             self._cond.notify_all()

@@ -126,3 +126,14 @@ def bind(server, pod_name, node):
     api._request("POST", PODS.path("default", pod_name, "binding"), body={
         "apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod_name, "namespace": "default"},
         "target": {"apiVersion": "v1", "kind": "Node", "name": node}})
+
+
+def test_device_class_created_after_the_pod_is_picked_up(fake_apiserver):
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0)])
+    server.create(claim("c", config=vgpu_config(memory="1Gi")))
+    server.create(pod("app", ["c"]))
+    with running_controller(server):
+        wait_for(lambda: server.get("Pod", "app", "default") and True, what="pod stored")
+        add_device_class(server)
+        wait_for(lambda: allocation_of(server, "c"), what="allocated once its class exists")

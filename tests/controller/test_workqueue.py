@@ -35,3 +35,13 @@ def test_shut_down_wakes_waiters():
     queue = WorkQueue()
     queue.shut_down()
     assert queue.get() is None
+
+
+def test_repeated_delayed_adds_of_one_key_do_not_pile_up():
+    queue = WorkQueue()
+    for _ in range(50):
+        queue.add_after("k", 0.01)
+    queue.add_after("k", 10.0)  # a later retry does not postpone the earlier one
+    assert queue.get(timeout_s=1) == "k"
+    queue.done("k")
+    assert queue.get(timeout_s=0.1) is None
