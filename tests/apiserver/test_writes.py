@@ -48,6 +48,14 @@ def test_put_with_stale_resource_version_conflicts(kube_client: client.ApiClient
     assert "the object has been modified" in stale.message
 
 
+def test_put_without_resource_version_is_unconditional(kube_client: client.ApiClient) -> None:
+    obj = create_claim(kube_client)
+    request(kube_client, "PATCH", f"{CLAIMS}/c1", {"metadata": {"labels": {"a": "1"}}}, MERGE)
+    meta = {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"} | {"labels": {"b": "2"}}
+    resp = request(kube_client, "PUT", f"{CLAIMS}/c1", obj | {"metadata": meta})
+    assert resp.status == 200 and resp.body["metadata"]["labels"] == {"b": "2"}
+
+
 def test_claim_spec_is_immutable(kube_client: client.ApiClient) -> None:
     obj = create_claim(kube_client)
     obj["spec"]["devices"]["requests"][0]["exactly"]["count"] = 2

@@ -180,7 +180,8 @@ class Store:
         log = self._logs[rt]
         log.events.append(WatchEvent(rv, event_type, obj, old))
         log.rvs.append(rv)
-        if len(log.events) > self._history:
+        # Trim in batches so a full log does not memmove itself on every write.
+        if len(log.events) > self._history + max(1, self._history // 8):
             drop = len(log.events) - self._history
             log.compacted_rv = log.rvs[drop - 1]
             del log.events[:drop]
@@ -276,11 +277,9 @@ class Store:
         with self._lock:
             old = self.get(rt, namespace if rt.namespaced else "", name)
             rv = meta.get("resourceVersion")
-            if not rv:
-                raise invalid(rt.kind, rt.group, name, [FieldError(
-                    "metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update",
-                    "FieldValueInvalid")])
-            if rv != old["metadata"]["resourceVersion"]:
+            # Without a resourceVersion the update is unconditional (AllowUnconditionalUpdate is
+            # true for every kind served here), as on the real server.
+            if rv and rv != old["metadata"]["resourceVersion"]:
                 raise conflict(rt.plural, rt.group, name)
             return self._replace(rt, old, obj, subresource, user)
 
