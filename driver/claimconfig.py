@@ -34,6 +34,9 @@ _GPU_KEYS = ("uuid", "memory", "cores", "policy")
 _UUID_RE = re.compile(r"^(GPU|MIG)-[0-9A-Za-z-]+$")
 _CLAIM_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
 _UINT_RE = re.compile(r"^[0-9]+$")
+_BLANKS_RE = re.compile(r"[ \t]+")
+# Printable ASCII, tab and carriage return: exactly what the C parser accepts on a line.
+_BAD_CHAR_RE = re.compile(r"[^\t\r\x20-\x7e]")
 
 
 class ClaimConfigError(ValueError):
@@ -137,11 +140,15 @@ def parse(text: str) -> ClaimConfig:
     version: int | None = None
     claim: str | None = None
     gpus: list[GpuLimit] = []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only and tokens are separated by blanks and tabs only, as in the shim.
+    for lineno, raw in enumerate(text.split("\n"), start=1):
+        bad = _BAD_CHAR_RE.search(raw)
+        if bad:
+            raise ClaimConfigError(f"line {lineno}: invalid character {ord(bad.group()):#04x}")
         line = raw.strip(" \t\r")
         if not line or line.startswith("#"):
             continue
-        tokens = line.split()
+        tokens = _BLANKS_RE.split(line)
         head = tokens[0]
         if head == "gpu":
             gpu = _parse_gpu(tokens[1:], lineno)

@@ -1,0 +1,412 @@
+/*
+ * The memory wall: every entry point that creates device memory reserves its bytes first (CAS
+ * under the claim's limit), then calls the driver, then commits (remembers pointer -> bytes) or
+ * rolls back. Every free refunds exactly what was charged. Where the size is only known after the
+ * driver answered (pitch, arrays), the reservation is an estimate corrected right after the call,
+ * and an allocation that would cross the wall after correction is undone.
+ */
+#include <string.h>
+
+#include "vgpu_internal.h"
+
+static int64_t clamp_bytes(unsigned long long n)
+{
+    return n > (unsigned long long)INT64_MAX ? INT64_MAX : (int64_t)n;
+}
+
+/* Correct a reservation from `estimate` to `actual`. 0 on success; -1 when the extra bytes do not
+ * fit (the estimate stays reserved, the caller undoes the allocation and refunds it). */
+static int settle(struct vgpu_account *a, int64_t estimate, int64_t actual)
+{
+    if (actual > estimate)
+        return vgpu_admit(a, actual - estimate) ? 0 : -1;
+    vgpu_refund(a, estimate - actual);
+    return 0;
+}
+
+/* ---- linear allocations ---------------------------------------------------------------------- */
+
+#define CHARGE_CURRENT(acct, bytes)                                                                   \
+    struct vgpu_account *acct;                                                                        \
+    do {                                                                                              \
+        CUresult charge_err_ = CUDA_SUCCESS;                                                          \
+        acct = vgpu_account_current(NULL, &charge_err_);                                              \
+        if (!acct)                                                                                    \
+            return charge_err_;                                                                       \
+        if (!vgpu_admit(acct, (bytes)))                                                               \
+            return CUDA_ERROR_OUT_OF_MEMORY;                                                          \
+    } while (0)
+
+VGPU_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
+{
+    VGPU_GATE(cuMemAlloc_v2, (dptr, bytesize));
+    if (!dptr)
+        return vgpu_real.cuMemAlloc_v2(dptr, bytesize);
+    int64_t bytes = clamp_bytes(bytesize);
+    CHARGE_CURRENT(a, bytes);
+    CUresult rc = vgpu_real.cuMemAlloc_v2(dptr, bytesize);
+    if (rc != CUDA_SUCCESS) {
+        vgpu_refund(a, bytes);
+        return rc;
+    }
+    vgpu_ptrmap_put(VGPU_PTR_DEVICE, *dptr, bytes, a);
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize)
+{
+    VGPU_GATE(cuMemAlloc, (dptr, bytesize));
+    if (!dptr)
+        return vgpu_real.cuMemAlloc(dptr, bytesize);
+    int64_t bytes = bytesize;
+    CHARGE_CURRENT(a, bytes);
+    CUresult rc = vgpu_real.cuMemAlloc(dptr, bytesize);
+    if (rc != CUDA_SUCCESS) {
+        vgpu_refund(a, bytes);
+        return rc;
+    }
+    vgpu_ptrmap_put(VGPU_PTR_DEVICE, *dptr, bytes, a);
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags)
+{
+    VGPU_GATE(cuMemAllocManaged, (dptr, bytesize, flags));
+    if (!dptr)
+        return vgpu_real.cuMemAllocManaged(dptr, bytesize, flags);
+    /* Managed memory is charged in full to the current device: no oversubscription (docs/shim.md). */
+    int64_t bytes = clamp_bytes(bytesize);
+    CHARGE_CURRENT(a, bytes);
+    CUresult rc = vgpu_real.cuMemAllocManaged(dptr, bytesize, flags);
+    if (rc != CUDA_SUCCESS) {
+        vgpu_refund(a, bytes);
+        return rc;
+    }
+    vgpu_ptrmap_put(VGPU_PTR_DEVICE, *dptr, bytes, a);
+    return CUDA_SUCCESS;
+}
+
+static int64_t pitch_estimate(unsigned long long width, unsigned long long height)
+{
+    /* Drivers align rows to at most 512 bytes; the real pitch corrects this right after. */
+    unsigned long long row = (width + 511ULL) & ~511ULL, total;
+    if (row < width || __builtin_mul_overflow(row, height, &total))
+        return INT64_MAX;
+    return clamp_bytes(total);
+}
+
+VGPU_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t w, size_t h, unsigned int elem)
+{
+    VGPU_GATE(cuMemAllocPitch_v2, (dptr, pitch, w, h, elem));
+    if (!dptr || !pitch)
+        return vgpu_real.cuMemAllocPitch_v2(dptr, pitch, w, h, elem);
+    int64_t estimate = pitch_estimate(w, h);
+    CHARGE_CURRENT(a, estimate);
+    CUresult rc = vgpu_real.cuMemAllocPitch_v2(dptr, pitch, w, h, elem);
+    if (rc != CUDA_SUCCESS) {
+        vgpu_refund(a, estimate);
+        return rc;
+    }
+    unsigned long long actual_u;
+    int64_t actual = __builtin_mul_overflow((unsigned long long)*pitch, (unsigned long long)h, &actual_u)
+                         ? INT64_MAX
+                         : clamp_bytes(actual_u);
+    if (settle(a, estimate, actual) != 0) {
+        vgpu_real.cuMemFree_v2(*dptr);
+        vgpu_refund(a, estimate);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    vgpu_ptrmap_put(VGPU_PTR_DEVICE, *dptr, actual, a);
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pitch, unsigned int w, unsigned int h,
+                                     unsigned int elem)
+{
+    VGPU_GATE(cuMemAllocPitch, (dptr, pitch, w, h, elem));
+    if (!dptr || !pitch)
+        return vgpu_real.cuMemAllocPitch(dptr, pitch, w, h, elem);
+    int64_t estimate = pitch_estimate(w, h);
+    CHARGE_CURRENT(a, estimate);
+    CUresult rc = vgpu_real.cuMemAllocPitch(dptr, pitch, w, h, elem);
+    if (rc != CUDA_SUCCESS) {
+        vgpu_refund(a, estimate);
+        return rc;
+    }
+    int64_t actual = (int64_t)*pitch * (int64_t)h;
+    if (settle(a, estimate, actual) != 0) {
+        vgpu_real.cuMemFree(*dptr);
+        vgpu_refund(a, estimate);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    vgpu_ptrmap_put(VGPU_PTR_DEVICE, *dptr, actual, a);
+    return CUDA_SUCCESS;
+}
+
+/* Frees: forget first (another thread may get the same address right after the driver frees it),
+ * put back if the driver refuses. Unknown pointers are always forwarded. */
+#define FREE_BODY(kind, key, call)                                                                    \
+    do {                                                                                              \
+        int64_t bytes_ = 0;                                                                           \
+        struct vgpu_account *acct_ = NULL;                                                            \
+        int known_ = vgpu_ptrmap_take((kind), (uint64_t)(key), &bytes_, &acct_);                      \
+        CUresult rc_ = (call);                                                                        \
+        if (known_) {                                                                                 \
+            if (rc_ == CUDA_SUCCESS)                                                                  \
+                vgpu_refund(acct_, bytes_);                                                           \
+            else                                                                                      \
+                vgpu_ptrmap_put((kind), (uint64_t)(key), bytes_, acct_);                              \
+        }                                                                                             \
+        return rc_;                                                                                   \
+    } while (0)
+
+VGPU_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
+{
+    VGPU_GATE(cuMemFree_v2, (dptr));
+    FREE_BODY(VGPU_PTR_DEVICE, dptr, vgpu_real.cuMemFree_v2(dptr));
+}
+
+VGPU_EXPORT CUresult cuMemFree(CUdeviceptr_v1 dptr)
+{
+    VGPU_GATE(cuMemFree, (dptr));
+    FREE_BODY(VGPU_PTR_DEVICE, dptr, vgpu_real.cuMemFree(dptr));
+}
+
+/* ---- stream-ordered allocations (charged at the call, refunded at the free call) -------------- */
+
+#define ALLOC_ASYNC_BODY(real_call)                                                                   \
+    do {                                                                                              \
+        if (!dptr)                                                                                    \
+            return real_call;                                                                         \
+        int64_t bytes = clamp_bytes(bytesize);                                                        \
+        CHARGE_CURRENT(a, bytes);                                                                     \
+        CUresult rc = real_call;                                                                      \
+        if (rc != CUDA_SUCCESS) {                                                                     \
+            vgpu_refund(a, bytes);                                                                    \
+            return rc;                                                                                \
+        }                                                                                             \
+        vgpu_ptrmap_put(VGPU_PTR_DEVICE, *dptr, bytes, a);                                            \
+        return CUDA_SUCCESS;                                                                          \
+    } while (0)
+
+VGPU_EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream s)
+{
+    VGPU_GATE(cuMemAllocAsync, (dptr, bytesize, s));
+    ALLOC_ASYNC_BODY(vgpu_real.cuMemAllocAsync(dptr, bytesize, s));
+}
+
+VGPU_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream s)
+{
+    VGPU_GATE(cuMemAllocAsync_ptsz, (dptr, bytesize, s));
+    ALLOC_ASYNC_BODY(vgpu_real.cuMemAllocAsync_ptsz(dptr, bytesize, s));
+}
+
+VGPU_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool, CUstream s)
+{
+    VGPU_GATE(cuMemAllocFromPoolAsync, (dptr, bytesize, pool, s));
+    ALLOC_ASYNC_BODY(vgpu_real.cuMemAllocFromPoolAsync(dptr, bytesize, pool, s));
+}
+
+VGPU_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
+                                                  CUstream s)
+{
+    VGPU_GATE(cuMemAllocFromPoolAsync_ptsz, (dptr, bytesize, pool, s));
+    ALLOC_ASYNC_BODY(vgpu_real.cuMemAllocFromPoolAsync_ptsz(dptr, bytesize, pool, s));
+}
+
+VGPU_EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream s)
+{
+    VGPU_GATE(cuMemFreeAsync, (dptr, s));
+    FREE_BODY(VGPU_PTR_DEVICE, dptr, vgpu_real.cuMemFreeAsync(dptr, s));
+}
+
+VGPU_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream s)
+{
+    VGPU_GATE(cuMemFreeAsync_ptsz, (dptr, s));
+    FREE_BODY(VGPU_PTR_DEVICE, dptr, vgpu_real.cuMemFreeAsync_ptsz(dptr, s));
+}
+
+/* ---- virtual memory management: physical memory is charged at cuMemCreate ------------------- */
+
+VGPU_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t size, const CUmemAllocationProp *prop,
+                                 unsigned long long flags)
+{
+    VGPU_GATE(cuMemCreate, (h, size, prop, flags));
+    if (!h || !prop || prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
+        return vgpu_real.cuMemCreate(h, size, prop, flags); /* host memory is not the wall's business */
+    CUresult err = CUDA_SUCCESS;
+    /* The device comes from the request, checked by UUID lookup: never an unchecked index. */
+    struct vgpu_account *a = vgpu_account_for_device(prop->location.id, &err);
+    if (!a)
+        return err == CUDA_ERROR_OUT_OF_MEMORY ? err : CUDA_ERROR_INVALID_DEVICE;
+    int64_t bytes = clamp_bytes(size);
+    if (!vgpu_admit(a, bytes))
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult rc = vgpu_real.cuMemCreate(h, size, prop, flags);
+    if (rc != CUDA_SUCCESS) {
+        vgpu_refund(a, bytes);
+        return rc;
+    }
+    vgpu_ptrmap_put(VGPU_PTR_VMM, *h, bytes, a);
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle h)
+{
+    VGPU_GATE(cuMemRelease, (h));
+    FREE_BODY(VGPU_PTR_VMM, h, vgpu_real.cuMemRelease(h));
+}
+
+/* ---- arrays: estimate from the descriptor, then the driver's own memory requirements -------- */
+
+static unsigned element_bytes(CUarray_format f)
+{
+    switch (f) {
+    case CU_AD_FORMAT_UNSIGNED_INT8:
+    case CU_AD_FORMAT_SIGNED_INT8:
+        return 1;
+    case CU_AD_FORMAT_UNSIGNED_INT16:
+    case CU_AD_FORMAT_SIGNED_INT16:
+    case CU_AD_FORMAT_HALF:
+        return 2;
+    case CU_AD_FORMAT_UNSIGNED_INT32:
+    case CU_AD_FORMAT_SIGNED_INT32:
+    case CU_AD_FORMAT_FLOAT:
+        return 4;
+    default:
+        return 16; /* unknown or block-compressed formats: overestimate, corrected after creation */
+    }
+}
+
+static int64_t array_bytes(size_t w, size_t h, size_t d, CUarray_format f, unsigned channels)
+{
+    unsigned long long n = 1, t;
+    unsigned long long dims[5] = {w ? w : 1, h ? h : 1, d ? d : 1, channels ? channels : 1, element_bytes(f)};
+    for (int i = 0; i < 5; i++) {
+        if (__builtin_mul_overflow(n, dims[i], &t))
+            return INT64_MAX;
+        n = t;
+    }
+    return clamp_bytes(n);
+}
+
+static int64_t mipmap_bytes(const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned levels)
+{
+    int64_t total = 0;
+    if (levels == 0)
+        levels = 1;
+    for (unsigned l = 0; l < levels && l < 64; l++) {
+        size_t w = d->Width >> l, h = d->Height >> l, z = d->Depth >> l;
+        int64_t level = array_bytes(w ? w : 1, d->Height ? (h ? h : 1) : 0, d->Depth ? (z ? z : 1) : 0, d->Format,
+                                    d->NumChannels);
+        if (level > INT64_MAX - total)
+            return INT64_MAX;
+        total += level;
+    }
+    return total;
+}
+
+static CUresult finish_array(struct vgpu_account *a, CUdevice dev, int64_t estimate, CUarray arr)
+{
+    CUDA_ARRAY_MEMORY_REQUIREMENTS req;
+    int64_t actual = estimate;
+    memset(&req, 0, sizeof(req));
+    if (vgpu_helper.cuArrayGetMemoryRequirements &&
+        vgpu_helper.cuArrayGetMemoryRequirements(&req, arr, dev) == CUDA_SUCCESS && req.size > 0)
+        actual = clamp_bytes(req.size);
+    if (settle(a, estimate, actual) != 0) {
+        vgpu_real.cuArrayDestroy(arr);
+        vgpu_refund(a, estimate);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    vgpu_ptrmap_put(VGPU_PTR_ARRAY, (uint64_t)(uintptr_t)arr, actual, a);
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuArrayCreate_v2(CUarray *arr, const CUDA_ARRAY_DESCRIPTOR *desc)
+{
+    VGPU_GATE(cuArrayCreate_v2, (arr, desc));
+    if (!arr || !desc)
+        return vgpu_real.cuArrayCreate_v2(arr, desc);
+    CUresult err = CUDA_SUCCESS;
+    CUdevice dev = 0;
+    struct vgpu_account *a = vgpu_account_current(&dev, &err);
+    if (!a)
+        return err;
+    int64_t estimate = array_bytes(desc->Width, desc->Height, 1, desc->Format, desc->NumChannels);
+    if (!vgpu_admit(a, estimate))
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult rc = vgpu_real.cuArrayCreate_v2(arr, desc);
+    if (rc != CUDA_SUCCESS) {
+        vgpu_refund(a, estimate);
+        return rc;
+    }
+    return finish_array(a, dev, estimate, *arr);
+}
+
+VGPU_EXPORT CUresult cuArray3DCreate_v2(CUarray *arr, const CUDA_ARRAY3D_DESCRIPTOR *desc)
+{
+    VGPU_GATE(cuArray3DCreate_v2, (arr, desc));
+    if (!arr || !desc)
+        return vgpu_real.cuArray3DCreate_v2(arr, desc);
+    CUresult err = CUDA_SUCCESS;
+    CUdevice dev = 0;
+    struct vgpu_account *a = vgpu_account_current(&dev, &err);
+    if (!a)
+        return err;
+    int64_t estimate = array_bytes(desc->Width, desc->Height, desc->Depth, desc->Format, desc->NumChannels);
+    if (!vgpu_admit(a, estimate))
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult rc = vgpu_real.cuArray3DCreate_v2(arr, desc);
+    if (rc != CUDA_SUCCESS) {
+        vgpu_refund(a, estimate);
+        return rc;
+    }
+    return finish_array(a, dev, estimate, *arr);
+}
+
+VGPU_EXPORT CUresult cuArrayDestroy(CUarray arr)
+{
+    VGPU_GATE(cuArrayDestroy, (arr));
+    FREE_BODY(VGPU_PTR_ARRAY, (uintptr_t)arr, vgpu_real.cuArrayDestroy(arr));
+}
+
+VGPU_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *h, const CUDA_ARRAY3D_DESCRIPTOR *desc,
+                                            unsigned int levels)
+{
+    VGPU_GATE(cuMipmappedArrayCreate, (h, desc, levels));
+    if (!h || !desc)
+        return vgpu_real.cuMipmappedArrayCreate(h, desc, levels);
+    CUresult err = CUDA_SUCCESS;
+    CUdevice dev = 0;
+    struct vgpu_account *a = vgpu_account_current(&dev, &err);
+    if (!a)
+        return err;
+    int64_t estimate = mipmap_bytes(desc, levels);
+    if (!vgpu_admit(a, estimate))
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult rc = vgpu_real.cuMipmappedArrayCreate(h, desc, levels);
+    if (rc != CUDA_SUCCESS) {
+        vgpu_refund(a, estimate);
+        return rc;
+    }
+    CUDA_ARRAY_MEMORY_REQUIREMENTS req;
+    int64_t actual = estimate;
+    memset(&req, 0, sizeof(req));
+    if (vgpu_helper.cuMipmappedArrayGetMemoryRequirements &&
+        vgpu_helper.cuMipmappedArrayGetMemoryRequirements(&req, *h, dev) == CUDA_SUCCESS && req.size > 0)
+        actual = clamp_bytes(req.size);
+    if (settle(a, estimate, actual) != 0) {
+        vgpu_real.cuMipmappedArrayDestroy(*h);
+        vgpu_refund(a, estimate);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    vgpu_ptrmap_put(VGPU_PTR_MIPMAP, (uint64_t)(uintptr_t)*h, actual, a);
+    return CUDA_SUCCESS;
+}
+
+VGPU_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray h)
+{
+    VGPU_GATE(cuMipmappedArrayDestroy, (h));
+    FREE_BODY(VGPU_PTR_MIPMAP, (uintptr_t)h, vgpu_real.cuMipmappedArrayDestroy(h));
+}

@@ -1,0 +1,267 @@
+/* Internal declarations shared by the shim's source files (never installed, never exported). */
+#ifndef VGPU_INTERNAL_H
+#define VGPU_INTERNAL_H
+
+#include <stdint.h>
+
+#include "vgpu_cuda.h"
+#include "vgpu_region.h"
+
+#define VGPU_EXPORT __attribute__((visibility("default")))
+#define VGPU_LIKELY(x) __builtin_expect(!!(x), 1)
+#define VGPU_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* Claims root inside containers; the kubelet plugin mounts one directory per claim under it. */
+#ifndef VGPU_CLAIMS_ROOT_DEFAULT
+#define VGPU_CLAIMS_ROOT_DEFAULT "/var/run/vgpu-dra/claims"
+#endif
+
+#define VGPU_MAX_CLAIMS 16
+#define VGPU_MAX_DEVICES 64 /* CUDA ordinals we keep a cached mapping for */
+
+/* ---- config.c: the claim config format (docs/shim.md, driver/claimconfig.py) ---------------- */
+
+struct vgpu_gpu_limit {
+    char uuid[VGPU_UUID_LEN];
+    unsigned char uuid_bytes[16]; /* hex digits of the UUID, for matching cuDeviceGetUuid */
+    int64_t memory_bytes;
+    int cores;
+    int policy; /* VGPU_POLICY_* */
+};
+
+struct vgpu_claim_config {
+    char claim_uid[VGPU_CLAIM_LEN];
+    int gpu_count;
+    struct vgpu_gpu_limit gpus[VGPU_MAX_GPUS];
+};
+
+/* Parses one config text. 0 on success; else -1 with a message naming the line in err. */
+int vgpu_config_parse(const char *text, struct vgpu_claim_config *out, char *err, unsigned err_len);
+
+enum vgpu_claims_status { VGPU_CLAIMS_NONE, VGPU_CLAIMS_OK, VGPU_CLAIMS_INVALID };
+
+/* Reads every <root>/<claim>/config. NONE when the root is absent or has no claim directory. */
+struct vgpu_claim_set {
+    int count;
+    struct vgpu_claim_config claims[VGPU_MAX_CLAIMS];
+    char dirs[VGPU_MAX_CLAIMS][600];
+};
+enum vgpu_claims_status vgpu_claims_load(const char *root, struct vgpu_claim_set *out, char *err,
+                                         unsigned err_len);
+
+/* ---- region.c: the shared accounting region of one claim --------------------------------------- */
+
+struct vgpu_attached_region {
+    struct vgpu_region *map;
+    int fd;    /* holds our slot lock; O_CLOEXEC */
+    int slot;  /* our process slot, -1 if none */
+};
+
+/* Opens (creating and initialising under the init lock if needed), maps and fills the GPU table
+ * from cfg, then claims a process slot. 0 on success; else -1 with a reason in err. */
+int vgpu_region_attach(const char *path, const struct vgpu_claim_config *cfg,
+                       struct vgpu_attached_region *out, char *err, unsigned err_len);
+/* After fork in the child: a fresh open file description and a fresh slot. */
+int vgpu_region_reattach_child(const char *path, struct vgpu_attached_region *r);
+/* Normal exit: refund everything this process still holds and free its slot. */
+void vgpu_region_detach(struct vgpu_attached_region *r);
+/* Refunds the slots of dead processes. Returns the number of slots reclaimed. */
+int vgpu_region_reclaim_dead(struct vgpu_attached_region *r);
+
+/* ---- accounting (admission.c) --------------------------------------------------------------- */
+
+/* Where a CUDA device's bytes are charged: one GPU of one claim. */
+struct vgpu_account {
+    struct vgpu_gpu *gpu;             /* in the shared region */
+    int64_t *proc_used;               /* our slot's counter for this GPU */
+    int64_t limit;                    /* from the root-owned config, never from the region */
+    struct vgpu_attached_region *region;
+};
+
+/* Reserve bytes under the wall (CAS). 1 = admitted, 0 = refused (counted as rejected). */
+int vgpu_admit(struct vgpu_account *acct, int64_t bytes);
+/* Give back bytes admitted earlier (a free, or the roll-back of a failed driver call). */
+void vgpu_refund(struct vgpu_account *acct, int64_t bytes);
+
+/* ---- devices.c: CUDA ordinal -> account --------------------------------------------------- */
+
+enum vgpu_mode { VGPU_MODE_PASS = 0, VGPU_MODE_ENFORCE = 1, VGPU_MODE_FAIL_CLOSED = 2 };
+
+/* The account of a device ordinal; NULL with the error to return when the device is in no claim
+ * (CUDA_ERROR_OUT_OF_MEMORY: its allocations are refused) or cannot be identified. */
+struct vgpu_account *vgpu_account_for_device(CUdevice dev, CUresult *err);
+/* The account of the current context's device (stored in *dev when dev is not NULL), or NULL. */
+struct vgpu_account *vgpu_account_current(CUdevice *dev, CUresult *err);
+
+/* Entry gate of every hook: init once, then ENFORCE goes on; PASS calls the real function;
+ * FAIL_CLOSED refuses. */
+#define VGPU_CALL_REAL(name, args) (vgpu_real.name ? vgpu_real.name args : CUDA_ERROR_NOT_INITIALIZED)
+#define VGPU_GATE(name, args)                                                                         \
+    do {                                                                                              \
+        vgpu_ensure_init();                                                                           \
+        if (VGPU_UNLIKELY(vgpu_mode != VGPU_MODE_ENFORCE))                                           \
+            return vgpu_mode == VGPU_MODE_FAIL_CLOSED ? CUDA_ERROR_NOT_PERMITTED                      \
+                                                      : VGPU_CALL_REAL(name, args);                   \
+    } while (0)
+
+/* ---- loader.c: real driver, mode, init ------------------------------------------------------ */
+
+/* The real entry points, resolved by exact name from libcuda.so.1. */
+#define VGPU_CUDA_HOOKS(X)                                                                            \
+    X(cuInit, (unsigned int flags), (flags))                                                          \
+    X(cuGetProcAddress, (const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags),          \
+      (symbol, pfn, cudaVersion, flags))                                                              \
+    X(cuGetProcAddress_v2,                                                                            \
+      (const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,                            \
+       CUdriverProcAddressQueryResult *symbolStatus),                                                 \
+      (symbol, pfn, cudaVersion, flags, symbolStatus))                                                \
+    X(cuDeviceTotalMem, (unsigned int *bytes, CUdevice dev), (bytes, dev))                            \
+    X(cuDeviceTotalMem_v2, (size_t *bytes, CUdevice dev), (bytes, dev))                               \
+    X(cuMemGetInfo, (unsigned int *free_bytes, unsigned int *total), (free_bytes, total))             \
+    X(cuMemGetInfo_v2, (size_t *free_bytes, size_t *total), (free_bytes, total))                      \
+    X(cuCtxCreate, (CUcontext *pctx, unsigned int flags, CUdevice dev), (pctx, flags, dev))           \
+    X(cuCtxCreate_v2, (CUcontext *pctx, unsigned int flags, CUdevice dev), (pctx, flags, dev))        \
+    X(cuCtxCreate_v3,                                                                                 \
+      (CUcontext *pctx, CUexecAffinityParam *params, int n, unsigned int flags, CUdevice dev),        \
+      (pctx, params, n, flags, dev))                                                                  \
+    X(cuCtxCreate_v4, (CUcontext *pctx, CUctxCreateParams *params, unsigned int flags, CUdevice dev), \
+      (pctx, params, flags, dev))                                                                     \
+    X(cuDevicePrimaryCtxRetain, (CUcontext *pctx, CUdevice dev), (pctx, dev))                         \
+    X(cuMemAlloc, (CUdeviceptr_v1 *dptr, unsigned int bytesize), (dptr, bytesize))                    \
+    X(cuMemAlloc_v2, (CUdeviceptr *dptr, size_t bytesize), (dptr, bytesize))                          \
+    X(cuMemFree, (CUdeviceptr_v1 dptr), (dptr))                                                       \
+    X(cuMemFree_v2, (CUdeviceptr dptr), (dptr))                                                       \
+    X(cuMemAllocPitch,                                                                                \
+      (CUdeviceptr_v1 *dptr, unsigned int *pitch, unsigned int w, unsigned int h, unsigned int elem), \
+      (dptr, pitch, w, h, elem))                                                                      \
+    X(cuMemAllocPitch_v2, (CUdeviceptr *dptr, size_t *pitch, size_t w, size_t h, unsigned int elem),  \
+      (dptr, pitch, w, h, elem))                                                                      \
+    X(cuMemAllocManaged, (CUdeviceptr *dptr, size_t bytesize, unsigned int flags),                    \
+      (dptr, bytesize, flags))                                                                        \
+    X(cuArrayCreate_v2, (CUarray *arr, const CUDA_ARRAY_DESCRIPTOR *desc), (arr, desc))               \
+    X(cuArray3DCreate_v2, (CUarray *arr, const CUDA_ARRAY3D_DESCRIPTOR *desc), (arr, desc))           \
+    X(cuArrayDestroy, (CUarray arr), (arr))                                                           \
+    X(cuMipmappedArrayCreate,                                                                         \
+      (CUmipmappedArray *h, const CUDA_ARRAY3D_DESCRIPTOR *desc, unsigned int levels),                \
+      (h, desc, levels))                                                                              \
+    X(cuMipmappedArrayDestroy, (CUmipmappedArray h), (h))                                             \
+    X(cuMemCreate,                                                                                    \
+      (CUmemGenericAllocationHandle * h, size_t size, const CUmemAllocationProp *prop,               \
+       unsigned long long flags),                                                                     \
+      (h, size, prop, flags))                                                                         \
+    X(cuMemRelease, (CUmemGenericAllocationHandle h), (h))                                            \
+    X(cuMemAllocAsync, (CUdeviceptr *dptr, size_t bytesize, CUstream s), (dptr, bytesize, s))         \
+    X(cuMemAllocAsync_ptsz, (CUdeviceptr *dptr, size_t bytesize, CUstream s), (dptr, bytesize, s))    \
+    X(cuMemAllocFromPoolAsync, (CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool, CUstream s),   \
+      (dptr, bytesize, pool, s))                                                                      \
+    X(cuMemAllocFromPoolAsync_ptsz,                                                                   \
+      (CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool, CUstream s), (dptr, bytesize, pool, s)) \
+    X(cuMemFreeAsync, (CUdeviceptr dptr, CUstream s), (dptr, s))                                      \
+    X(cuMemFreeAsync_ptsz, (CUdeviceptr dptr, CUstream s), (dptr, s))                                 \
+    X(cuLaunchKernel,                                                                                 \
+      (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,              \
+       unsigned int by, unsigned int bz, unsigned int shmem, CUstream s, void **params,               \
+       void **extra),                                                                                 \
+      (f, gx, gy, gz, bx, by, bz, shmem, s, params, extra))                                           \
+    X(cuLaunchKernel_ptsz,                                                                            \
+      (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,              \
+       unsigned int by, unsigned int bz, unsigned int shmem, CUstream s, void **params,               \
+       void **extra),                                                                                 \
+      (f, gx, gy, gz, bx, by, bz, shmem, s, params, extra))                                           \
+    X(cuLaunchKernelEx, (const CUlaunchConfig *config, CUfunction f, void **params, void **extra),    \
+      (config, f, params, extra))                                                                     \
+    X(cuLaunchKernelEx_ptsz,                                                                          \
+      (const CUlaunchConfig *config, CUfunction f, void **params, void **extra),                      \
+      (config, f, params, extra))                                                                     \
+    X(cuLaunchCooperativeKernel,                                                                      \
+      (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,              \
+       unsigned int by, unsigned int bz, unsigned int shmem, CUstream s, void **params),              \
+      (f, gx, gy, gz, bx, by, bz, shmem, s, params))                                                  \
+    X(cuLaunchCooperativeKernel_ptsz,                                                                 \
+      (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,              \
+       unsigned int by, unsigned int bz, unsigned int shmem, CUstream s, void **params),              \
+      (f, gx, gy, gz, bx, by, bz, shmem, s, params))                                                  \
+    X(cuGraphLaunch, (CUgraphExec g, CUstream s), (g, s))                                             \
+    X(cuGraphLaunch_ptsz, (CUgraphExec g, CUstream s), (g, s))
+
+/* Real driver functions the shim calls but does not intercept. */
+#define VGPU_CUDA_HELPERS(X)                                                                          \
+    X(cuCtxGetDevice, (CUdevice * dev), (dev))                                                        \
+    X(cuDeviceGetCount, (int *count), (count))                                                        \
+    X(cuDeviceGetUuid, (CUuuid * uuid, CUdevice dev), (uuid, dev))                                    \
+    X(cuArrayGetMemoryRequirements,                                                                   \
+      (CUDA_ARRAY_MEMORY_REQUIREMENTS * req, CUarray arr, CUdevice dev), (req, arr, dev))             \
+    X(cuMipmappedArrayGetMemoryRequirements,                                                          \
+      (CUDA_ARRAY_MEMORY_REQUIREMENTS * req, CUmipmappedArray arr, CUdevice dev), (req, arr, dev))    \
+    X(cuCtxGetCurrent, (CUcontext * pctx), (pctx))                                                    \
+    X(cuCtxPushCurrent_v2, (CUcontext ctx), (ctx))                                                    \
+    X(cuCtxPopCurrent_v2, (CUcontext * pctx), (pctx))
+
+#define VGPU_DECLARE_PFN(name, params, args) typedef CUresult(*vgpu_pfn_##name) params;
+VGPU_CUDA_HOOKS(VGPU_DECLARE_PFN)
+#undef VGPU_DECLARE_PFN
+
+#define VGPU_REAL_FIELD(name, params, args) vgpu_pfn_##name name;
+#define VGPU_HELPER_FIELD(name, params, args) CUresult(*name) params;
+struct vgpu_real_cuda {
+    VGPU_CUDA_HOOKS(VGPU_REAL_FIELD)
+};
+struct vgpu_real_helpers {
+    VGPU_CUDA_HELPERS(VGPU_HELPER_FIELD)
+};
+#undef VGPU_REAL_FIELD
+#undef VGPU_HELPER_FIELD
+
+/* Owned by loader.c; written once during vgpu_init (under its once-guard), read-only after. */
+extern struct vgpu_real_cuda vgpu_real;
+extern struct vgpu_real_helpers vgpu_helper;
+extern int vgpu_mode;            /* enum vgpu_mode */
+extern int vgpu_ready;           /* 1 once vgpu_init finished; read with acquire */
+extern void *vgpu_libcuda;       /* dlopen handle of the real driver, NULL if absent */
+
+void vgpu_init_slow(void);
+static inline void vgpu_ensure_init(void)
+{
+    if (VGPU_UNLIKELY(!__atomic_load_n(&vgpu_ready, __ATOMIC_ACQUIRE)))
+        vgpu_init_slow();
+}
+
+/* Nonzero on the thread that is running vgpu_init (the driver may call back into us). */
+int vgpu_in_init(void);
+
+/* Accounts built by loader.c at init (and rewired in a fork child); read-only otherwise. */
+extern struct vgpu_account vgpu_accounts[VGPU_MAX_CLAIMS * VGPU_MAX_GPUS];
+extern unsigned char vgpu_account_uuid[VGPU_MAX_CLAIMS * VGPU_MAX_GPUS][16];
+extern int vgpu_account_count;
+
+/* The real dlsym, bootstrapped with dlvsym (never through our exported dlsym). */
+void *vgpu_real_dlsym(void *handle, const char *name);
+
+/* One line on stderr, prefixed "vgpu: "; each distinct call site prints at most once. */
+void vgpu_log_once(int *once_flag, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- procaddress.c ---------------------------------------------------------------------------- */
+
+/* Our wrapper for the real function at address real (by identity), or NULL. */
+void *vgpu_hook_for_real(void *real);
+/* nvml.c: the same for the NVML functions we wrap. */
+void *vgpu_nvml_hook_for_real(void *real);
+
+/* ---- ptrmap.c: device pointer / handle -> (bytes, account) ------------------------------------ */
+
+enum vgpu_ptr_kind { VGPU_PTR_DEVICE = 1, VGPU_PTR_ARRAY, VGPU_PTR_MIPMAP, VGPU_PTR_VMM };
+void vgpu_ptrmap_put(int kind, uint64_t key, int64_t bytes, struct vgpu_account *acct);
+/* Removes the entry; 1 and the entry's values when found, 0 otherwise. */
+int vgpu_ptrmap_take(int kind, uint64_t key, int64_t *bytes, struct vgpu_account **acct);
+void vgpu_ptrmap_clear(void); /* fork child: the parent's allocations are not ours */
+
+/* ---- limiter hook point (issue 4): launches ask it before going to the driver ---------------- */
+
+/* Nonzero while any GPU of this process has an active core cap; read relaxed on every launch. */
+extern int vgpu_limiter_active;
+void vgpu_limiter_before_launch(void);
+
+/* hooks_ctx.c: a fork child creates its own contexts, to be charged again. */
+void vgpu_contexts_forget(void);
+
+#endif /* VGPU_INTERNAL_H */

@@ -1,0 +1,69 @@
+/*
+ * Fake libcuda.so.1 for the shim tests: a simulated device set with per-process usage and a
+ * device-wide peak kept in a shared state file, so several processes see one device like on a real
+ * GPU. The ABI types come from shim/include/vgpu_cuda.h (the subset of cuda.h the shim wraps).
+ *
+ * Environment (read once, at load):
+ *   FAKE_CUDA_DEVICES   "GPU-<uuid>=<bytes>[,GPU-<uuid>=<bytes>...]"; default one 16 GiB device
+ *                       GPU-00000000-0000-0000-0000-000000000000
+ *   FAKE_CUDA_STATE     path of the shared state file (created if missing); unset = this process only
+ *   FAKE_CUDA_CTX_BYTES device memory a context occupies (default 0)
+ *   FAKE_CUDA_FAIL      comma-separated entry points that fail with CUDA_ERROR_UNKNOWN (fault injection)
+ *
+ * State file layout (read by tests/shim/fake_cuda_state.py): struct fake_state below.
+ */
+#ifndef FAKE_CUDA_H
+#define FAKE_CUDA_H
+
+#include <stdint.h>
+
+#include "vgpu_cuda.h"
+
+#define FAKE_EXPORT __attribute__((visibility("default")))
+#define FAKE_MAX_DEVICES 8
+#define FAKE_MAX_PROCS 256
+#define FAKE_STATE_MAGIC 0x4154534144554346ULL /* "FCUDASTA" */
+
+struct fake_proc {
+    int32_t pid;
+    int32_t pad;
+    int64_t used[FAKE_MAX_DEVICES];
+};
+
+struct fake_state {
+    uint64_t magic;
+    int64_t used[FAKE_MAX_DEVICES]; /* device-wide bytes in use */
+    int64_t peak[FAKE_MAX_DEVICES]; /* highest device-wide use ever */
+    struct fake_proc procs[FAKE_MAX_PROCS];
+};
+
+struct fake_device {
+    char uuid_text[96];
+    CUuuid uuid;
+    int64_t capacity;
+};
+
+/* state.c — all of it set up once by the library constructor, read-only afterwards except the
+ * shared counters (atomics) and g_fake_me (rewired by the fork child handler). */
+extern struct fake_device g_fake_devices[FAKE_MAX_DEVICES];
+extern int g_fake_device_count;
+extern int64_t g_fake_ctx_bytes;
+extern struct fake_state *g_fake_state;
+extern struct fake_proc *g_fake_me;
+extern int g_fake_initialized; /* cuInit called */
+
+int fake_should_fail(const char *function);
+/* Charge bytes to dev for this process; CUDA_ERROR_OUT_OF_MEMORY when the device is full. */
+CUresult fake_charge(int dev, int64_t bytes);
+void fake_uncharge(int dev, int64_t bytes);
+int fake_valid_device(CUdevice dev);
+
+/* memory.c: allocation bookkeeping (address -> size, device). */
+uint64_t fake_new_address(int64_t bytes, int low32);
+void fake_remember(uint64_t addr, int64_t bytes, int dev);
+int fake_forget(uint64_t addr, int64_t *bytes, int *dev);
+
+/* context.c */
+int fake_current_device(void); /* -1 without a current context */
+
+#endif

@@ -1,0 +1,192 @@
+/* Devices, the shared usage state and fault injection of the fake driver. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "fake_cuda.h"
+
+struct fake_device g_fake_devices[FAKE_MAX_DEVICES];
+int g_fake_device_count;
+int64_t g_fake_ctx_bytes;
+struct fake_state *g_fake_state;
+struct fake_proc *g_fake_me;
+int g_fake_initialized;
+static char g_fail[1024];
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static void add_device(const char *uuid, long long bytes)
+{
+    struct fake_device *d = &g_fake_devices[g_fake_device_count];
+    int n = 0;
+    snprintf(d->uuid_text, sizeof(d->uuid_text), "%s", uuid);
+    for (const char *p = uuid + 4; *p && n < 32; p++) {
+        int v = hexval(*p);
+        if (v < 0)
+            continue;
+        d->uuid.bytes[n / 2] = (char)(d->uuid.bytes[n / 2] | (v << ((n % 2) ? 0 : 4)));
+        n++;
+    }
+    d->capacity = bytes;
+    g_fake_device_count++;
+}
+
+static void parse_devices(void)
+{
+    const char *env = getenv("FAKE_CUDA_DEVICES");
+    char buf[2048];
+    if (!env || !*env) {
+        add_device("GPU-00000000-0000-0000-0000-000000000000", 16LL << 30);
+        return;
+    }
+    snprintf(buf, sizeof(buf), "%s", env);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok && g_fake_device_count < FAKE_MAX_DEVICES;
+         tok = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(tok, '=');
+        if (!eq) {
+            fprintf(stderr, "fake-cuda: FAKE_CUDA_DEVICES entry '%s' lacks =bytes\n", tok);
+            continue;
+        }
+        *eq = '\0';
+        add_device(tok, atoll(eq + 1));
+    }
+}
+
+static struct fake_proc *claim_proc(void)
+{
+    int me = getpid();
+    for (int i = 0; i < FAKE_MAX_PROCS; i++) {
+        int expected = 0;
+        if (__atomic_compare_exchange_n(&g_fake_state->procs[i].pid, &expected, me, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_RELAXED)) {
+            memset(g_fake_state->procs[i].used, 0, sizeof(g_fake_state->procs[i].used));
+            return &g_fake_state->procs[i];
+        }
+    }
+    fprintf(stderr, "fake-cuda: more than %d processes\n", FAKE_MAX_PROCS);
+    abort();
+}
+
+/* A process that died keeps its memory until someone notices, like a driver reaping a client. */
+static void reap_dead(void)
+{
+    for (int i = 0; i < FAKE_MAX_PROCS; i++) {
+        struct fake_proc *p = &g_fake_state->procs[i];
+        int pid = __atomic_load_n(&p->pid, __ATOMIC_ACQUIRE);
+        if (pid <= 0 || p == g_fake_me || kill(pid, 0) == 0 || errno != ESRCH)
+            continue;
+        if (!__atomic_compare_exchange_n(&p->pid, &pid, -1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+            continue;
+        for (int d = 0; d < FAKE_MAX_DEVICES; d++)
+            __atomic_sub_fetch(&g_fake_state->used[d], __atomic_exchange_n(&p->used[d], 0, __ATOMIC_ACQ_REL),
+                               __ATOMIC_ACQ_REL);
+        __atomic_store_n(&p->pid, 0, __ATOMIC_RELEASE);
+    }
+}
+
+static void after_fork_child(void)
+{
+    g_fake_me = claim_proc();
+}
+
+__attribute__((constructor)) static void fake_load(void)
+{
+    const char *path = getenv("FAKE_CUDA_STATE");
+    const char *ctx = getenv("FAKE_CUDA_CTX_BYTES");
+    const char *fail = getenv("FAKE_CUDA_FAIL");
+    parse_devices();
+    g_fake_ctx_bytes = ctx ? atoll(ctx) : 0;
+    if (fail)
+        snprintf(g_fail, sizeof(g_fail), ",%s,", fail);
+    if (path && *path) {
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+        if (fd < 0 || flock(fd, LOCK_EX) != 0) {
+            perror("fake-cuda: state file");
+            abort();
+        }
+        if (lseek(fd, 0, SEEK_END) < (off_t)sizeof(struct fake_state) && ftruncate(fd, sizeof(struct fake_state)))
+            abort();
+        g_fake_state = mmap(NULL, sizeof(struct fake_state), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (g_fake_state == MAP_FAILED)
+            abort();
+        if (g_fake_state->magic == 0)
+            g_fake_state->magic = FAKE_STATE_MAGIC;
+        flock(fd, LOCK_UN);
+        close(fd);
+    } else {
+        g_fake_state = mmap(NULL, sizeof(struct fake_state), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                            -1, 0);
+        g_fake_state->magic = FAKE_STATE_MAGIC;
+    }
+    g_fake_me = claim_proc();
+    pthread_atfork(NULL, NULL, after_fork_child);
+}
+
+/* The process slot is given back at normal exit; kill -9 leaves it to reap_dead. */
+__attribute__((destructor)) static void fake_unload(void)
+{
+    struct fake_proc *p = g_fake_me;
+    if (!p || p->pid != getpid())
+        return;
+    for (int d = 0; d < FAKE_MAX_DEVICES; d++)
+        __atomic_sub_fetch(&g_fake_state->used[d], __atomic_exchange_n(&p->used[d], 0, __ATOMIC_ACQ_REL),
+                           __ATOMIC_ACQ_REL);
+    __atomic_store_n(&p->pid, 0, __ATOMIC_RELEASE);
+}
+
+int fake_should_fail(const char *function)
+{
+    char key[128];
+    if (!g_fail[0])
+        return 0;
+    snprintf(key, sizeof(key), ",%s,", function);
+    return strstr(g_fail, key) != NULL;
+}
+
+int fake_valid_device(CUdevice dev)
+{
+    return dev >= 0 && dev < g_fake_device_count;
+}
+
+CUresult fake_charge(int dev, int64_t bytes)
+{
+    int64_t *used = &g_fake_state->used[dev];
+    for (int attempt = 0; attempt < 2; attempt++) {
+        int64_t cur = __atomic_load_n(used, __ATOMIC_RELAXED);
+        while (cur + bytes <= g_fake_devices[dev].capacity) {
+            if (__atomic_compare_exchange_n(used, &cur, cur + bytes, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+                int64_t now = cur + bytes, peak = __atomic_load_n(&g_fake_state->peak[dev], __ATOMIC_RELAXED);
+                while (now > peak && !__atomic_compare_exchange_n(&g_fake_state->peak[dev], &peak, now, 1,
+                                                                  __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+                    ;
+                __atomic_add_fetch(&g_fake_me->used[dev], bytes, __ATOMIC_RELAXED);
+                return CUDA_SUCCESS;
+            }
+        }
+        reap_dead();
+    }
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+void fake_uncharge(int dev, int64_t bytes)
+{
+    __atomic_sub_fetch(&g_fake_me->used[dev], bytes, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&g_fake_state->used[dev], bytes, __ATOMIC_ACQ_REL);
+}

@@ -1,0 +1,106 @@
+"""The memory wall on every allocation path: refusal past the limit, exact refunds, rollback."""
+
+import pytest
+
+from tests.shim.harness import GPU0, MiB, Node
+
+LIMIT = 64 * MiB
+
+# (commands that allocate well under the limit, the bytes the fake driver really takes for them)
+PATHS = {
+    "alloc": (["alloc", str(8 * MiB)], 8 * MiB),
+    "alloc-v1": (["alloc1", str(8 * MiB)], 8 * MiB),
+    "managed": (["managed", str(8 * MiB)], 8 * MiB),
+    "pitch": (["pitch", "1000", "4096"], 1024 * 4096),  # rows padded to 1024 bytes
+    "array": (["array", "1000", "1000"], 4096 * 1000),  # float rows of 4000 B padded to 4096
+    "array3d": (["array3d", "100", "100", "100"], 512 * 100 * 100),
+    "mipmap": (["mipmap", "1024", "1024", "3"], 4096 * 1024 + 2048 * 512 + 1024 * 256),
+    "vmm": (["vmm", "0", str(8 * MiB)], 8 * MiB),
+    "async": (["async", str(8 * MiB)], 8 * MiB),
+    "pool": (["pool", str(8 * MiB)], 8 * MiB),
+}
+
+# The same path asked for more than the whole limit.
+TOO_BIG = {
+    "alloc": ["alloc", str(LIMIT + 1)],
+    "alloc-v1": ["alloc1", str(LIMIT + 1)],
+    "managed": ["managed", str(LIMIT + 1)],
+    "pitch": ["pitch", "4096", str(LIMIT // 4096 + 1)],
+    "array": ["array", "4096", str(LIMIT // 16384 + 1)],
+    "array3d": ["array3d", "128", "128", str(LIMIT // 65536 + 1)],
+    "mipmap": ["mipmap", "4096", "4096", "2"],
+    "vmm": ["vmm", "0", str(LIMIT + 2 * MiB)],
+    "async": ["async", str(LIMIT + 1)],
+    "pool": ["pool", str(LIMIT + 1)],
+}
+
+
+@pytest.fixture
+def claimed(node: Node) -> Node:
+    node.add_claim("claim-a", {GPU0: LIMIT})
+    return node
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_each_path_is_charged_exactly_and_refunded_by_its_free(claimed: Node, path: str) -> None:
+    commands, real_bytes = PATHS[path]
+    result = claimed.run("init", "ctx", "0", *commands, "info", "free", "0", "info")
+    assert result.rcs() == [0] * 6, result
+    # While held: the claim's view shows exactly the bytes the driver took.
+    assert int(result.lines[3]["free"]) == LIMIT - real_bytes
+    assert int(result.lines[5]["free"]) == LIMIT
+    region = claimed.region("claim-a").gpu(GPU0)
+    assert region.used_bytes == 0
+    assert region.peak_bytes == real_bytes
+
+
+@pytest.mark.parametrize("path", sorted(TOO_BIG))
+def test_each_path_is_refused_past_the_limit(claimed: Node, path: str) -> None:
+    result = claimed.run("init", "ctx", "0", *TOO_BIG[path], "alloc", str(LIMIT))
+    assert result.rcs()[:2] == [0, 0]
+    assert result.rc(2) == 2, f"{path} crossed the wall: {result.lines}"  # CUDA_ERROR_OUT_OF_MEMORY
+    assert result.rc(3) == 0, "a refused call must not keep any charge"
+    gpu = claimed.region("claim-a").gpu(GPU0)
+    assert gpu.rejected_allocations == 1
+    assert gpu.peak_bytes == LIMIT
+    assert claimed.fake_device_peak() == LIMIT  # the driver never saw more than the wall
+
+
+def test_the_wall_counts_the_sum_of_allocations(claimed: Node) -> None:
+    result = claimed.run("init", "ctx", "0", "fill", str(5 * MiB), "info")
+    assert result.lines[2]["count"] == str(LIMIT // (5 * MiB))
+    assert int(result.lines[3]["free"]) == LIMIT % (5 * MiB)
+
+
+def test_a_failing_driver_call_refunds_its_reservation(claimed: Node) -> None:
+    claimed.fail = ("cuMemAlloc_v2", "cuMemCreate", "cuArrayCreate_v2")
+    result = claimed.run("init", "ctx", "0", "alloc", str(MiB), "vmm", "0", str(2 * MiB), "array", "64", "64", "info")
+    assert result.rcs()[2:5] == [999, 999, 999]  # the driver's own error comes back unchanged
+    assert int(result.lines[5]["free"]) == LIMIT
+    gpu = claimed.region("claim-a").gpu(GPU0)
+    assert (gpu.used_bytes, gpu.rejected_allocations) == (0, 0)
+
+
+def test_a_failing_free_keeps_the_charge(claimed: Node) -> None:
+    claimed.fail = ("cuMemFree_v2",)
+    result = claimed.run("init", "ctx", "0", "alloc", str(4 * MiB), "free", "0", "info")
+    assert result.rc(3) == 999
+    assert int(result.lines[4]["free"]) == LIMIT - 4 * MiB
+
+
+def test_host_memory_through_vmm_is_not_charged(claimed: Node) -> None:
+    result = claimed.run("init", "ctx", "0", "vmmhost", str(LIMIT * 2), "info")
+    assert result.rc(2) == 0
+    assert int(result.lines[3]["free"]) == LIMIT
+
+
+def test_pitch_is_charged_by_the_pitch_the_driver_returned(claimed: Node) -> None:
+    result = claimed.run("init", "ctx", "0", "pitch", "1000", "100", "info")
+    assert result.lines[2]["pitch"] == "1024"
+    assert int(result.lines[3]["free"]) == LIMIT - 1024 * 100
+
+
+def test_allocation_without_a_context_is_refused_like_the_driver_does(claimed: Node) -> None:
+    result = claimed.run("init", "alloc", str(MiB))
+    assert result.rc(1) == 201  # CUDA_ERROR_INVALID_CONTEXT
+    assert claimed.region("claim-a").gpu(GPU0).used_bytes == 0
