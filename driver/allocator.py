@@ -587,10 +587,13 @@ def _static_refusal(considered: list[NodeState], need: _Need) -> Refusal | None:
             return None
         if fitting > best_count:
             best_count, best_node = fitting, state.name
-    which = " matching its selectors" if need.selector is not None else ""
+    which = " matching its selectors" if matching < sum(len(s.gpus) for s in considered) else ""
     if matching == 0:
+        # Compiled CEL selectors keep their evaluation errors: the likeliest cause of no match.
+        errors = list(getattr(need.selector, "errors", None) or ())[:2]
+        detail = f" ({'; '.join(errors)})" if errors else ""
         return Refusal(f"{need.where()}no GPU matches the request's selectors on the "
-                       f"{len(considered)} eligible node(s)", RefusalKind.NO_MATCHING_GPU,
+                       f"{len(considered)} eligible node(s){detail}", RefusalKind.NO_MATCHING_GPU,
                        need.claim.key, need.request.name)
     if best_count == 0:
         assert largest is not None
@@ -618,7 +621,7 @@ def _capacity_refusal(ledger: Ledger, pod: PodRequest, considered: list[NodeStat
             return None
         if count > best_count:
             best_count, best_node = count, state.name
-    which = " matching its selectors" if need.selector is not None else ""
+    which = " matching its selectors" if _selector_narrows(considered, need) else ""
     if need.count > 1:
         return Refusal(f"{need.where()}needs {need.count} GPUs{which} with {need.describe()} free on one node; "
                        f"the best node, {best_node or considered[0].name}, has {best_count}",
@@ -626,6 +629,13 @@ def _capacity_refusal(ledger: Ledger, pod: PodRequest, considered: list[NodeStat
     return Refusal(f"{need.where()}no GPU{which} has {need.describe()} free; "
                    f"{_best_free(ledger, pod, considered, may_fit, need)}",
                    RefusalKind.NO_CAPACITY, need.claim.key, need.request.name)
+
+
+def _selector_narrows(considered: list[NodeState], need: _Need) -> bool:
+    """Whether the request's selectors rule out any GPU (a class selecting every GPU does not)."""
+    if need.selector is None:
+        return False
+    return not all(need.selects(state, i) for state in considered for i in range(len(state.gpus)))
 
 
 def _nodes_whose_best_gpu_may_fit(ledger: Ledger, pod: PodRequest, need: _Need) -> list[NodeState]:
