@@ -79,6 +79,7 @@ class SlicePublisher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._watch_response: Any = None
+        self._list_version = ""
         self.publish_count = 0
 
     @property
@@ -118,7 +119,10 @@ class SlicePublisher:
     def sync(self) -> bool:
         """Publish if anything differs from what we last wrote; True when slices were written."""
         with self._lock:
-            existing, _ = self._existing()
+            existing, version = self._existing()
+            # The watch starts from this list, before our writes: a deletion racing with the
+            # publish is then still seen as an event (our own writes are recognised and ignored).
+            self._list_version = version
             desired = self._desired(0)
             published = self._published
             if published is not None and _same(published.desired, desired) and \
@@ -206,7 +210,7 @@ class SlicePublisher:
                 self._stop.wait(retry_seconds)
 
     def _watch(self, watch_seconds: int) -> None:
-        _, version = self._existing()
+        version = self._list_version
         response = self._api.list_resource_slice(
             field_selector=self.field_selector, watch=True, resource_version=version,
             allow_watch_bookmarks=True, timeout_seconds=watch_seconds, _preload_content=False,
