@@ -1,0 +1,81 @@
+"""Memory queries report the claim's view; two claims on two GPUs are each enforced by UUID."""
+
+from tests.shim.harness import GPU_A, GPU_B, MiB, Node
+
+
+def two_gpu_node(node: Node) -> Node:
+    node.devices = {GPU_A: 8 << 30, GPU_B: 4 << 30}
+    return node
+
+
+def test_queries_show_limit_and_what_is_left(node: Node) -> None:
+    two_gpu_node(node).add_claim("claim-a", {GPU_A: 100 * MiB})
+    result = node.run("init", "ctx", "0", "alloc", str(30 * MiB), "info", "info1", "total", "0", "infonull")
+    assert result.rcs() == [0] * 7
+    assert (int(result.lines[3]["free"]), int(result.lines[3]["total"])) == (70 * MiB, 100 * MiB)
+    assert (int(result.lines[4]["free"]), int(result.lines[4]["total"])) == (70 * MiB, 100 * MiB)
+    assert int(result.lines[5]["total"]) == 100 * MiB  # cuDeviceTotalMem
+
+
+def test_a_limit_above_the_card_reports_the_card(node: Node) -> None:
+    two_gpu_node(node).add_claim("claim-a", {GPU_B: 64 << 30})
+    result = node.run("init", "ctx", "1", "info", "total", "1")
+    assert int(result.lines[2]["total"]) == 4 << 30
+    assert int(result.lines[3]["total"]) == 4 << 30
+
+
+def test_two_claims_on_two_gpus_are_each_enforced_by_uuid(node: Node) -> None:
+    two_gpu_node(node)
+    node.add_claim("claim-a", {GPU_A: 10 * MiB})
+    node.add_claim("claim-b", {GPU_B: 20 * MiB})
+    result = node.run(
+        "init",
+        "ctx", "0", "alloc", str(8 * MiB), "alloc", str(8 * MiB), "info",
+        "ctx", "1", "alloc", str(16 * MiB), "alloc", str(8 * MiB), "info",
+        "vmm", "0", str(2 * MiB), "vmm", "1", str(4 * MiB),
+    )
+    assert result.rcs() == [0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0]
+    assert (int(result.lines[4]["free"]), int(result.lines[4]["total"])) == (2 * MiB, 10 * MiB)
+    assert (int(result.lines[8]["free"]), int(result.lines[8]["total"])) == (4 * MiB, 20 * MiB)
+    assert node.region("claim-a").gpu(GPU_A).used_bytes == 0  # all returned at exit
+    assert node.region("claim-a").gpu(GPU_A).peak_bytes == 10 * MiB
+    assert node.region("claim-b").gpu(GPU_B).peak_bytes == 20 * MiB
+
+
+def test_a_device_in_no_claim_refuses_allocations(node: Node) -> None:
+    two_gpu_node(node).add_claim("claim-a", {GPU_A: 10 * MiB})
+    result = node.run("init", "ctx", "1", "alloc", str(MiB), "vmm", "1", str(2 * MiB))
+    assert result.rcs() == [0, 0, 2, 2]
+    assert "is in no claim" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_device_identity_is_the_uuid_not_the_ordinal(node: Node) -> None:
+    # The same claim, but the driver lists the GPUs in the other order (CUDA_VISIBLE_DEVICES).
+    node.devices = {GPU_B: 4 << 30, GPU_A: 8 << 30}
+    node.add_claim("claim-a", {GPU_A: 10 * MiB})
+    result = node.run("init", "ctx", "1", "alloc", str(8 * MiB), "info", "ctx", "0", "alloc", str(MiB))
+    assert result.rcs() == [0, 0, 0, 0, 0, 2]
+    assert int(result.lines[3]["total"]) == 10 * MiB
+
+
+def test_context_footprint_is_measured_and_charged(node: Node) -> None:
+    node.ctx_bytes = 3 * MiB
+    node.devices = {GPU_A: 8 << 30}
+    node.add_claim("claim-a", {GPU_A: 16 * MiB})
+    # The primary context is current when the second context is created: the driver's own
+    # free-memory drop across the creation is charged.
+    result = node.run("init", "ctx", "0", "ctxcreate", "0", "info", "alloc", str(14 * MiB))
+    assert result.rcs() == [0, 0, 0, 0, 2]
+    assert int(result.lines[3]["free"]) == 13 * MiB
+    gpu = node.region("claim-a").gpu(GPU_A)
+    assert gpu.context_bytes == 3 * MiB
+    assert gpu.peak_bytes == 3 * MiB
+
+
+def test_a_context_that_does_not_fit_is_refused(node: Node) -> None:
+    node.ctx_bytes = 8 * MiB
+    node.devices = {GPU_A: 8 << 30}
+    node.add_claim("claim-a", {GPU_A: 4 * MiB})
+    result = node.run("init", "ctx", "0", "ctxcreate", "0")
+    assert result.rcs() == [0, 0, 2]
