@@ -80,6 +80,9 @@ class GpuUsage:
     uuid: str
     limit_bytes: int
     used_bytes: int
+    # Part of used_bytes still held by slots of processes that died without exiting (kill -9):
+    # the shim refunds it when the next process attaches or hits the wall.
+    dead_process_bytes: int
     peak_bytes: int
     rejected_allocations: int
     context_bytes: int
@@ -225,7 +228,6 @@ def read_region(path: str | os.PathLike[str]) -> RegionSnapshot:
         _check_layout(copy, target)
         gpu_count = min(int(copy.gpu_count), MAX_GPUS)
         uuids = [_cstr(copy.gpus[i].uuid) for i in range(gpu_count)]
-        gpus = tuple(_gpu_usage(copy.gpus[i], uuids[i]) for i in range(gpu_count))
         processes = []
         for index in range(min(int(copy.proc_high_water), MAX_PROCS)):
             slot = copy.procs[index]
@@ -239,16 +241,20 @@ def read_region(path: str | os.PathLike[str]) -> RegionSnapshot:
                     used_bytes={uuids[g]: int(slot.used[g]) for g in range(gpu_count)},
                 )
             )
+        dead = [sum(p.used_bytes[uuids[g]] for p in processes if not p.alive) for g in range(gpu_count)]
+        gpus = tuple(_gpu_usage(copy.gpus[i], uuids[i], dead[i]) for i in range(gpu_count))
         return RegionSnapshot(claim_uid=_cstr(copy.claim_uid), gpus=gpus, processes=tuple(processes))
     finally:
         os.close(fd)
 
 
-def _gpu_usage(entry: Any, uuid: str) -> GpuUsage:
+def _gpu_usage(entry: Any, uuid: str, dead_bytes: int) -> GpuUsage:
+    used = max(0, int(entry.used_bytes))
     return GpuUsage(
         uuid=uuid,
         limit_bytes=int(entry.limit_bytes),
-        used_bytes=max(0, int(entry.used_bytes)),
+        used_bytes=used,
+        dead_process_bytes=min(used, max(0, dead_bytes)),
         peak_bytes=int(entry.peak_bytes),
         rejected_allocations=int(entry.rejected_allocs),
         context_bytes=int(entry.context_bytes),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -124,6 +125,7 @@ class Node:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own process group: stop() also ends fork children
         )
 
     def fake_device_peak(self, device: int = 0) -> int:
@@ -131,6 +133,15 @@ class Node:
         data = self.state_file.read_bytes()
         offset = 8 + 8 * 8 + 8 * device
         return int.from_bytes(data[offset : offset + 8], "little", signed=True)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL a process started by Node.start and every process it forked."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def read_until(proc: subprocess.Popen[str], cmd: str, timeout: float = 20) -> list[dict[str, str]]:

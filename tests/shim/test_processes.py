@@ -1,9 +1,8 @@
 """One budget per claim across processes: concurrency, kill -9, fork and exec."""
 
 import signal
-import subprocess
 
-from tests.shim.harness import GPU0, MiB, Node, read_until
+from tests.shim.harness import GPU0, MiB, Node, read_until, stop
 
 LIMIT = 64 * MiB
 BLOCK = MiB
@@ -16,8 +15,7 @@ def test_32_processes_filling_at_once_never_pass_the_limit(node: Node) -> None:
         counts = [int(read_until(p, "fill")[-1]["count"]) for p in procs]
     finally:
         for p in procs:
-            p.kill()
-            p.wait()
+            stop(p)
     # Every byte of the budget went to exactly one process, none beyond it.
     assert sum(counts) == LIMIT // BLOCK
     assert node.fake_device_peak() <= LIMIT
@@ -65,9 +63,7 @@ def test_a_fork_child_shares_the_claim_budget_with_its_own_slot(node: Node) -> N
         assert sorted(s.used_bytes[GPU0] for s in slots) == [24 * MiB, 24 * MiB]
         assert len({s.pid for s in slots}) == 2
     finally:
-        subprocess.run(["pkill", "-KILL", "-P", str(parent.pid)], check=False)
-        parent.kill()
-        parent.wait()
+        stop(parent)
 
 
 def test_an_execd_image_is_accounted_and_the_old_image_refunded(node: Node) -> None:
@@ -93,5 +89,4 @@ def test_memory_of_another_claim_is_invisible(node: Node) -> None:
         assert mine.rcs() == [0, 0, 0, 0]
         assert int(mine.lines[3]["free"]) == 4 * MiB
     finally:
-        holder.kill()
-        holder.wait()
+        stop(holder)

@@ -1,0 +1,55 @@
+/*
+ * Timing loop for bench/shim_overhead.py: the same driver-API calls with or without libvgpu.so
+ * preloaded (the script decides). Prints, per round, nanoseconds per cuMemAlloc_v2+cuMemFree_v2
+ * pair and per cuLaunchKernel:  "round <alloc_free_ns> <launch_ns>".
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "vgpu_cuda.h"
+
+CUresult cuInit(unsigned int);
+CUresult cuDevicePrimaryCtxRetain(CUcontext *, CUdevice);
+CUresult cuCtxSetCurrent(CUcontext);
+CUresult cuMemAlloc_v2(CUdeviceptr *, size_t);
+CUresult cuMemFree_v2(CUdeviceptr);
+CUresult cuLaunchKernel(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream,
+                        void **, void **);
+
+static double now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+int main(int argc, char **argv)
+{
+    long iters = argc > 1 ? atol(argv[1]) : 200000;
+    int rounds = argc > 2 ? atoi(argv[2]) : 5;
+    CUcontext ctx;
+    if (cuInit(0) || cuDevicePrimaryCtxRetain(&ctx, 0) || cuCtxSetCurrent(ctx)) {
+        fprintf(stderr, "CUDA init failed\n");
+        return 1;
+    }
+    for (int r = 0; r < rounds; r++) {
+        double t0 = now_ns();
+        for (long i = 0; i < iters; i++) {
+            CUdeviceptr p;
+            if (cuMemAlloc_v2(&p, 4096) != CUDA_SUCCESS || cuMemFree_v2(p) != CUDA_SUCCESS) {
+                fprintf(stderr, "alloc/free failed\n");
+                return 1;
+            }
+        }
+        double t1 = now_ns();
+        for (long i = 0; i < iters; i++)
+            if (cuLaunchKernel(NULL, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL) != CUDA_SUCCESS) {
+                fprintf(stderr, "launch failed\n");
+                return 1;
+            }
+        double t2 = now_ns();
+        printf("round %.2f %.2f\n", (t1 - t0) / iters, (t2 - t1) / iters);
+    }
+    return 0;
+}
