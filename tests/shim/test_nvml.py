@@ -1,0 +1,103 @@
+"""NVML answers the claim's view: pynvml (unmodified) in a process under libvgpu.so."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.shim.harness import GPU_A, GPU_B, MiB, Node, read_until, stop
+
+GiB = 1 << 30
+OTHER_PID = 4242
+
+PROBE = r"""
+import ctypes, json, sys
+import pynvml as n
+n.nvmlInit()
+out = {}
+for uuid in sys.argv[1:]:
+    h = n.nvmlDeviceGetHandleByUUID(uuid.encode())
+    m1 = n.nvmlDeviceGetMemoryInfo(h)
+    m2 = n.nvmlDeviceGetMemoryInfo(h, version=n.nvmlMemory_v2)
+    v3 = sorted(p.pid for p in n.nvmlDeviceGetComputeRunningProcesses(h))
+    v2 = sorted(p.pid for p in n.nvmlDeviceGetComputeRunningProcesses_v2(h))
+    # The unversioned symbol has the v1 layout (pid, usedGpuMemory).
+    class P1(ctypes.Structure):
+        _fields_ = [("pid", ctypes.c_uint), ("used", ctypes.c_ulonglong)]
+    fn = n._nvmlGetFunctionPointer("nvmlDeviceGetComputeRunningProcesses")
+    count = ctypes.c_uint(16)
+    arr = (P1 * 16)()
+    rc = fn(h, ctypes.byref(count), arr)
+    v1 = sorted(arr[i].pid for i in range(count.value)) if rc == 0 else ["rc", rc]
+    # Two-call protocol: asking with room for nothing reports how many the claim view holds.
+    need = ctypes.c_uint(0)
+    rc0 = fn(h, ctypes.byref(need), None)
+    out[uuid] = {"v1": [m1.total, m1.used, m1.free], "v2": [m2.total, m2.reserved, m2.used, m2.free],
+                 "procs": {"v1": v1, "v2": v2, "v3": v3, "need": [rc0, need.value]}}
+out["me"] = __import__("os").getpid()
+print(json.dumps(out))
+"""
+
+
+def write_inventory(path: Path, holder_pid: int) -> None:
+    lines = ["fake-nvml-inventory 1", "driver_version 550.54.15", "cuda_driver_version 12040"]
+    for index, uuid in enumerate((GPU_A, GPU_B)):
+        lines += [
+            "gpu",
+            f"uuid {uuid}",
+            "name NVIDIA Fake",
+            f"pci_bus_id 00000000:0{index + 1}:00.0",
+            f"memory_total {8 * GiB}",
+            f"memory_reserved {256 * MiB}",
+            f"process {OTHER_PID} {GiB}",
+            f"process {holder_pid} {512 * MiB}",
+            f"process self {128 * MiB}",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_nvml_reports_the_claim_view_and_only_the_claims_processes(node: Node) -> None:
+    node.devices = {GPU_A: 8 * GiB, GPU_B: 8 * GiB}
+    node.add_claim("claim-a", {GPU_A: 2 * GiB})
+    holder = node.start("init", "ctx", "0", "alloc", str(512 * MiB), "hold")
+    try:
+        read_until(holder, "hold")
+        inventory = node.root / "inventory.txt"
+        write_inventory(inventory, holder.pid)
+        probe = subprocess.run(
+            [sys.executable, "-c", PROBE, GPU_A, GPU_B],
+            env={**node.env(), "FAKE_NVML_INVENTORY": str(inventory)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert probe.returncode == 0, probe.stderr
+        seen = json.loads(probe.stdout)
+    finally:
+        stop(holder)
+    me = seen["me"]
+    claimed = seen[GPU_A]
+    assert claimed["v1"] == [2 * GiB, 512 * MiB, 1536 * MiB]
+    assert claimed["v2"] == [2 * GiB, 0, 512 * MiB, 1536 * MiB]
+    ours = sorted([holder.pid, me])
+    assert claimed["procs"] == {"v1": ours, "v2": ours, "v3": ours, "need": [7, 2]}  # 7 = INSUFFICIENT_SIZE
+    # A GPU of no claim: the physical answers, every process.
+    other = seen[GPU_B]
+    assert other["v1"][0] == 8 * GiB
+    assert other["procs"]["v3"] == sorted([OTHER_PID, holder.pid, me])
+
+
+def test_nvml_without_claims_is_untouched(node: Node) -> None:
+    inventory = node.root / "inventory.txt"
+    write_inventory(inventory, 1)
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE, GPU_A],
+        env={**node.env(), "FAKE_NVML_INVENTORY": str(inventory)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr
+    seen = json.loads(probe.stdout)
+    assert seen[GPU_A]["v1"][0] == 8 * GiB
+    assert seen[GPU_A]["procs"]["v3"] == sorted([1, OTHER_PID, seen["me"]])
