@@ -129,3 +129,28 @@ def test_leases_and_events_typed(kube_client: client.ApiClient, fake_apiserver: 
     assert [(e.type, e.reason, e.regarding_kind, e.regarding_name, e.message) for e in events] == [
         ("Warning", "InsufficientCapacity", "ResourceClaim", "c1", "no GPU has 40Gi free"),
         ("Normal", "Scheduled", "Pod", "p", "bound")]
+
+
+def test_events_are_one_storage_seen_through_both_apis(kube_client: client.ApiClient) -> None:
+    resp = request(kube_client, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", {
+        "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "claim.1"},
+        "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "vgpu.dra.dev/controller",
+        "reportingInstance": "controller-0", "action": "Allocate", "reason": "InsufficientCapacity",
+        "type": "Warning", "note": "no GPU has 40Gi free",
+        "regarding": {"kind": "ResourceClaim", "namespace": "default", "name": "c1"}})
+    assert resp.status == 201 and resp.body["note"] == "no GPU has 40Gi free"
+    [core] = client.CoreV1Api(kube_client).list_namespaced_event("default").items
+    assert (core.message, core.involved_object.name, core.reporting_component) == (
+        "no GPU has 40Gi free", "c1", "vgpu.dra.dev/controller")
+    [warning] = client.CoreV1Api(kube_client).list_namespaced_event(
+        "default", field_selector="involvedObject.kind=ResourceClaim,type=Warning").items
+    assert warning.reason == "InsufficientCapacity"
+    patched = request(kube_client, "PATCH", "/apis/events.k8s.io/v1/namespaces/default/events/claim.1",
+                      {"series": {"count": 2, "lastObservedTime": "2026-01-01T00:00:05.000000Z"}},
+                      "application/merge-patch+json")
+    assert patched.status == 200 and patched.body["series"]["count"] == 2
+    # New-style events must say who reports what.
+    bad = request(kube_client, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", {
+        "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e2"},
+        "eventTime": "2026-01-01T00:00:00.000000Z", "reason": "X", "type": "Warning"})
+    assert bad.status == 422 and "reportingController" in bad.message

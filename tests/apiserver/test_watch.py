@@ -163,3 +163,15 @@ def test_stop_ends_open_watches(fake_apiserver: FakeApiServer) -> None:
     while end is not None and not isinstance(end, Exception):
         end = w.events.get(timeout=10)
     api.close()
+
+
+def test_events_api_watch_sees_core_events_in_its_own_shape(kube_client: client.ApiClient) -> None:
+    rv = request(kube_client, "GET", "/apis/events.k8s.io/v1/namespaces/default/events").body["metadata"][
+        "resourceVersion"]
+    client.CoreV1Api(kube_client).create_namespaced_event("default", {
+        "apiVersion": "v1", "kind": "Event", "metadata": {"name": "pod.1"}, "reason": "Scheduled",
+        "type": "Normal", "message": "bound", "involvedObject": {"kind": "Pod", "namespace": "default", "name": "p"}})
+    events = stream_events(kube_client, f"/apis/events.k8s.io/v1/namespaces/default/events?watch=1"
+                           f"&resourceVersion={rv}&timeoutSeconds=1")
+    assert [(e["type"], e["object"]["apiVersion"], e["object"]["note"], e["object"]["regarding"]["name"])
+            for e in events] == [("ADDED", "events.k8s.io/v1", "bound", "p")]

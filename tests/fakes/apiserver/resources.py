@@ -29,6 +29,9 @@ class ResourceType:
     # than reset like claims and pods.
     keep_status_on_create: bool = False
     short_names: tuple[str, ...] = ()
+    # Kind (of another resource type) whose storage this one is a view of: events.k8s.io Events
+    # are core Events in another shape.
+    stored_as: str | None = None
     verbs: tuple[str, ...] = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 
     @property
@@ -72,7 +75,7 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
                  field_selectors=_CORE_EVENT_FIELDS, short_names=("ev",)),
     ResourceType("", "v1", "configmaps", "ConfigMap", True, "io.k8s.api.core.v1.ConfigMap", short_names=("cm",)),
     ResourceType("events.k8s.io", "v1", "events", "Event", True, "io.k8s.api.events.v1.Event",
-                 field_selectors=_CORE_EVENT_FIELDS, short_names=("ev",)),
+                 field_selectors=_CORE_EVENT_FIELDS, short_names=("ev",), stored_as="Event"),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True, "io.k8s.api.coordination.v1.Lease"),
     ResourceType("resource.k8s.io", "v1", "resourceclaims", "ResourceClaim", True,
                  "io.k8s.api.resource.v1.ResourceClaim", status_subresource=True, spec_immutable=True),

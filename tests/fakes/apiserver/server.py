@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .errors import ApiError, bad_request, not_found
+from . import events_view
+from .errors import ApiError, bad_request, invalid, not_found
 from .hooks import WRITE_VERBS, AuditLog, AuditRecord, FaultInjector
 from .resources import RESOURCE_TYPES, ResourceType, group_versions, resource_for_path, resource_named
 from .schema_validation import SchemaRegistry, default_openapi_dir
 from .selectors import Predicate, SelectorError, parse_field_selector, parse_label_selector
+from .patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from .store import Observer, Store, WatchEvent
 
 SERVER_VERSION = {
@@ -225,21 +227,28 @@ class FakeApiServer:
     def objects(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """Deep copies of the stored objects of `kind` ("ResourceClaim", "pods", "Event.events.k8s.io")."""
         rt = resource_named(kind)
-        return [copy.deepcopy(o) for o in self.store.snapshot(rt)
+        storage = resource_named(rt.stored_as) if rt.stored_as else rt
+        convert = events_view.to_view if rt.stored_as else (lambda o: o)
+        return [copy.deepcopy(convert(o)) for o in self.store.snapshot(storage)
                 if namespace is None or o["metadata"].get("namespace") == namespace]
 
     def get(self, kind: str, name: str, namespace: str = "") -> dict[str, Any] | None:
         """A deep copy of one stored object, or None."""
         rt = resource_named(kind)
+        storage = resource_named(rt.stored_as) if rt.stored_as else rt
         try:
-            return copy.deepcopy(self.store.get(rt, namespace if rt.namespaced else "", name))
+            obj = self.store.get(storage, namespace if rt.namespaced else "", name)
         except ApiError:
             return None
+        return copy.deepcopy(events_view.to_view(obj) if rt.stored_as else obj)
 
     def create(self, obj: dict[str, Any], user: str = "test") -> dict[str, Any]:
         """Store an object directly (validated like a POST); kind/apiVersion pick the resource."""
         rt = self._resource_of(obj)
         namespace = (obj.get("metadata") or {}).get("namespace") or ("default" if rt.namespaced else "")
+        if rt.stored_as:
+            stored = self.store.create(resource_named(rt.stored_as), namespace, events_view.to_core(obj), user=user)
+            return copy.deepcopy(events_view.to_view(stored))
         return copy.deepcopy(self.store.create(rt, namespace, copy.deepcopy(obj), user=user))
 
     def update_status(self, obj: dict[str, Any], user: str = "test") -> dict[str, Any]:
@@ -252,7 +261,8 @@ class FakeApiServer:
     def delete(self, kind: str, name: str, namespace: str = "", user: str = "test") -> None:
         """DELETE directly (finalizers honoured)."""
         rt = resource_named(kind)
-        self.store.delete(rt, namespace, name, user=user)
+        storage = resource_named(rt.stored_as) if rt.stored_as else rt
+        self.store.delete(storage, namespace, name, user=user)
 
     def _resource_of(self, obj: dict[str, Any]) -> ResourceType:
         kind, api_version = obj.get("kind"), obj.get("apiVersion", "")
@@ -287,21 +297,15 @@ class FakeApiServer:
         return [r for r in self._audit.snapshot() if r.user == user and r.verb in WRITE_VERBS and r.code < 300]
 
     def events(self) -> list[RecordedEvent]:
-        """Every Event stored, from both the core and the events.k8s.io API, oldest first."""
+        """Every Event stored (written through the core or the events.k8s.io API), oldest first."""
         out: list[tuple[int, RecordedEvent]] = []
         for obj in self.store.snapshot(resource_named("Event")):
             ref = obj.get("involvedObject") or {}
+            count = obj.get("count") or (obj.get("series") or {}).get("count") or 1
             out.append((int(obj["metadata"]["resourceVersion"]), RecordedEvent(
                 obj.get("type", ""), obj.get("reason", ""), obj.get("message", ""), ref.get("kind", ""),
                 ref.get("name", ""), ref.get("namespace", ""),
-                obj.get("reportingComponent") or (obj.get("source") or {}).get("component", ""),
-                int(obj.get("count") or 1))))
-        for obj in self.store.snapshot(resource_named("Event.events.k8s.io")):
-            ref = obj.get("regarding") or {}
-            out.append((int(obj["metadata"]["resourceVersion"]), RecordedEvent(
-                obj.get("type", ""), obj.get("reason", ""), obj.get("note", ""), ref.get("kind", ""),
-                ref.get("name", ""), ref.get("namespace", ""), obj.get("reportingController", ""),
-                int((obj.get("series") or {}).get("count") or 1))))
+                obj.get("reportingComponent") or (obj.get("source") or {}).get("component", ""), int(count))))
         return [e for _, e in sorted(out, key=lambda p: p[0])]
 
     def compact(self) -> int:
@@ -405,6 +409,8 @@ class FakeApiServer:
         if rt.namespaced and ns is None and verb not in ("list", "watch"):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         ns_key = ns or ""
+        if rt.stored_as:
+            return self._serve_view(handler, verb, route, query, user)
         if verb == "get":
             return 200, self.store.get(rt, ns_key, route.name)
         if verb == "list":
@@ -440,6 +446,57 @@ class FakeApiServer:
                          "metadata": {"resourceVersion": str(self.store.resource_version)}, "items": []}
         raise ApiError(405, "MethodNotAllowed", f"{method} is not allowed")
 
+    def _serve_view(self, handler: _Handler, verb: str, route: _Route, query: dict[str, str],
+                    user: str) -> tuple[int, Any]:
+        """events.k8s.io Events: validated in their own shape, stored as core Events."""
+        rt, ns = route.rt, route.namespace or ""
+        storage = resource_named(rt.stored_as or "")
+        to_view, to_core = events_view.to_view, events_view.to_core
+        if verb == "get":
+            return 200, to_view(self.store.get(storage, ns, route.name))
+        if verb == "list":
+            return 200, self._list(rt, route.namespace, query, storage=storage, convert=to_view)
+        if verb in ("delete", "deletecollection"):
+            body = handler.read_body()
+            if verb == "delete":
+                return 200, to_view(self.store.delete(storage, ns, route.name, body if isinstance(body, dict) else None,
+                                                      user=user))
+            items, _ = self.store.list(storage, route.namespace, self._predicate(rt, query))
+            for obj in items:
+                self.store.delete(storage, obj["metadata"]["namespace"], obj["metadata"]["name"], user=user)
+            return 200, {"kind": rt.list_kind, "apiVersion": rt.api_version,
+                         "metadata": {"resourceVersion": str(self.store.resource_version)}, "items": []}
+        body = handler.read_body()
+        with self.store.lock:  # a patch reads, converts and writes back without a window for others
+            if verb == "patch":
+                old = to_view(self.store.get(storage, ns, route.name))
+                ctype = (handler.headers.get("Content-Type") or "").split(";")[0].strip()
+                try:
+                    if ctype == "application/merge-patch+json" and isinstance(body, dict):
+                        body = merge_patch(old, body)
+                    elif ctype == "application/strategic-merge-patch+json" and isinstance(body, dict):
+                        body = strategic_merge_patch(old, body, self.schemas.document(rt.group_version), rt.schema_key)
+                    elif ctype == "application/json-patch+json":
+                        body = json_patch(old, body)
+                    else:
+                        raise ApiError(415, "UnsupportedMediaType", f"unsupported patch type {ctype!r}")
+                except PatchError as exc:
+                    raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our "
+                                   f"request: {exc}") from None
+            if not isinstance(body, dict):
+                raise bad_request("the request body must be a JSON object describing an Event")
+            body = {**body, "apiVersion": body.get("apiVersion") or rt.api_version, "kind": body.get("kind") or rt.kind}
+            if body["apiVersion"] != rt.api_version or body["kind"] != rt.kind:
+                raise bad_request(f"the body is a {body['apiVersion']}/{body['kind']}, but the request is for "
+                                  f"{rt.api_version}/{rt.kind}")
+            name = (body.get("metadata") or {}).get("name", route.name)
+            errors = self.schemas.validate(body, rt.group_version, rt.schema_key) or events_view.view_errors(body)
+            if errors:
+                raise invalid(rt.kind, rt.group, name, errors)
+            if verb == "create":
+                return 201, to_view(self.store.create(storage, ns, to_core(body), user=user))
+            return 200, to_view(self.store.update(storage, ns, route.name, to_core(body), user=user))
+
     def _predicate(self, rt: ResourceType, query: dict[str, str]) -> Predicate | None:
         try:
             labels = parse_label_selector(query.get("labelSelector"))
@@ -450,8 +507,11 @@ class FakeApiServer:
             return lambda o: labels(o) and fields(o)
         return labels or fields
 
-    def _list(self, rt: ResourceType, namespace: str | None, query: dict[str, str]) -> bytes:
-        items, rv = self.store.list(rt, namespace, self._predicate(rt, query))
+    def _list(self, rt: ResourceType, namespace: str | None, query: dict[str, str],
+              storage: ResourceType | None = None, convert: Any = None) -> bytes:
+        items, rv = self.store.list(storage or rt, namespace, self._predicate(rt, query))
+        if convert is not None:
+            items = [convert(o) for o in items]
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         token = query.get("continue")
         if token:
@@ -478,6 +538,7 @@ class FakeApiServer:
 
     def _serve_watch(self, handler: _Handler, route: _Route, query: dict[str, str]) -> None:
         rt, ns = route.rt, route.namespace
+        storage = resource_named(rt.stored_as) if rt.stored_as else rt
         predicate = self._predicate(rt, query)
         if route.name:
             by_name = lambda o: o["metadata"]["name"] == route.name  # noqa: E731
@@ -491,6 +552,12 @@ class FakeApiServer:
             return predicate is None or predicate(obj)
 
         filtered = ns is not None or predicate is not None
+
+        def line(ev: WatchEvent, event_type: str | None = None) -> bytes:
+            if storage is rt:
+                return ev.line(event_type)
+            return _json_bytes({"type": event_type or ev.type, "object": events_view.to_view(ev.obj)}) + b"\n"
+
         rv_text = query.get("resourceVersion") or ""
         send_initial = query.get("sendInitialEvents") == "true"
         bookmarks = query.get("allowWatchBookmarks") in ("1", "true")
@@ -519,13 +586,13 @@ class FakeApiServer:
                     raise bad_request(f"invalid resourceVersion {rv_text!r}")
                 rv = int(rv_text) if rv_text else None
                 start_rv = None if (rv in (None, 0) or send_initial) else rv
-                position, initial = self.store.watch_start(rt, start_rv)
+                position, initial = self.store.watch_start(storage, start_rv)
             except ApiError as exc:
                 write(_json_bytes({"type": "ERROR", "object": exc.status()}) + b"\n")
                 handler.wfile.write(b"0\r\n\r\n")
                 return
             if initial is not None:
-                chunk = [WatchEvent(int(o["metadata"]["resourceVersion"]), "ADDED", o).line()
+                chunk = [line(WatchEvent(int(o["metadata"]["resourceVersion"]), "ADDED", o))
                          for o in sorted(initial, key=lambda o: int(o["metadata"]["resourceVersion"])) if matches(o)]
                 if chunk:
                     write(b"".join(chunk))
@@ -538,24 +605,24 @@ class FakeApiServer:
                     break
                 deadline = min(end_time, next_bookmark) if bookmarks else end_time
                 try:
-                    batch, position = self.store.wait_events(rt, position, min(deadline, now + 30.0))
+                    batch, position = self.store.wait_events(storage, position, min(deadline, now + 30.0))
                 except ApiError as exc:
                     write(_json_bytes({"type": "ERROR", "object": exc.status()}) + b"\n")
                     break
                 lines = []
                 for ev in batch:
                     if not filtered:
-                        lines.append(ev.line())
+                        lines.append(line(ev))
                         continue
                     new_ok = matches(ev.obj)
                     if ev.type == "MODIFIED":
                         old_ok = matches(ev.old)
                         if new_ok:
-                            lines.append(ev.line() if old_ok else ev.line("ADDED"))
+                            lines.append(line(ev) if old_ok else line(ev, "ADDED"))
                         elif old_ok:
-                            lines.append(ev.line("DELETED"))
+                            lines.append(line(ev, "DELETED"))
                     elif new_ok:
-                        lines.append(ev.line())
+                        lines.append(line(ev))
                 if lines:
                     write(b"".join(lines))
                 if bookmarks and time.monotonic() >= next_bookmark:

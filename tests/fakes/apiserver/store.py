@@ -111,6 +111,11 @@ class Store:
     # --- reads ------------------------------------------------------------------------------
 
     @property
+    def lock(self) -> threading.RLock:
+        """The store lock, for callers composing a read and a write into one atomic step."""
+        return self._lock
+
+    @property
     def resource_version(self) -> int:
         """The latest resourceVersion handed out."""
         return self._rv
