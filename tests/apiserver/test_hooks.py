@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 
 import pytest
 from kubernetes import client
@@ -94,7 +96,6 @@ def test_deleting_an_owner_collects_its_dependents(kube_client: client.ApiClient
 
 def test_latency_delays_requests(kube_client: client.ApiClient, fake_apiserver: FakeApiServer) -> None:
     fake_apiserver.latency_s = 0.3
-    import time
     start = time.monotonic()
     client.CoreV1Api(kube_client).list_namespaced_pod("default")
     # Not a performance assertion: the hook must delay by at least what it was told.
@@ -109,4 +110,28 @@ def test_stop_releases_the_port() -> None:
     server.stop()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    api.close()
+
+
+def test_failing_observer_does_not_break_writes(kube_client: client.ApiClient, fake_apiserver: FakeApiServer) -> None:
+    def invariant(record: WriteRecord) -> None:
+        assert record.obj["metadata"]["name"] != "c2", "c2 must never be stored"
+
+    fake_apiserver.add_observer(invariant)
+    assert request(kube_client, "POST", CLAIMS, claim("c1")).status == 201
+    assert request(kube_client, "POST", CLAIMS, claim("c2")).status == 201
+    [(record, exc)] = fake_apiserver.observer_errors
+    assert record.obj["metadata"]["name"] == "c2" and "must never be stored" in str(exc)
+
+
+def test_closed_watch_connections_release_their_threads(fake_apiserver: FakeApiServer) -> None:
+    api = api_client_for(fake_apiserver)
+    before = threading.active_count()
+    for _ in range(5):
+        resp = api.call_api("GET", f"{fake_apiserver.url}/api/v1/pods?watch=1&resourceVersion=1", {}, None)
+        resp.response.close()
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert threading.active_count() <= before
     api.close()

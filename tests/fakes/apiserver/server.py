@@ -14,6 +14,8 @@ import json
 import socket
 import threading
 import time
+import traceback
+import select
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -76,6 +78,18 @@ class _Route:
 
 def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether the client closed its end (readable with nothing to read). A watch client sends
+    nothing after its request, so readability means EOF or a reset."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -169,6 +183,8 @@ class FakeApiServer:
         self.latency_s = 0.0
         self.bookmark_interval_s = bookmark_interval_s
         self._audit = AuditLog()
+        # Tracebacks of requests the fake itself failed on (answered 500); tests may assert it is empty.
+        self.internal_errors: list[str] = []
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -255,8 +271,14 @@ class FakeApiServer:
         """PUT .../status directly (obj carries the resourceVersion it is based on)."""
         rt = self._resource_of(obj)
         meta = obj["metadata"]
-        return copy.deepcopy(self.store.update(rt, meta.get("namespace", ""), meta["name"], copy.deepcopy(obj),
+        namespace = meta.get("namespace") or ("default" if rt.namespaced else "")
+        return copy.deepcopy(self.store.update(rt, namespace, meta["name"], copy.deepcopy(obj),
                                                "status" if rt.status_subresource else "", user=user))
+
+    @property
+    def observer_errors(self) -> list[tuple[Any, Exception]]:
+        """(WriteRecord, exception) for every observer call that raised."""
+        return self.store.observer_errors
 
     def delete(self, kind: str, name: str, namespace: str = "", user: str = "test") -> None:
         """DELETE directly (finalizers honoured)."""
@@ -361,6 +383,12 @@ class FakeApiServer:
                 return
         except (BrokenPipeError, ConnectionResetError):
             handler.close_connection = True
+        except Exception as exc:  # noqa: BLE001 - a bug in the fake must surface as a 500, not a hang
+            self.internal_errors.append(f"{method} {handler.path}: {traceback.format_exc()}")
+            try:
+                handler.send_json(500, ApiError(500, "InternalError", f"fake API server bug: {exc!r}").status())
+            except OSError:
+                handler.close_connection = True
 
     def _verb(self, method: str, route: _Route, query: dict[str, str]) -> str:
         if method == "GET":
@@ -604,8 +632,11 @@ class FakeApiServer:
                 if now >= end_time:
                     break
                 deadline = min(end_time, next_bookmark) if bookmarks else end_time
+                if _peer_closed(handler.connection):
+                    return
                 try:
-                    batch, position = self.store.wait_events(storage, position, min(deadline, now + 30.0))
+                    # Wake at least every second to notice a client that went away while idle.
+                    batch, position = self.store.wait_events(storage, position, min(deadline, now + 1.0))
                 except ApiError as exc:
                     write(_json_bytes({"type": "ERROR", "object": exc.status()}) + b"\n")
                     break

@@ -106,6 +106,7 @@ class Store:
         self._dependents: dict[str, set[tuple[ResourceType, Key]]] = {}
         self._uids: set[str] = set()
         self.closed = False
+        self.observer_errors: list[tuple[WriteRecord, Exception]] = []
         self.disabled_features: frozenset[str] = frozenset()
 
     # --- reads ------------------------------------------------------------------------------
@@ -195,7 +196,11 @@ class Store:
         self._changed[rt].notify_all()
         record = WriteRecord(rv, event_type, rt, obj, old, user)
         for observer in list(self._observers):
-            observer(record)
+            try:
+                observer(record)
+            except Exception as exc:  # noqa: BLE001 - a test's observer must not break the write
+                # Kept for the test to assert on; the write itself has been committed.
+                self.observer_errors.append((record, exc))
 
     def _next_rv(self) -> str:
         self._rv += 1
