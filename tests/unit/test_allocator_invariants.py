@@ -1,6 +1,7 @@
 """Properties over random histories: capacity is never exceeded, the ledger adds up, refusals are true."""
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -58,7 +59,7 @@ def assert_consistent(ledger: Ledger, layout: list[list[int]]) -> None:
             assert state.used_memory[i] == memory and state.used_cores[i] == cores
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(layout=layouts, history=operations)
 def test_capacity_is_never_exceeded_over_any_history(layout, history):
     ledger = build_ledger(layout)
@@ -127,3 +128,33 @@ def test_oversubscription_by_another_writer_reads_as_full_not_negative():
     assert (candidate.free_memory_bytes, candidate.free_cores) == (0, 0)
     result = allocate(ledger, PodRequest((ClaimRequest("c", (DeviceRequest("r", ShareRequest(memory_bytes=MEBIBYTE)),)),)))
     assert not isinstance(result, Placement)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layout=layouts, history=operations)
+def test_skipping_nodes_by_index_never_changes_the_decision(layout, history):
+    """Ranking only the nodes the bisect index lets through picks what walking every node picks."""
+    from vgpu_dra.driver import allocator as module
+
+    def decide(ledger: Ledger, pod: PodRequest, policy: PlacementPolicy, few: int):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(module, "_FEW_NODES", few)
+            return allocate(ledger, pod, policy)
+
+    ledger = build_ledger(layout)
+    live: list[str] = []
+    for step, operation in enumerate(history):
+        if operation[0] == "release":
+            if live:
+                ledger.release(live.pop(operation[1] % len(live)))
+            continue
+        _, asked, node_policy, gpu_policy, _ = operation
+        pod = PodRequest(tuple(ClaimRequest(f"claim-{step}-{i}", (DeviceRequest("r", share, count),))
+                               for i, (share, count) in enumerate(asked)))
+        policy = PlacementPolicy(node_policy, gpu_policy)
+        indexed = decide(ledger, pod, policy, 1 << 30)  # always rank the index's candidates
+        walked = decide(ledger, pod, policy, -1)        # always walk every node in policy order
+        assert indexed == walked
+        if isinstance(indexed, Placement):
+            ledger.apply(indexed)
+            live.extend(claim.key for claim in indexed.claims)
