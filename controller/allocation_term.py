@@ -549,14 +549,14 @@ class AllocationTerm:
 
     # ------------------------------------------------------------------ claim sync: deallocate
 
-    def _claim_needed(self, key: str) -> bool:
-        """Whether a pending pod still needs this claim."""
+    def _pods_using(self, key: str) -> list[JsonObject]:
+        """The cached pods that reference the claim (through spec, status or ownership)."""
         with self.lock:
             users = set(self._claim_users.get(key, ()))
             owner = self._claim_owner.get(key)
             if owner and owner in self._pod_key:
                 users.add(self._pod_key[owner])
-        return any(_pod_pending(self.pods.get(user)) for user in users)
+        return [pod for pod in (self.pods.get(user) for user in users) if pod is not None]
 
     def _live_reservations(self, claim: Mapping[str, Any]) -> bool:
         """Whether a pod that still exists and has not finished holds a reservation."""
@@ -568,6 +568,13 @@ class AllocationTerm:
         return False
 
     def _sync_claim(self, key: str) -> None:
+        """Deallocate a claim of ours that nothing uses or will use, and drop our finalizer.
+
+        In use = reserved by a live pod, or referenced by a live pod already bound to a node (the
+        pod watch can run ahead of the claim watch: a pod is bound only after its claims were
+        reserved, so a bound pod's claim is never treated as free). Needed = a pending pod
+        references it (unless the claim is being deleted).
+        """
         claim = self.claims.get(key)
         if claim is None or not has_finalizer(claim):
             return
@@ -576,9 +583,11 @@ class AllocationTerm:
             if uid in self._in_flight:
                 return
         deleting = bool(meta(claim).get("deletionTimestamp"))
-        if self._live_reservations(claim):
+        users = self._pods_using(key)
+        if self._live_reservations(claim) or any(
+                _pod_alive(p) and (p.get("spec") or {}).get("nodeName") for p in users):
             return
-        if not deleting and self._claim_needed(key):
+        if not deleting and any(_pod_pending(p) for p in users):
             return
         if allocation(claim) and _is_our_allocation(claim):
             self._clear_allocation(key, uid)

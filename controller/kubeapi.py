@@ -177,6 +177,7 @@ class KubeApi:
         return self._request("PATCH", resource.path(namespace, name, subresource), body=patch,
                              content_type=patch_type)
 
-    def delete(self, resource: Resource, name: str, namespace: str | None = None) -> JsonObject:
-        """DELETE."""
-        return self._request("DELETE", resource.path(namespace, name))
+    def delete(self, resource: Resource, name: str, namespace: str | None = None, *,
+               grace_period_s: int | None = None) -> JsonObject:
+        """DELETE (`grace_period_s=0`: at once, without waiting for a kubelet)."""
+        return self._request("DELETE", resource.path(namespace, name), query={"gracePeriodSeconds": grace_period_s})

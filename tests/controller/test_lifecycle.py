@@ -137,3 +137,23 @@ def test_device_class_created_after_the_pod_is_picked_up(fake_apiserver):
         wait_for(lambda: server.get("Pod", "app", "default") and True, what="pod stored")
         add_device_class(server)
         wait_for(lambda: allocation_of(server, "c"), what="allocated once its class exists")
+
+
+def test_bound_pod_keeps_its_claim_even_before_the_reservation_is_seen(fake_apiserver):
+    """The pod watch may show the binding before the claim watch shows reservedFor: the claim of a
+    bound, live pod must never be treated as unused."""
+    from vgpu_dra.controller.allocation_term import TermSettings
+
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server)
+    server.create(claim("c", config=vgpu_config(memory="1Gi")))
+    server.create(pod("app", ["c"]))
+    with running_controller(server, settings=TermSettings(workers=1, watch_timeout_s=30)):
+        wait_for(lambda: allocation_of(server, "c"), what="allocated")
+        bind(server, "app", "node")  # no reservedFor written
+        server.create(claim("later", config=vgpu_config(memory="1Gi")))
+        server.create(pod("later", ["later"]))
+        wait_for(lambda: allocation_of(server, "later"), what="a later pod processed after the binding")
+        assert allocation_of(server, "c") is not None
+        assert FINALIZER in server.get("ResourceClaim", "c", "default")["metadata"]["finalizers"]

@@ -153,7 +153,7 @@ def cleanup(cluster: E2ECluster, timeout_s: float = 120.0) -> None:
     finalizer must come off), then the namespace, classes and node."""
     kube = cluster.kube
     for pod in cluster.pods:
-        _ignore_missing(lambda pod=pod: kube.delete(PODS, pod, cluster.namespace))
+        _ignore_missing(lambda pod=pod: kube.delete(PODS, pod, cluster.namespace, grace_period_s=0))
     try:
         wait_until(lambda: not kube.list(RESOURCE_CLAIMS, cluster.namespace).get("items"), timeout_s,
                    "the scenario's claims to be deleted (generated claims go with their pods)")

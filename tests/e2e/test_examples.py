@@ -83,7 +83,7 @@ def test_examples_allocated_bound_and_prepared(e2e_api_client, fake_nvml, short_
                 finally:
                     kubelet.close()
                 for name in list(cluster.pods):
-                    kube.delete(PODS, name, cluster.namespace)
+                    kube.delete(PODS, name, cluster.namespace, grace_period_s=0)
                 wait_until(lambda: not kube.list(RESOURCE_CLAIMS, cluster.namespace).get("items"), 120,
                            "generated claims deleted and released by the controller")
         finally:
