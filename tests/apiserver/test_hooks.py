@@ -135,3 +135,19 @@ def test_closed_watch_connections_release_their_threads(fake_apiserver: FakeApiS
         time.sleep(0.1)
     assert threading.active_count() <= before
     api.close()
+
+
+def test_a_bug_in_the_fake_is_a_500_and_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeApiServer() as server:
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("simulated bug")
+
+        monkeypatch.setattr(server.store, "get", broken)
+        api = api_client_for(server)
+        resp = request(api, "GET", f"{CLAIMS}/c1")
+        assert resp.status == 500 and "simulated bug" in resp.message
+        assert len(server.internal_errors) == 1 and "RuntimeError" in server.internal_errors[0]
+        # The connection and the server keep working.
+        monkeypatch.undo()
+        assert request(api, "GET", f"{CLAIMS}/c1").status == 404
+        api.close()

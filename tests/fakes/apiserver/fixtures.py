@@ -17,12 +17,15 @@ from tests.fakes.kubeconfig import api_client_for, write_kubeconfig
 
 @pytest.fixture
 def fake_apiserver() -> Iterator[FakeApiServer]:
-    """A started fake API server, stopped after the test."""
+    """A started fake API server, stopped after the test. A request the fake itself failed on
+    (a bug in the fake, answered 500) fails the test at teardown with its traceback."""
     server = FakeApiServer(bookmark_interval_s=0.5).start()
     try:
         yield server
     finally:
         server.stop()
+    if server.internal_errors:
+        pytest.fail("the fake API server failed on requests:\n" + "\n".join(server.internal_errors))
 
 
 @pytest.fixture
