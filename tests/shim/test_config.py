@@ -32,6 +32,34 @@ def test_an_invalid_config_fails_closed_with_one_clear_line(node: Node) -> None:
     assert "fail closed" in lines[0]
 
 
+def test_launches_are_refused_when_failing_closed(node: Node) -> None:
+    claim = node.claims_root / "claim-x"
+    claim.mkdir(parents=True)
+    (claim / "config").write_text("version=1\n")
+    result = node.run("launchall")
+    codes = {k: v for k, v in result.lines[0].items() if k.startswith("cu")}
+    assert len(codes) == 8 and set(codes.values()) == {str(CUDA_ERROR_NOT_PERMITTED)}
+
+
+def test_a_region_of_another_layout_or_claim_fails_closed(node: Node) -> None:
+    region = node.add_claim("claim-a", {GPU0: MiB})
+    data = bytearray(region.read_bytes())
+    data[8:12] = (99).to_bytes(4, "little")  # layout_version
+    region.write_bytes(bytes(data))
+    result = node.run("init")
+    assert result.rcs() == [CUDA_ERROR_NOT_PERMITTED]
+    assert "unknown layout" in result.stderr
+    other = node.add_claim("claim-b", {"GPU-11111111-2222-3333-4444-555555555555": MiB})
+    (node.claims_root / "claim-a").rename(node.root / "old-a")
+    (node.claims_root / "claim-b" / "config").write_text(
+        f"version=1\nclaim=claim-c\ngpu uuid={GPU0} memory=1 cores=0 policy=soft\n"
+    )
+    assert other.exists()
+    result = node.run("init")
+    assert result.rcs() == [CUDA_ERROR_NOT_PERMITTED]
+    assert "belongs to claim claim-b" in result.stderr
+
+
 def test_a_claim_directory_without_config_fails_closed(node: Node) -> None:
     (node.claims_root / "claim-y").mkdir(parents=True)
     result = node.run("init")

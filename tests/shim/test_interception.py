@@ -68,3 +68,23 @@ def test_version_too_old_is_reported_like_the_driver_does(claimed: Node) -> None
 def test_without_claims_lookups_are_untouched(node: Node) -> None:
     result = node.run("resolve", "cuMemAlloc", "12000", "0")
     assert (result.lines[0]["lib"], result.lines[0]["sym"]) == ("libcuda.so.1", "cuMemAlloc_v2")
+
+
+@pytest.mark.parametrize(
+    "name", ["cuMemAlloc_v2", "cuMemAllocAsync_ptsz", "cuMemFreeAsync_ptsz", "cuLaunchKernel_ptsz", "cuGetProcAddress_v2"]
+)
+def test_dlsym_on_the_driver_handle_returns_our_wrapper(claimed: Node, name: str) -> None:
+    result = claimed.run("dlsymname", name)
+    assert (result.lines[0]["lib"], result.lines[0]["sym"]) == ("libvgpu-test.so", name)
+
+
+def test_dlsym_of_other_cu_prefixed_names_is_left_alone(claimed: Node) -> None:
+    # Lower-case after "cu" (cublas*, curl_*) is not the driver API: never wrapped, never looked at.
+    result = claimed.run("dlsymname", "cuda_nonexistent_symbol")
+    assert result.lines[0] == {"cmd": "dlsymname", "rc": "500"}
+
+
+def test_every_launch_variant_passes_through(claimed: Node) -> None:
+    result = claimed.run("init", "launchall")
+    codes = {k: v for k, v in result.lines[1].items() if k.startswith("cu")}
+    assert len(codes) == 8 and set(codes.values()) == {"0"}

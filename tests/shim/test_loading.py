@@ -3,7 +3,7 @@
 import re
 import subprocess
 
-from tests.shim.harness import FAKES_OUT, GPU0, MiB, PLAIN, PROD_SHIM, TEST_SHIM, Node
+from tests.shim.harness import CUDAPROG, FAKES_OUT, GPU0, MiB, PLAIN, PROD_SHIM, TEST_SHIM, Node
 
 GLIBC_BASELINE = (2, 17)
 
@@ -70,3 +70,30 @@ def test_shim_loads_without_any_driver_installed(tmp_path) -> None:
     )
     assert result.returncode == 0 and result.stdout.startswith("plain sum=1")
     assert not (FAKES_OUT / "libcuda.so").exists()
+
+
+def test_works_from_etc_ld_so_preload(node: Node, tmp_path) -> None:
+    """The production way in: /etc/ld.so.preload, in a private mount namespace over an overlay of /etc."""
+    node.add_claim("claim-a", {GPU0: MiB})
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc && echo mounted"],
+        capture_output=True, text=True,
+    )
+    if probe.stdout.strip() != "mounted":
+        import pytest
+
+        pytest.skip(f"needs a private mount namespace with overlayfs (CAP_SYS_ADMIN): {probe.stderr.strip()}")
+    env = {k: v for k, v in node.env().items() if k != "LD_PRELOAD"}
+    script = (
+        f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc && "
+        f"echo {TEST_SHIM} > /etc/ld.so.preload && "
+        f"exec {CUDAPROG} link init ctx 0 alloc {2 * MiB} alloc {MiB // 2}"
+    )
+    result = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True, text=True, env=env
+    )
+    assert [line.split()[1] for line in result.stdout.splitlines()] == ["rc=0", "rc=0", "rc=2", "rc=0"], result

@@ -104,3 +104,18 @@ def test_allocation_without_a_context_is_refused_like_the_driver_does(claimed: N
     result = claimed.run("init", "alloc", str(MiB))
     assert result.rc(1) == 201  # CUDA_ERROR_INVALID_CONTEXT
     assert claimed.region("claim-a").gpu(GPU0).used_bytes == 0
+
+
+def test_threads_allocating_at_once_share_the_wall_and_free_exactly(claimed: Node) -> None:
+    result = claimed.run("init", "ctx", "0", "mtfill", "8", str(64 * 1024), "info")
+    assert result.rcs() == [0, 0, 0, 0]
+    assert int(result.lines[2]["count"]) == LIMIT // (64 * 1024)
+    assert int(result.lines[3]["free"]) == LIMIT
+    assert claimed.fake_device_peak() <= LIMIT
+
+
+def test_tens_of_thousands_of_live_allocations_are_all_refunded(claimed: Node) -> None:
+    result = claimed.run("init", "ctx", "0", "fill", "1024", "freeall", "info")
+    assert result.lines[2]["count"] == str(LIMIT // 1024)  # 65,536 pointers in the map at once
+    assert result.rc(3) == 0
+    assert int(result.lines[4]["free"]) == LIMIT

@@ -17,6 +17,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,6 +184,37 @@ static CUcontext ctx_for(int d)
 }
 
 static int run(int argc, char **argv, const char *self, const char *mode);
+
+/* mtfill: threads allocate blocks concurrently until refused, then free everything they got. */
+static pthread_barrier_t fill_barrier; /* nobody frees before everybody was refused */
+
+struct filler {
+    CUcontext ctx;
+    size_t block;
+    int count;
+    int freed_ok;
+};
+
+static void *fill_thread(void *arg)
+{
+    struct filler *f = arg;
+    CUdeviceptr *ptrs = calloc(1 << 20, sizeof(*ptrs));
+    api.cuCtxSetCurrent(f->ctx);
+    while (f->count < (1 << 20) && api.cuMemAlloc_v2(&ptrs[f->count], f->block) == CUDA_SUCCESS)
+        f->count++;
+    pthread_barrier_wait(&fill_barrier);
+    f->freed_ok = 1;
+    for (int i = 0; i < f->count; i++)
+        if (api.cuMemFree_v2(ptrs[i]) != CUDA_SUCCESS)
+            f->freed_ok = 0;
+    free(ptrs);
+    return NULL;
+}
+
+static const char *const launch_names[] = {
+    "cuLaunchKernel", "cuLaunchKernel_ptsz", "cuLaunchKernelEx", "cuLaunchKernelEx_ptsz",
+    "cuLaunchCooperativeKernel", "cuLaunchCooperativeKernel_ptsz", "cuGraphLaunch", "cuGraphLaunch_ptsz",
+};
 
 static int run_one(char **argv, int i, int argc, const char *self, const char *mode)
 {
@@ -382,6 +414,72 @@ static int run_one(char **argv, int i, int argc, const char *self, const char *m
             printf("resolve rc=%d status=%d\n", rc, st);
         }
         return 4;
+    }
+    if (!strcmp(cmd, "mtfill")) {
+        NEED(2);
+        int threads = (int)num(argv[i + 1]);
+        struct filler f[64];
+        pthread_t t[64];
+        CUcontext ctx = NULL;
+        CUresult (*get_current)(CUcontext *) = dlsym(RTLD_DEFAULT, "cuCtxGetCurrent");
+        int total = 0, freed_ok = 1;
+        get_current(&ctx);
+        if (threads > 64)
+            threads = 64;
+        pthread_barrier_init(&fill_barrier, NULL, (unsigned)threads);
+        for (int k = 0; k < threads; k++) {
+            f[k] = (struct filler){ctx, num(argv[i + 2]), 0, 0};
+            pthread_create(&t[k], NULL, fill_thread, &f[k]);
+        }
+        for (int k = 0; k < threads; k++) {
+            pthread_join(t[k], NULL);
+            total += f[k].count;
+            freed_ok &= f[k].freed_ok;
+        }
+        printf("mtfill rc=%d count=%d\n", freed_ok ? 0 : 1, total);
+        return 3;
+    }
+    if (!strcmp(cmd, "freeall")) {
+        rc = CUDA_SUCCESS;
+        for (int k = 0; k < nallocs && rc == CUDA_SUCCESS; k++)
+            if (allocs[k].kind == 'd')
+                rc = api.cuMemFree_v2(allocs[k].value);
+        printf("freeall rc=%d\n", rc);
+        return 1;
+    }
+    if (!strcmp(cmd, "dlsymname")) {
+        /* Where dlsym(libcuda handle, NAME) leads. */
+        NEED(1);
+        Dl_info info;
+        void *fn = dlsym(dlopen("libcuda.so.1", RTLD_NOW), argv[i + 1]);
+        if (fn && dladdr(fn, &info) && info.dli_sname) {
+            const char *lib = strrchr(info.dli_fname, '/');
+            printf("dlsymname rc=0 lib=%s sym=%s\n", lib ? lib + 1 : info.dli_fname, info.dli_sname);
+        } else {
+            printf("dlsymname rc=500\n");
+        }
+        return 2;
+    }
+    if (!strcmp(cmd, "launchall")) {
+        /* Every launch variant, as exported (dlsym RTLD_DEFAULT): their return codes. */
+        printf("launchall rc=0");
+        for (unsigned k = 0; k < sizeof(launch_names) / sizeof(launch_names[0]); k++) {
+            void *fn = dlsym(RTLD_DEFAULT, launch_names[k]);
+            CUresult r;
+            if (strstr(launch_names[k], "Graph"))
+                r = ((CUresult(*)(void *, void *))fn)(NULL, NULL);
+            else if (strstr(launch_names[k], "Ex"))
+                r = ((CUresult(*)(void *, void *, void *, void *))fn)(NULL, NULL, NULL, NULL);
+            else if (strstr(launch_names[k], "Cooperative"))
+                r = ((CUresult(*)(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                  void *, void *))fn)(NULL, 1, 1, 1, 1, 1, 1, 0, NULL, NULL);
+            else
+                r = ((CUresult(*)(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                  void *, void *, void *))fn)(NULL, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
+            printf(" %s=%d", launch_names[k], r);
+        }
+        printf("\n");
+        return 1;
     }
     if (!strcmp(cmd, "sleep")) {
         NEED(1);
