@@ -266,3 +266,32 @@ def test_the_ledger_is_not_changed_by_allocate():
 
 def _consumption(node: str, device: str, gib: float, cores: int = 0) -> Consumption:
     return Consumption(node, device, int(gib * GIBIBYTE), cores)
+
+
+def test_selector_that_narrows_the_gpus_is_named_in_the_capacity_refusal():
+    ledger = cluster({"node": [gpu(0, 10, product="Tesla T4"), gpu(1, 45, product="NVIDIA L40S")]})
+    only_t4 = request(12, selector=lambda c: c.attributes["productName"] == "Tesla T4")
+    refusal = refuse(ledger, pod("big-on-t4", only_t4))
+    assert refusal.reason == "12 GiB is more than any GPU matching its selectors can give (largest: Tesla T4, 10 GiB)"
+    place(ledger, pod("fill", request(8, selector=lambda c: c.name == "gpu-0")))
+    refusal = refuse(ledger, pod("t4", request(4, selector=lambda c: c.attributes["productName"] == "Tesla T4")))
+    assert refusal.reason == "no GPU matching its selectors has 4 GiB free; largest free: 2 GiB on node gpu-0"
+
+
+def test_cel_selector_errors_explain_why_nothing_matched():
+    from vgpu_dra.driver.selectors import compile_selectors
+
+    ledger = two_by_two()
+    typo = compile_selectors(['device.attributes["vgpu.dra.dev"].prodName == "Tesla T4"'])
+    refusal = refuse(ledger, pod("typo", request(1, selector=typo)))
+    assert refusal.kind is RefusalKind.NO_MATCHING_GPU
+    assert "prodName" in refusal.reason and "failed" in refusal.reason
+
+
+def test_cel_selector_picks_by_published_attribute():
+    from vgpu_dra.driver.selectors import compile_selectors
+
+    ledger = cluster({"node": [gpu(0, 15, product="Tesla T4"), gpu(1, 45, product="NVIDIA L40S")]})
+    on_l40s = compile_selectors(['device.attributes["vgpu.dra.dev"].productName == "NVIDIA L40S"',
+                                 'device.capacity["vgpu.dra.dev"].memory.compareTo(quantity("40Gi")) >= 0'])
+    assert where(place(ledger, pod("l40s", request(1, selector=on_l40s)))) == [("node", "gpu-1")]

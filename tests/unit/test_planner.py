@@ -156,3 +156,28 @@ def test_a_claim_the_controller_would_reject_is_an_input_error(tmp_path):
     with pytest.raises(PlanInputError, match=r"claim-bad\.yaml \(document 1\): ResourceClaimTemplate default/bad: "
                                              r".*'memory' and 'memoryPercent' are both set"):
         plan_paths(tmp_path)
+
+
+def test_node_name_and_hostname_selector_pin_pods(tmp_path):
+    template(tmp_path, "small", "memory: 1Gi")
+    (tmp_path / "pods.yaml").write_text(textwrap.dedent("""
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: pinned}
+        spec:
+          nodeName: mixed-node
+          resourceClaims: [{name: gpu, resourceClaimTemplateName: small}]
+          containers: [{name: c}]
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: elsewhere}
+        spec:
+          nodeSelector: {kubernetes.io/hostname: nowhere}
+          resourceClaims: [{name: gpu, resourceClaimTemplateName: small}]
+          containers: [{name: c}]
+        """))
+    nodes = load_inventories(RTX3080) + load_inventories(MIXED)
+    result = plan(load_manifests([tmp_path]), nodes, default_classes=classes())
+    assert [(pod.name, pod.node) for pod in result.pods] == [("pinned", "mixed-node"), ("elsewhere", None)]
+    assert result.pods[1].refusal.reason.startswith("no node with GPUs is eligible for this pod")
