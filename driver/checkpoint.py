@@ -130,8 +130,13 @@ def decode(data: bytes) -> Checkpoint:
         raise CorruptCheckpoint(f"malformed claim entry: {exc!r}") from None
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so that a crash leaves either the old or the new content."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Replace `path` with `data` so that a crash leaves either the old or the new content.
+
+    `durable` also fsyncs the file and its directory, so the new content survives a power loss;
+    without it the content survives a process crash (the page cache holds it), which is enough
+    for files that are rewritten anyway after a reboot.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
@@ -139,10 +144,13 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         while view:
             view = view[os.write(fd, view):]
         os.fchmod(fd, mode)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dir_fd)
@@ -169,10 +177,18 @@ class CheckpointStore:
             return None
         return decode(data)
 
-    def save(self, checkpoint: Checkpoint) -> None:
-        """Store `checkpoint` atomically and durably."""
+    def save(self, checkpoint: Checkpoint, *, durable: bool = True) -> None:
+        """Store `checkpoint` atomically (and durably, unless told otherwise)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, encode(checkpoint), 0o600)
+        atomic_write(self.path, encode(checkpoint), 0o600, durable=durable)
+
+    def identity(self) -> tuple[int, int, int] | None:
+        """(inode, size, mtime) of the file: changes whenever another writer replaced it."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def quarantine(self) -> Path | None:
         """Move a corrupt file aside (kept for inspection) so a fresh one can be written."""

@@ -8,7 +8,6 @@ sockets (registration first) so the kubelet stops sending work before the DRA so
 """
 from __future__ import annotations
 
-import json
 import signal
 import threading
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from vgpu_dra.kubeletplugin.claim_files import ClaimFiles
 from vgpu_dra.kubeletplugin.claim_reader import ClaimReader, ClaimReadError
 from vgpu_dra.kubeletplugin.endpoints import PluginEndpoints
 from vgpu_dra.kubeletplugin.metrics import NodeMetrics, NvmlSampler
+from vgpu_dra.kubeletplugin.node_object import read_node
 from vgpu_dra.kubeletplugin.preparer import NodeGpus, NodePreparer
 from vgpu_dra.kubeletplugin.settings import PluginSettings
 from vgpu_dra.kubeletplugin.shim_install import install_shim, remove_unused_versions
@@ -63,9 +63,8 @@ class KubeletPlugin:
     def _node_labels(self) -> dict[str, str]:
         if self._labels is None:
             try:
-                response = client.CoreV1Api(self.api_client).read_node(
-                    self.settings.node_name, _preload_content=False, _request_timeout=self.settings.api_timeout_seconds)
-                self._labels = dict(json.loads(response.data)["metadata"].get("labels") or {})
+                node = read_node(self.api_client, self.settings.node_name, self.settings.api_timeout_seconds)
+                self._labels = dict(node["metadata"].get("labels") or {})
             except (ApiException, OSError, ValueError) as exc:
                 log.warning("cannot read the node's labels; label selectors of allocations will not match",
                             error=str(exc))

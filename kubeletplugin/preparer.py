@@ -10,7 +10,8 @@ Unprepare: remove spec and claim directory, drop the checkpoint entry. No API ca
 when the API server is unreachable or the claim is already deleted; an unknown claim is a success.
 
 Both are serialized by a mutex and an flock on ``<plugin dir>/serialize.lock``, so two plugin
-instances overlapping during a rolling update never interleave.
+instances overlapping during a rolling update never interleave; under the lock the checkpoint is
+re-read when another instance replaced it, so neither overwrites the other's claims.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import structlog
 from vgpu_dra.driver import cdi
 from vgpu_dra.driver.allocation_limits import (ClaimNotAllocated, ClaimOnOtherNode, ClaimRejected, ClaimUidMismatch,
                                                InvalidClaimConfig, claim_allocation)
-from vgpu_dra.driver.checkpoint import Checkpoint, CheckpointStore, PreparedClaim
+from vgpu_dra.driver.checkpoint import Checkpoint, CheckpointStore, CorruptCheckpoint, PreparedClaim
 from vgpu_dra.driver.checkpoint import PreparedDevice as CheckpointDevice
 from vgpu_dra.driver.claimconfig import ClaimConfig, ClaimConfigError, GpuLimit
 from vgpu_dra.driver.devices import device_name, publishable_gpus, publishable_memory_bytes
@@ -143,6 +144,7 @@ class NodePreparer:
         self.files = files
         self._store = store
         self._checkpoint = checkpoint
+        self._checkpoint_identity = store.identity()
         self._shim = shim
         self._node_labels = node_labels
         self.observer: PrepareObserver = observer or _NoObserver()
@@ -159,9 +161,26 @@ class NodePreparer:
             with open(self.settings.serialize_lock, "a+") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 try:
+                    self._reload_if_replaced()
                     yield
                 finally:
                     fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _reload_if_replaced(self) -> None:
+        identity = self._store.identity()
+        if identity is None or identity == self._checkpoint_identity:
+            return
+        try:
+            loaded = self._store.load()
+        except CorruptCheckpoint as exc:
+            log.error("checkpoint written by another instance is unreadable; keeping ours", error=str(exc))
+            return
+        if loaded is not None:
+            self._checkpoint = Checkpoint(boot_id=self._checkpoint.boot_id, claims=loaded.claims)
+            self._checkpoint_identity = identity
+            with self._pods_lock:
+                for uid, claim in loaded.claims.items():
+                    self._pods.setdefault(uid, claim.pods)
 
     # ---- read-only views (metrics, tests) ------------------------------------------------------
     def prepared_claims(self) -> dict[str, PreparedClaim]:
@@ -247,7 +266,9 @@ class NodePreparer:
     def _commit(self, planned: list[PreparedClaim], outcomes: dict[str, ClaimOutcome]) -> None:
         claims = dict(self._checkpoint.claims)
         claims.update({c.uid: c for c in planned})
-        self._save(claims)  # "preparing": a crash from here on is rolled back at start
+        # "preparing": a crash from here on is rolled back at start. Not fsynced: a power loss
+        # reboots, and files not in the (durable) checkpoint are swept at start anyway.
+        self._save(claims, durable=False)
         for claim in planned:
             try:
                 self._write_files(claim, fresh_region=False)
@@ -280,10 +301,11 @@ class NodePreparer:
         log.warning("claim not prepared", claim=f"{ref.namespace}/{ref.name}", uid=ref.uid, reason=reason,
                     error=str(exc))
 
-    def _save(self, claims: dict[str, PreparedClaim]) -> None:
+    def _save(self, claims: dict[str, PreparedClaim], *, durable: bool = True) -> None:
         checkpoint = self._checkpoint.with_claims(claims)
-        self._store.save(checkpoint)
+        self._store.save(checkpoint, durable=durable)
         self._checkpoint = checkpoint
+        self._checkpoint_identity = self._store.identity()
 
     # ---- unprepare -----------------------------------------------------------------------------
     def unprepare(self, claims: list[ClaimRef]) -> dict[str, str]:
@@ -354,6 +376,7 @@ class NodePreparer:
                 self.files.remove_strays(claims)
             self._checkpoint = Checkpoint(boot_id=boot_id, claims=claims)
             self._store.save(self._checkpoint)
+            self._checkpoint_identity = self._store.identity()
             with self._pods_lock:
                 self._pods = {uid: c.pods for uid, c in claims.items()}
 

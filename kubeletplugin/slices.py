@@ -24,6 +24,7 @@ from kubernetes.client.rest import ApiException
 
 from vgpu_dra.driver.devices import build_slices
 from vgpu_dra.driver.inventory import NodeInventory
+from vgpu_dra.kubeletplugin.node_object import read_node
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +66,7 @@ class SlicePublisher:
                  inventory: NodeInventory, *, max_devices_per_slice: int = 128,
                  allow_multiple_allocations: bool = True, request_timeout: float = 10.0):
         self._api = client.ResourceV1Api(api_client)
-        self._core = client.CoreV1Api(api_client)
+        self._api_client = api_client
         self.node_name = node_name
         self.driver_name = driver_name
         self._inventory = inventory
@@ -99,8 +100,7 @@ class SlicePublisher:
     # ---- reconcile -----------------------------------------------------------------------------
     def _owner(self) -> JsonObject:
         if self._node_uid is None:
-            response = self._core.read_node(self.node_name, _preload_content=False, _request_timeout=self._timeout)
-            self._node_uid = json.loads(response.data)["metadata"]["uid"]
+            self._node_uid = read_node(self._api_client, self.node_name, self._timeout)["metadata"]["uid"]
         return {"apiVersion": "v1", "kind": "Node", "name": self.node_name, "uid": self._node_uid,
                 "controller": True}
 

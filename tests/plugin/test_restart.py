@@ -135,3 +135,27 @@ def test_interrupted_prepare_is_rolled_back_at_start(settings, kube_client, fake
         kubelet.close()
     finally:
         plugin.stop()
+
+
+def test_two_instances_during_a_rolling_update_keep_each_others_claims(settings, kube_client, fake_nvml, claims):
+    from dataclasses import replace
+
+    fake_nvml.use("mixed-node")
+    old = _start(replace(settings, pod_uid="old-pod"), kube_client)
+    new = _start(replace(settings, pod_uid="new-pod"), kube_client)
+    try:
+        x = claims.create([{"request": "gpu", "device": "gpu-0"}])
+        y = claims.create([{"request": "gpu", "device": "gpu-1"}])
+        old_kubelet = kubelet_for(replace(settings, pod_uid="old-pod"))
+        new_kubelet = kubelet_for(replace(settings, pod_uid="new-pod"))
+        assert old_kubelet.prepare([x.ref])[x.uid].error == ""
+        assert new_kubelet.prepare([y.ref])[y.uid].error == ""
+        assert set(json.loads(settings.checkpoint_path.read_text())["claims"]) == {x.uid, y.uid}
+        assert new_kubelet.unprepare([x.ref]) == {x.uid: ""}  # Unprepare may reach the other instance
+        assert set(json.loads(settings.checkpoint_path.read_text())["claims"]) == {y.uid}
+        assert old_kubelet.prepare([y.ref])[y.uid].error == ""  # answered from the shared checkpoint
+        old_kubelet.close()
+        new_kubelet.close()
+    finally:
+        old.stop()
+        new.stop()
