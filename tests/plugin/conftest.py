@@ -1,6 +1,7 @@
 """Fixtures of the plugin tier: built artefacts, short temp dirs for sockets, the fake API server."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,7 @@ def short_tmp() -> Iterator[Path]:
 
 from tests.fakes.apiserver.fixtures import fake_apiserver, kube_client, kubeconfig_path  # noqa: E402,F401
 from tests.fakes.nvml_env import fake_nvml, fake_nvml_library  # noqa: E402,F401
+from tests.plugin.cdi_schema import validate_cdi_spec  # noqa: E402
 from tests.plugin.node import ClaimMaker, create_node, kubelet_for, node_settings, shim_library  # noqa: E402
 
 NODE = "mixed-node"
@@ -69,6 +71,9 @@ def plugin(settings, kube_client, fake_nvml, claims):  # noqa: ANN001, ANN201
     running.start()
     yield running
     running.stop()
+    # Whatever the test did, every spec the plugin left must be one a runtime's CDI library loads.
+    for spec in settings.cdi_dir.glob("k8s.vgpu.dra.dev-claim_*.json") if settings.cdi_dir.exists() else ():
+        validate_cdi_spec(json.loads(spec.read_text()))
 
 
 @pytest.fixture
