@@ -42,7 +42,6 @@ POD_CLAIM_ANNOTATION = "resource.kubernetes.io/pod-claim-name"
 """Set by kube-controller-manager on claims it generates from a pod's template reference."""
 
 REASON_FAILED = "AllocationFailed"
-REASON_ALLOCATED = "Allocated"
 
 Key = tuple[str, str]
 

@@ -117,3 +117,20 @@ def test_count_greater_than_gpus_is_refused_with_reason(fake_apiserver):
                          what="refusal event")
     assert event.type == "Warning" and event.reason == "AllocationFailed"
     assert "3" in event.message
+
+
+def test_claim_selectors_pick_model_and_exclude_uuid(fake_apiserver):
+    server = fake_apiserver
+    add_node(server, "mixed", [gpu(0), gpu(1, product="NVIDIA A2"), gpu(2, product="NVIDIA A2")])
+    add_device_class(server)
+    a2 = 'device.attributes["vgpu.dra.dev"].productName == "NVIDIA A2"'
+    not_gpu1 = f'device.attributes["vgpu.dra.dev"].uuid != "{gpu(1).uuid}"'
+    server.create(claim("a2", config=vgpu_config(memory="1Gi"), selectors=[a2, not_gpu1]))
+    server.create(pod("a2", ["a2"]))
+    server.create(claim("typo", config=vgpu_config(memory="1Gi"), selectors=['device.attributes["vgpu.dra.dev"].productName ==']))
+    server.create(pod("typo", ["typo"]))
+    with running_controller(server):
+        assert placed(server, "a2") == [("mixed", "gpu-2")]
+        event = wait_for(lambda: next((e for e in server.events() if e.regarding_name == "typo"
+                                       and e.regarding_kind == "ResourceClaim"), None), what="compile error event")
+    assert "does not compile" in event.message and "productName ==" in event.message
