@@ -157,3 +157,18 @@ def test_bound_pod_keeps_its_claim_even_before_the_reservation_is_seen(fake_apis
         wait_for(lambda: allocation_of(server, "later"), what="a later pod processed after the binding")
         assert allocation_of(server, "c") is not None
         assert FINALIZER in server.get("ResourceClaim", "c", "default")["metadata"]["finalizers"]
+
+
+def test_refused_pod_is_allocated_when_a_node_publishes_gpus(fake_apiserver):
+    from vgpu_dra.controller.allocation_term import TermSettings
+
+    server = fake_apiserver
+    add_device_class(server)
+    server.create(claim("c", config=vgpu_config(memory="1Gi")))
+    server.create(pod("app", ["c"]))
+    # retry-refused-after is long: only the new slices can trigger the retry in time
+    with running_controller(server, settings=TermSettings(retry_refused_after_s=3600, watch_timeout_s=30)):
+        wait_for(lambda: refusals(server, "c"), what="refused while no node has GPUs")
+        add_node(server, "late", [gpu(0)])
+        alloc = wait_for(lambda: allocation_of(server, "c"), what="allocated once a node publishes")
+    assert alloc["devices"]["results"][0]["pool"] == "late"
