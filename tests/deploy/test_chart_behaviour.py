@@ -56,13 +56,28 @@ class PublishedGpu:
     capacity = {"memory": 46 * GIB, "cores": 100}
 
 
-def _as_scheduler_sees(expression: str) -> bool:
-    """kube-scheduler evaluates class selectors against the published device (type "gpu")."""
-    activation = candidate_activation(PublishedGpu())
-    activation["device"][celtypes.StringType("attributes")][celtypes.StringType(names.DRIVER_NAME)][
-        celtypes.StringType("type")] = celtypes.StringType("gpu")
+class OtherDriversGpu:
+    """A device another DRA driver publishes on the same cluster (attributes in its own domain)."""
+
+    driver = "gpu.nvidia.com"
+    attributes = {"gpu.nvidia.com/type": "gpu", "gpu.nvidia.com/uuid": "GPU-2222"}
+    capacity = {"gpu.nvidia.com/memory": 46 * GIB}
+
+
+def _as_scheduler_sees(expression: str, device: object | None = None) -> bool:
+    """kube-scheduler evaluates class selectors against every published device as it is (our
+    GPUs read type "gpu"); an evaluation error aborts the claim's allocation, so it raises here."""
+    device = device or PublishedGpu()
+    activation = candidate_activation(device)
+    if getattr(device, "driver", names.DRIVER_NAME) == names.DRIVER_NAME:
+        activation["device"][celtypes.StringType("attributes")][celtypes.StringType(names.DRIVER_NAME)][
+            celtypes.StringType("type")] = celtypes.StringType("gpu")
     env = celpy.Environment()
-    return bool(env.program(env.compile(expression)).evaluate(activation))
+    result = env.program(env.compile(expression)).evaluate(activation)
+    if isinstance(result, Exception):
+        raise result
+    assert isinstance(result, celtypes.BoolType), f"{expression!r} gave {result!r}"
+    return bool(result)
 
 
 # --------------------------------------------------------------------------- allocator modes
@@ -116,6 +131,9 @@ def test_controller_mode_classes_are_the_api_names_and_only_the_controller_can_a
         selectors = _selectors(device_class)
         assert compile_selectors(selectors)(PublishedGpu()), "the controller must see GPUs as candidates"
         assert not any(_as_scheduler_sees(s) for s in selectors), "kube-scheduler must never allocate them"
+        # kube-scheduler also runs them against other drivers' devices: a false, not an error that
+        # would abort the claim's allocation.
+        assert not any(_as_scheduler_sees(s, OtherDriversGpu()) for s in selectors)
 
 
 def test_sized_classes_carry_a_valid_default_vgpu_config():
@@ -126,7 +144,7 @@ def test_sized_classes_carry_a_valid_default_vgpu_config():
         assert config["opaque"]["driver"] == names.DRIVER_NAME
         parsed = parse_config(config["opaque"]["parameters"])
         sizes[name] = (parsed.memory, parsed.cores)
-    assert sizes == {names.DEVICE_CLASS_SMALL: (2 * GIB, 10), names.DEVICE_CLASS_MEDIUM: (4 * GIB, 25),
+    assert sizes == {names.DEVICE_CLASS_SMALL: (2 * GIB, 15), names.DEVICE_CLASS_MEDIUM: (4 * GIB, 30),
                      names.DEVICE_CLASS_LARGE: (8 * GIB, 50)}
     plain = next(c for c in rendered.of_kind("DeviceClass") if c["metadata"]["name"] == names.DEVICE_CLASS)
     assert "config" not in plain["spec"]  # the size comes from the claim
@@ -136,9 +154,23 @@ def test_sizes_from_values_reach_the_classes_including_memory_percent():
     rendered = render({"deviceClasses": {"sizes": {"small": {"memory": None, "memoryPercent": 10},
                                                    "large": {"memory": "20Gi", "cores": 0}}}})
     small = parse_config(rendered.one("DeviceClass", names.DEVICE_CLASS_SMALL)["spec"]["config"][0]["opaque"]["parameters"])
-    assert (small.memory, small.memory_percent, small.cores) == (None, 10, 10)
+    assert (small.memory, small.memory_percent, small.cores) == (None, 10, 15)
     large = parse_config(rendered.one("DeviceClass", names.DEVICE_CLASS_LARGE)["spec"]["config"][0]["opaque"]["parameters"])
     assert (large.memory, large.cores) == (parse_bytes("20Gi"), 0)
+
+
+def test_chart_classes_match_the_example_device_classes():
+    """`kubectl apply -f examples/deviceclasses/` and the chart give claims the same classes."""
+    rendered = {c["metadata"]["name"]: c for c in render().of_kind("DeviceClass")}
+    examples = [yaml.safe_load(p.read_text()) for p in sorted((REPO / "examples" / "deviceclasses").glob("*.yaml"))]
+    assert {e["metadata"]["name"] for e in examples} == set(rendered)
+    for example in examples:
+        chart_class = rendered[example["metadata"]["name"]]
+        assert example["metadata"]["labels"].items() <= chart_class["metadata"]["labels"].items()
+        assert example["spec"].get("config") == chart_class["spec"].get("config")
+        for device_class in (example, chart_class):
+            assert compile_selectors(_selectors(device_class))(PublishedGpu())
+            assert not any(_as_scheduler_sees(s) for s in _selectors(device_class))
 
 
 def test_scheduler_mode_has_one_plain_class_that_kube_scheduler_allocates():
@@ -149,6 +181,7 @@ def test_scheduler_mode_has_one_plain_class_that_kube_scheduler_allocates():
     assert "config" not in device_class["spec"]  # sizes are capacity requests in this mode
     (selector,) = _selectors(device_class)
     assert _as_scheduler_sees(selector)
+    assert not _as_scheduler_sees(selector, OtherDriversGpu())
     assert not compile_selectors([selector])(PublishedGpu()), "the controller must not see these as candidates"
 
 
