@@ -117,7 +117,6 @@ static int measure_begin(CUdevice dev, struct ctx_measure *m)
 static int measure_end(struct ctx_measure *m, CUresult rc, CUcontext ctx)
 {
     int64_t after = -1;
-    int via_cuda = 0;
     if (rc != CUDA_SUCCESS || m->before < 0) {
         __atomic_store_n(&g_ctx_charged[m->dev], 0, __ATOMIC_RELEASE);
         return 0;
@@ -130,11 +129,9 @@ static int measure_end(struct ctx_measure *m, CUresult rc, CUcontext ctx)
             CUcontext popped;
             vgpu_helper.cuCtxPopCurrent_v2(&popped);
         }
-        via_cuda = 1;
     } else {
         after = nvml_used(m->acct->gpu->uuid);
     }
-    (void)via_cuda;
     if (after <= m->before)
         return 0;
     int64_t footprint = after - m->before;

@@ -201,17 +201,95 @@ VGPU_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CU
     ALLOC_ASYNC_BODY(vgpu_real.cuMemAllocAsync_ptsz(dptr, bytesize, s));
 }
 
+/* ---- memory pools: an allocation from a pool is charged to the pool's device ---------------- */
+
+static void remember_pool(CUmemoryPool pool, CUdevice dev)
+{
+    CUresult err = CUDA_SUCCESS;
+    /* A pool of a device in no claim maps to no account: its allocations are refused. */
+    vgpu_ptrmap_put(VGPU_PTR_POOL, (uint64_t)(uintptr_t)pool, dev, vgpu_account_for_device(dev, &err));
+}
+
+VGPU_EXPORT CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *props)
+{
+    VGPU_GATE(cuMemPoolCreate, (pool, props));
+    CUresult rc = vgpu_real.cuMemPoolCreate(pool, props);
+    if (rc == CUDA_SUCCESS && pool && props && props->location.type == CU_MEM_LOCATION_TYPE_DEVICE)
+        remember_pool(*pool, props->location.id);
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool)
+{
+    VGPU_GATE(cuMemPoolDestroy, (pool));
+    int64_t dev;
+    struct vgpu_account *a;
+    vgpu_ptrmap_take(VGPU_PTR_POOL, (uint64_t)(uintptr_t)pool, &dev, &a);
+    return vgpu_real.cuMemPoolDestroy(pool);
+}
+
+VGPU_EXPORT CUresult cuDeviceGetDefaultMemPool(CUmemoryPool *pool, CUdevice dev)
+{
+    VGPU_GATE(cuDeviceGetDefaultMemPool, (pool, dev));
+    CUresult rc = vgpu_real.cuDeviceGetDefaultMemPool(pool, dev);
+    if (rc == CUDA_SUCCESS && pool)
+        remember_pool(*pool, dev);
+    return rc;
+}
+
+VGPU_EXPORT CUresult cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev)
+{
+    VGPU_GATE(cuDeviceGetMemPool, (pool, dev));
+    CUresult rc = vgpu_real.cuDeviceGetMemPool(pool, dev);
+    if (rc == CUDA_SUCCESS && pool)
+        remember_pool(*pool, dev);
+    return rc;
+}
+
+/* The pool's account when the pool is known, else the current context's device. */
+static struct vgpu_account *pool_account(CUmemoryPool pool, CUresult *err)
+{
+    int64_t dev;
+    struct vgpu_account *a = NULL;
+    if (vgpu_ptrmap_get(VGPU_PTR_POOL, (uint64_t)(uintptr_t)pool, &dev, &a)) {
+        if (!a)
+            *err = CUDA_ERROR_OUT_OF_MEMORY;
+        return a;
+    }
+    return vgpu_account_current(NULL, err);
+}
+
+#define ALLOC_POOL_BODY(real_call)                                                                    \
+    do {                                                                                              \
+        if (!dptr)                                                                                    \
+            return real_call;                                                                         \
+        CUresult err = CUDA_SUCCESS;                                                                  \
+        struct vgpu_account *a = pool_account(pool, &err);                                            \
+        if (!a)                                                                                       \
+            return err;                                                                               \
+        int64_t bytes = clamp_bytes(bytesize);                                                        \
+        if (!vgpu_admit(a, bytes))                                                                    \
+            return CUDA_ERROR_OUT_OF_MEMORY;                                                          \
+        CUresult rc = real_call;                                                                      \
+        if (rc != CUDA_SUCCESS) {                                                                     \
+            vgpu_refund(a, bytes);                                                                    \
+            return rc;                                                                                \
+        }                                                                                             \
+        vgpu_ptrmap_put(VGPU_PTR_DEVICE, *dptr, bytes, a);                                            \
+        return CUDA_SUCCESS;                                                                          \
+    } while (0)
+
 VGPU_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool, CUstream s)
 {
     VGPU_GATE(cuMemAllocFromPoolAsync, (dptr, bytesize, pool, s));
-    ALLOC_ASYNC_BODY(vgpu_real.cuMemAllocFromPoolAsync(dptr, bytesize, pool, s));
+    ALLOC_POOL_BODY(vgpu_real.cuMemAllocFromPoolAsync(dptr, bytesize, pool, s));
 }
 
 VGPU_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
                                                   CUstream s)
 {
     VGPU_GATE(cuMemAllocFromPoolAsync_ptsz, (dptr, bytesize, pool, s));
-    ALLOC_ASYNC_BODY(vgpu_real.cuMemAllocFromPoolAsync_ptsz(dptr, bytesize, pool, s));
+    ALLOC_POOL_BODY(vgpu_real.cuMemAllocFromPoolAsync_ptsz(dptr, bytesize, pool, s));
 }
 
 VGPU_EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream s)

@@ -92,21 +92,46 @@ void vgpu_ptrmap_put(int kind, uint64_t value, int64_t bytes, struct vgpu_accoun
     uint64_t key = make_key(kind, value);
     struct shard *s = &g_shards[mix(key) & (SHARDS - 1)];
     struct entry e = {key, bytes, acct};
+    struct entry replaced = {0, 0, NULL};
     lock(s);
     /* Keep load <= 1/2. If growth fails the entry is still stored while room remains; a full
      * table drops it, which only means that free will not refund (fails safe: never over). */
     if ((s->count + 1) * 2 > s->capacity)
         grow(s);
     if (s->count + 1 < s->capacity) {
-        uint32_t before = s->count;
         uint32_t i = (uint32_t)(mix(key) >> SHARD_BITS) & (s->capacity - 1);
         while (s->slots[i].key != 0 && s->slots[i].key != key)
             i = (i + 1) & (s->capacity - 1);
         if (s->slots[i].key == 0)
-            s->count = before + 1;
+            s->count++;
+        else
+            replaced = s->slots[i];
         s->slots[i] = e;
     }
     unlock(s);
+    /* The driver handed out an address we still listed: that allocation is gone, refund it. */
+    if (replaced.key != 0 && replaced.acct && kind != VGPU_PTR_POOL)
+        vgpu_refund(replaced.acct, replaced.bytes);
+}
+
+int vgpu_ptrmap_get(int kind, uint64_t value, int64_t *bytes, struct vgpu_account **acct)
+{
+    uint64_t key = make_key(kind, value);
+    struct shard *s = &g_shards[mix(key) & (SHARDS - 1)];
+    int found = 0;
+    lock(s);
+    if (s->capacity) {
+        uint32_t mask = s->capacity - 1;
+        for (uint32_t i = (uint32_t)(mix(key) >> SHARD_BITS) & mask; s->slots[i].key != 0; i = (i + 1) & mask)
+            if (s->slots[i].key == key) {
+                *bytes = s->slots[i].bytes;
+                *acct = s->slots[i].acct;
+                found = 1;
+                break;
+            }
+    }
+    unlock(s);
+    return found;
 }
 
 int vgpu_ptrmap_take(int kind, uint64_t value, int64_t *bytes, struct vgpu_account **acct)

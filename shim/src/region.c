@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -88,12 +89,16 @@ static void refund_slot(struct vgpu_region *r, int slot)
     __atomic_store_n(&p->state, VGPU_PROC_FREE, __ATOMIC_RELEASE);
 }
 
+/* 0 with a->slot set; -1 with errno (EBUSY: every slot is owned by a live process). */
 static int claim_slot(struct vgpu_attached_region *a)
 {
     struct vgpu_region *r = a->map;
     for (int i = 0; i < VGPU_MAX_PROCS; i++) {
-        if (ofd_lock(a->fd, F_WRLCK, VGPU_LOCK_SLOT_BASE + i) != 0)
-            continue; /* a live process owns it */
+        if (ofd_lock(a->fd, F_WRLCK, VGPU_LOCK_SLOT_BASE + i) != 0) {
+            if (errno == EAGAIN || errno == EACCES)
+                continue; /* a live process owns it */
+            return -1;    /* no OFD locks here (e.g. an old kernel or a FUSE mount): cannot be safe */
+        }
         struct vgpu_proc *p = &r->procs[i];
         if (__atomic_load_n(&p->state, __ATOMIC_ACQUIRE) != VGPU_PROC_FREE)
             refund_slot(r, i); /* its owner died without anyone noticing yet */
@@ -111,6 +116,7 @@ static int claim_slot(struct vgpu_attached_region *a)
         a->slot = i;
         return 0;
     }
+    errno = EBUSY;
     return -1;
 }
 
@@ -164,6 +170,8 @@ int vgpu_region_attach(const char *path, const struct vgpu_claim_config *cfg, st
     const size_t size = sizeof(struct vgpu_region);
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
     out->map = NULL;
+    if (fd >= 0)
+        fchmod(fd, 0666); /* every process of the claim, whatever its user, must be able to write */
     out->fd = -1;
     out->slot = -1;
     if (fd < 0)
@@ -190,7 +198,8 @@ int vgpu_region_attach(const char *path, const struct vgpu_claim_config *cfg, st
     int rc = init_locked(out->map, path, cfg, err, err_len);
     ofd_lock(fd, F_UNLCK, VGPU_LOCK_INIT);
     if (rc == 0 && claim_slot(out) != 0)
-        rc = fail(err, err_len, "region %s: all %d process slots are in use", path, VGPU_MAX_PROCS);
+        rc = errno == EBUSY ? fail(err, err_len, "region %s: all %d process slots are in use", path, VGPU_MAX_PROCS)
+                            : fail(err, err_len, "cannot lock a process slot in region %s: %s", path, strerror(errno));
     if (rc != 0) {
         munmap(map, size);
         close(fd);

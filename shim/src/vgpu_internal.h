@@ -157,6 +157,10 @@ struct vgpu_account *vgpu_account_current(CUdevice *dev, CUresult *err);
     X(cuMemAllocFromPoolAsync_ptsz,                                                                   \
       (CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool, CUstream s), (dptr, bytesize, pool, s)) \
     X(cuMemFreeAsync, (CUdeviceptr dptr, CUstream s), (dptr, s))                                      \
+    X(cuMemPoolCreate, (CUmemoryPool * pool, const CUmemPoolProps *props), (pool, props))             \
+    X(cuMemPoolDestroy, (CUmemoryPool pool), (pool))                                                  \
+    X(cuDeviceGetDefaultMemPool, (CUmemoryPool * pool, CUdevice dev), (pool, dev))                    \
+    X(cuDeviceGetMemPool, (CUmemoryPool * pool, CUdevice dev), (pool, dev))                           \
     X(cuMemFreeAsync_ptsz, (CUdeviceptr dptr, CUstream s), (dptr, s))                                 \
     X(cuLaunchKernel,                                                                                 \
       (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,              \
@@ -249,8 +253,13 @@ void *vgpu_nvml_hook_for_real(void *real);
 
 /* ---- ptrmap.c: device pointer / handle -> (bytes, account) ------------------------------------ */
 
-enum vgpu_ptr_kind { VGPU_PTR_DEVICE = 1, VGPU_PTR_ARRAY, VGPU_PTR_MIPMAP, VGPU_PTR_VMM };
+/* VGPU_PTR_POOL maps a memory pool to the account of its device (bytes = the device ordinal). */
+enum vgpu_ptr_kind { VGPU_PTR_DEVICE = 1, VGPU_PTR_ARRAY, VGPU_PTR_MIPMAP, VGPU_PTR_VMM, VGPU_PTR_POOL };
+/* Stores key -> (bytes, acct). An existing entry for the same key belongs to an allocation the
+ * driver no longer has (it reused the address): its bytes are refunded. */
 void vgpu_ptrmap_put(int kind, uint64_t key, int64_t bytes, struct vgpu_account *acct);
+/* Looks an entry up without removing it; 1 when found. */
+int vgpu_ptrmap_get(int kind, uint64_t key, int64_t *bytes, struct vgpu_account **acct);
 /* Removes the entry; 1 and the entry's values when found, 0 otherwise. */
 int vgpu_ptrmap_take(int kind, uint64_t key, int64_t *bytes, struct vgpu_account **acct);
 void vgpu_ptrmap_clear(void); /* fork child: the parent's allocations are not ours */

@@ -79,3 +79,20 @@ def test_a_context_that_does_not_fit_is_refused(node: Node) -> None:
     node.add_claim("claim-a", {GPU_A: 4 * MiB})
     result = node.run("init", "ctx", "0", "ctxcreate", "0")
     assert result.rcs() == [0, 0, 2]
+
+
+def test_a_pool_allocation_is_charged_to_the_pools_device_not_the_current_one(node: Node) -> None:
+    two_gpu_node(node)
+    node.add_claim("claim-a", {GPU_A: 10 * MiB})
+    node.add_claim("claim-b", {GPU_B: 20 * MiB})
+    # Current context on GPU_A (ordinal 0); pools of GPU_B (ordinal 1), default and created.
+    result = node.run(
+        "init", "ctx", "0",
+        "pool", str(12 * MiB), "1",
+        "pool", str(6 * MiB), "1", "new",
+        "pool", str(4 * MiB), "1",
+        "info",
+    )
+    assert result.rcs() == [0, 0, 0, 0, 2, 0]
+    assert int(result.lines[5]["free"]) == 10 * MiB  # nothing charged to GPU_A
+    assert node.region("claim-b").gpu(GPU_B).peak_bytes == 18 * MiB

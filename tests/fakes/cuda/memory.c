@@ -184,6 +184,40 @@ struct CUmemPoolHandle_st {
 };
 static struct CUmemPoolHandle_st g_pools[FAKE_MAX_DEVICES];
 
+FAKE_EXPORT CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *props)
+{
+    if (!g_fake_initialized)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!pool || !props || props->location.type != CU_MEM_LOCATION_TYPE_DEVICE || !fake_valid_device(props->location.id))
+        return CUDA_ERROR_INVALID_VALUE;
+    CUmemoryPool p = malloc(sizeof(*p));
+    p->dev = props->location.id;
+    *pool = p;
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool)
+{
+    if (!pool)
+        return CUDA_ERROR_INVALID_VALUE;
+    for (int i = 0; i < FAKE_MAX_DEVICES; i++)
+        if (pool == &g_pools[i])
+            return CUDA_ERROR_INVALID_VALUE; /* default pools cannot be destroyed */
+    free(pool);
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev)
+{
+    if (!g_fake_initialized)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!pool || !fake_valid_device(dev))
+        return CUDA_ERROR_INVALID_VALUE;
+    g_pools[dev].dev = dev;
+    *pool = &g_pools[dev];
+    return CUDA_SUCCESS;
+}
+
 FAKE_EXPORT CUresult cuDeviceGetDefaultMemPool(CUmemoryPool *pool, CUdevice dev)
 {
     if (!g_fake_initialized)

@@ -16,7 +16,8 @@ F(cuMemAlloc) F(cuMemAlloc_v2) F(cuMemFree) F(cuMemFree_v2) F(cuMemAllocPitch) F
 F(cuMemAllocManaged) F(cuArrayCreate_v2) F(cuArray3DCreate_v2) F(cuArrayDestroy) F(cuArrayGetMemoryRequirements)
 F(cuMipmappedArrayCreate) F(cuMipmappedArrayDestroy) F(cuMipmappedArrayGetMemoryRequirements) F(cuMemCreate)
 F(cuMemRelease) F(cuMemAllocAsync) F(cuMemAllocAsync_ptsz) F(cuMemFreeAsync) F(cuMemFreeAsync_ptsz)
-F(cuMemAllocFromPoolAsync) F(cuMemAllocFromPoolAsync_ptsz) F(cuDeviceGetDefaultMemPool) F(cuLaunchKernel)
+F(cuMemAllocFromPoolAsync) F(cuMemAllocFromPoolAsync_ptsz) F(cuDeviceGetDefaultMemPool) F(cuMemPoolCreate)
+F(cuMemPoolDestroy) F(cuDeviceGetMemPool) F(cuLaunchKernel)
 F(cuLaunchKernel_ptsz) F(cuLaunchKernelEx) F(cuLaunchKernelEx_ptsz) F(cuLaunchCooperativeKernel)
 F(cuLaunchCooperativeKernel_ptsz) F(cuGraphLaunch) F(cuGraphLaunch_ptsz)
 #undef F
@@ -77,6 +78,9 @@ static const struct variant g_table[] = {
     {"cuMemFreeAsync", 11020, (void *)cuMemFreeAsync, (void *)cuMemFreeAsync_ptsz},
     {"cuMemAllocFromPoolAsync", 11020, (void *)cuMemAllocFromPoolAsync, (void *)cuMemAllocFromPoolAsync_ptsz},
     {"cuDeviceGetDefaultMemPool", 11020, (void *)cuDeviceGetDefaultMemPool, 0},
+    {"cuDeviceGetMemPool", 11020, (void *)cuDeviceGetMemPool, 0},
+    {"cuMemPoolCreate", 11020, (void *)cuMemPoolCreate, 0},
+    {"cuMemPoolDestroy", 11020, (void *)cuMemPoolDestroy, 0},
     {"cuLaunchKernel", 4000, (void *)cuLaunchKernel, (void *)cuLaunchKernel_ptsz},
     {"cuLaunchKernelEx", 11060, (void *)cuLaunchKernelEx, (void *)cuLaunchKernelEx_ptsz},
     {"cuLaunchCooperativeKernel", 9000, (void *)cuLaunchCooperativeKernel, (void *)cuLaunchCooperativeKernel_ptsz},

@@ -262,11 +262,33 @@ static int run_one(char **argv, int i, int argc, const char *self, const char *m
             rc = api.cuMemAllocAsync(&p, n, NULL);
             kind = 's';
         } else {
-            CUmemoryPool pool;
+            /* "pool N": the default pool of device 0; "pool N D": of device D;
+             * "pool N D new": a pool created with cuMemPoolCreate on device D. */
+            CUmemoryPool pool = NULL;
             CUdevice dev = 0;
-            api.cuDeviceGetDefaultMemPool(&pool, dev);
+            int extra = 0;
+            if (i + 2 < argc && argv[i + 2][0] >= '0' && argv[i + 2][0] <= '9') {
+                dev = (int)num(argv[i + 2]);
+                extra = 1;
+                if (i + 3 < argc && !strcmp(argv[i + 3], "new")) {
+                    CUresult (*create)(CUmemoryPool *, const CUmemPoolProps *) = dlsym(RTLD_DEFAULT, "cuMemPoolCreate");
+                    CUmemPoolProps props;
+                    memset(&props, 0, sizeof(props));
+                    props.allocType = 1;
+                    props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+                    props.location.id = dev;
+                    create(&pool, &props);
+                    extra = 2;
+                }
+            }
+            if (!pool)
+                api.cuDeviceGetDefaultMemPool(&pool, dev);
             rc = api.cuMemAllocFromPoolAsync(&p, n, pool, NULL);
             kind = 's';
+            printf("%s rc=%d id=%d\n", cmd, rc, rc == CUDA_SUCCESS ? nallocs : -1);
+            if (rc == CUDA_SUCCESS)
+                record(kind, p);
+            return 2 + extra;
         }
         printf("%s rc=%d id=%d\n", cmd, rc, rc == CUDA_SUCCESS ? nallocs : -1);
         if (rc == CUDA_SUCCESS)
