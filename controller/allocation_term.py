@@ -306,6 +306,8 @@ class AllocationTerm:
                     to_check |= self._owned.get(uid, set())
                 self._refused.discard(key)
                 to_check |= set(previous_claims)
+                self._pending_claims.difference_update(to_check)
+                self.metrics.pending_claims.set(len(self._pending_claims))
             else:
                 uid = meta(current)["uid"]
                 self._pod_key[uid] = key
