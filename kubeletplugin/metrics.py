@@ -23,8 +23,10 @@ from vgpu_dra.driver.region import RegionError, RegionSnapshot, read_region
 
 log = structlog.get_logger(__name__)
 
-CLAIM_LABELS = ("node", "namespace", "claim", "claim_uid", "pod", "gpu_uuid", "device")
-GPU_LABELS = ("node", "gpu_uuid", "device")
+# Same GPU label names as the controller's metrics (`gpu` = device name, `uuid`), so one dashboard
+# can join both.
+CLAIM_LABELS = ("node", "namespace", "claim", "claim_uid", "pod", "gpu", "uuid")
+GPU_LABELS = ("node", "gpu", "uuid")
 # Prepare of one claim should take milliseconds; of 50 claims well under a second.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 45.0)
 
@@ -142,7 +144,7 @@ class NodeMetrics(Collector):
                 per_gpu_cores[device.gpu_uuid] = per_gpu_cores.get(device.gpu_uuid, 0) + device.cores
             for uuid in dict.fromkeys(d.gpu_uuid for d in claim.devices):
                 mine = [d for d in claim.devices if d.gpu_uuid == uuid]
-                labels = [self.node_name, claim.namespace, claim.name, uid, pods, uuid, mine[0].device]
+                labels = [self.node_name, claim.namespace, claim.name, uid, pods, mine[0].device, uuid]
                 limit.add_metric(labels, sum(d.memory_bytes for d in mine))
                 cores.add_metric(labels, min(100, sum(d.cores for d in mine)))
                 usage = _gpu_usage(snapshot, uuid)
@@ -177,12 +179,12 @@ class NodeMetrics(Collector):
                 log.warning("cannot sample GPUs", error=str(exc))
         for sample in samples:
             devices.setdefault(sample.uuid, sample.device)
-            labels = [self.node_name, sample.uuid, sample.device]
+            labels = [self.node_name, sample.device, sample.uuid]
             used.add_metric(labels, sample.memory_used_bytes)
             total.add_metric(labels, sample.memory_total_bytes)
             utilization.add_metric(labels, sample.utilization_percent)
         for uuid, device in sorted(devices.items()):
-            labels = [self.node_name, uuid, device]
+            labels = [self.node_name, device, uuid]
             sharing.add_metric(labels, len(claims.get(uuid, ())))
             allocated.add_metric(labels, memory.get(uuid, 0))
             cores_allocated.add_metric(labels, cores.get(uuid, 0))

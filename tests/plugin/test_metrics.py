@@ -34,15 +34,15 @@ def test_claim_series_exist_from_prepare_on(kubelet, claims, plugin, settings):
     assert not [s for s in before.get("vgpu_dra_claim_memory_limit_bytes", []) if s.labels["claim_uid"] == claim.uid]
     kubelet.prepare([claim.ref])
     samples = _scrape(plugin)
-    labels = dict(namespace="default", claim=claim.name, claim_uid=claim.uid, gpu_uuid=T4_0, node="mixed-node",
-                  pod="web-1,web-2", device="gpu-0")
+    labels = dict(namespace="default", claim=claim.name, claim_uid=claim.uid, uuid=T4_0, node="mixed-node",
+                  pod="web-1,web-2", gpu="gpu-0")
     assert _one(samples, "vgpu_dra_claim_memory_limit_bytes", **labels) == 2 << 30
     assert _one(samples, "vgpu_dra_claim_core_limit_percent", **labels) == 25
     assert _one(samples, "vgpu_dra_claim_memory_used_bytes", **labels) == 0
     assert _one(samples, "vgpu_dra_claim_memory_peak_bytes", **labels) == 0
     assert _one(samples, "vgpu_dra_claim_rejected_allocations_total", **labels) == 0
-    assert _one(samples, "vgpu_dra_gpu_claims", gpu_uuid=T4_0) == 1
-    assert _one(samples, "vgpu_dra_gpu_memory_allocated_bytes", gpu_uuid=T4_0) == 2 << 30
+    assert _one(samples, "vgpu_dra_gpu_claims", uuid=T4_0) == 1
+    assert _one(samples, "vgpu_dra_gpu_memory_allocated_bytes", uuid=T4_0) == 2 << 30
     assert _one(samples, "vgpu_dra_prepared_claims") == 1
     assert _one(samples, "vgpu_dra_prepare_duration_seconds_count") >= 1
 
@@ -70,8 +70,8 @@ def test_usage_comes_from_the_claim_region(kubelet, claims, plugin, settings):
 
 def test_per_gpu_nvml_series(plugin):
     samples = _scrape(plugin)
-    totals = {s.labels["device"]: s.value for s in samples["vgpu_dra_gpu_memory_total_bytes"]}
+    totals = {s.labels["gpu"]: s.value for s in samples["vgpu_dra_gpu_memory_total_bytes"]}
     assert set(totals) == {"gpu-0", "gpu-1", "gpu-2"}
     assert totals["gpu-0"] == 15360 << 20
-    assert {s.labels["device"] for s in samples["vgpu_dra_gpu_utilization_percent"]} == {"gpu-0", "gpu-1", "gpu-2"}
-    assert {s.labels["device"] for s in samples["vgpu_dra_gpu_memory_used_bytes"]} == {"gpu-0", "gpu-1", "gpu-2"}
+    assert {s.labels["gpu"] for s in samples["vgpu_dra_gpu_utilization_percent"]} == {"gpu-0", "gpu-1", "gpu-2"}
+    assert {s.labels["gpu"] for s in samples["vgpu_dra_gpu_memory_used_bytes"]} == {"gpu-0", "gpu-1", "gpu-2"}
