@@ -175,6 +175,9 @@ def create_region(path: str | os.PathLike[str], config: ClaimConfig | None = Non
     target = Path(path)
     fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
+        # Every process of the claim, whatever its user, writes its usage here (the umask of the
+        # creating daemon must not decide that); the limits live in the read-only config.
+        os.fchmod(fd, 0o666)
         _lock_init(fd)
         try:
             if os.fstat(fd).st_size < REGION_SIZE:

@@ -3,7 +3,8 @@
  * real GPUs); the first context this process creates on a device is measured and charged to the
  * claim like an allocation: the drop of device-wide free memory across the creating call, read
  * through the driver (cuMemGetInfo) when a context on that device is already current, else through
- * NVML. Without a baseline nothing is charged (docs/shim.md). A context that does not fit under the
+ * NVML. Without a baseline, or when the drop is implausibly large for a context (another
+ * tenant allocated meanwhile), nothing is charged (docs/shim.md). A context that does not fit under the
  * wall is undone and the call answers CUDA_ERROR_OUT_OF_MEMORY, as the driver would.
  * The charge stays until the process ends (its slot is refunded then).
  */
@@ -77,6 +78,9 @@ static int64_t used_now(CUdevice dev, const struct vgpu_account *a, int *via_cud
     return nvml_used(a->gpu->uuid);
 }
 
+/* Contexts take hundreds of MiB on real GPUs; a larger drop was caused by someone else. */
+#define VGPU_CONTEXT_MAX_BYTES (2LL << 30)
+
 /* Owned by this file: which devices already carry this process's context charge (0/1), set by
  * CAS so two threads creating contexts at once measure once. Cleared in a fork child. */
 static int g_ctx_charged[VGPU_MAX_DEVICES];
@@ -135,6 +139,12 @@ static int measure_end(struct ctx_measure *m, CUresult rc, CUcontext ctx)
     if (after <= m->before)
         return 0;
     int64_t footprint = after - m->before;
+    if (footprint > VGPU_CONTEXT_MAX_BYTES) {
+        /* Another tenant allocated during the creation: the delta is not ours. Measure again at
+         * this process's next context on the device rather than charge someone else's bytes. */
+        __atomic_store_n(&g_ctx_charged[m->dev], 0, __ATOMIC_RELEASE);
+        return 0;
+    }
     __atomic_store_n(&m->acct->gpu->context_bytes, footprint, __ATOMIC_RELAXED);
     if (!vgpu_admit(m->acct, footprint)) {
         __atomic_store_n(&g_ctx_charged[m->dev], 0, __ATOMIC_RELEASE);

@@ -32,6 +32,7 @@ def test_created_region_reports_limits_before_any_process_attached(tmp_path: Pat
     assert (gpu.limit_bytes, gpu.used_bytes, gpu.core_cap, gpu.core_policy) == (2 << 30, 0, 25, "hard")
     assert snap.processes == ()
     assert path.stat().st_size == region.REGION_SIZE
+    assert path.stat().st_mode & 0o777 == 0o666
 
 
 def test_zero_filled_file_is_initialised_and_existing_counters_survive(tmp_path: Path) -> None:
