@@ -327,7 +327,7 @@ def allocate(ledger: Ledger, pod: PodRequest, policy: PlacementPolicy = Placemen
     min_cores = max(need.cores for need in flat)
     min_count = max(need.count for need in flat)
     try:
-        for state in _candidate_nodes(ledger, pod, policy, min_memory, min_fraction):
+        for state in _candidate_nodes(ledger, pod, policy, min_memory, min_fraction, min_cores):
             if (state.max_free_memory < min_memory or state.max_free_fraction < min_fraction
                     or state.max_free_cores < min_cores or len(state.gpus) < min_count
                     or not pod.allows(state.name)):
@@ -346,19 +346,17 @@ _FEW_NODES = 64  # below this many possible nodes, rank them directly instead of
 
 
 def _candidate_nodes(ledger: Ledger, pod: PodRequest, policy: PlacementPolicy, min_memory: int,
-                     min_fraction: float) -> Iterable[NodeState]:
+                     min_fraction: float, min_cores: int) -> Iterable[NodeState]:
     """Nodes in the node policy's order, skipping (by bisect) those whose best GPU is too small."""
     spread = policy.node is Policy.SPREAD
     if pod.allowed_nodes is not None and len(pod.allowed_nodes) <= _FEW_NODES:
         # A short allow-list (a claim shared with a pod already placed): rank just those.
         states = [state for name in pod.allowed_nodes if (state := ledger.node(name)) is not None]
     else:
-        by_memory = ledger.count_with_free_memory(min_memory)
-        by_fraction = ledger.count_with_free_fraction(min_fraction)
-        if min(by_memory, by_fraction) > _FEW_NODES:
+        narrowed = ledger.nodes_that_may_fit(min_memory, min_fraction, min_cores, _FEW_NODES)
+        if narrowed is None:
             return ledger.nodes_by_free(most_free_first=spread)
-        states = (ledger.with_free_memory(min_memory) if by_memory <= by_fraction
-                  else ledger.with_free_fraction(min_fraction))
+        states = narrowed
     states.sort(key=(lambda s: (-s.score, s.name)) if spread else (lambda s: (s.score, s.name)))
     return states
 

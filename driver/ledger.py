@@ -17,10 +17,10 @@ already booked against it. Booked consumption above a GPU's capacity (an allocat
 another allocator) is kept as is; free capacity then reads 0, never negative.
 
 Every update touches one node: its GPUs' totals, its summary (largest free memory / fraction /
-cores on any one GPU), and its position in four sorted node lists (``O(log n)`` search plus a
+cores on any one GPU), and its position in five sorted node lists (``O(log n)`` search plus a
 ``memmove`` each): by free share ascending and descending (the node policies' walking orders) and
-by the best GPU's free memory and free fraction (bisect finds the nodes that could take a request
-at all). That is what lets the allocator reject most nodes without looking at their GPUs.
+by the best GPU's free memory, free fraction and free cores (bisect finds the nodes that could
+take a request at all). That is what lets the allocator reject most nodes without looking at their GPUs.
 """
 from __future__ import annotations
 
@@ -212,6 +212,7 @@ class Ledger:
         # Ascending by the node's best GPU: bisect finds the nodes that could take a request at all.
         self._by_max_free_memory: list[tuple[int, str]] = []
         self._by_max_free_fraction: list[tuple[float, str]] = []
+        self._by_max_free_cores: list[tuple[int, str]] = []
         self._names: list[str] = []
         self._book: dict[str, tuple[Consumption, ...]] = {}
         # (node, device) -> claim key -> (memory, cores): survives the GPU's absence.
@@ -267,6 +268,26 @@ class Ledger:
         """How many nodes have a GPU with at least ``min_fraction`` of its memory free (O(log n))."""
         order = self._by_max_free_fraction
         return len(order) - bisect.bisect_left(order, (min_fraction, ""))
+
+    def count_with_free_cores(self, min_cores: int) -> int:
+        """How many nodes have a GPU with at least ``min_cores`` free (O(log n))."""
+        order = self._by_max_free_cores
+        return len(order) - bisect.bisect_left(order, (min_cores, ""))
+
+    def with_free_cores(self, min_cores: int) -> list[NodeState]:
+        """The nodes `count_with_free_cores` counts, most free last."""
+        order = self._by_max_free_cores
+        return [self._nodes[name] for _, name in order[bisect.bisect_left(order, (min_cores, "")):]]
+
+    def nodes_that_may_fit(self, min_memory: int, min_fraction: float, min_cores: int,
+                           limit: int) -> list[NodeState] | None:
+        """The nodes whose best GPUs pass the tightest of the three thresholds, when at most
+        ``limit`` do (a superset of the nodes that can take the request); None when more do."""
+        counts = ((self.count_with_free_memory(min_memory), self.with_free_memory, min_memory),
+                  (self.count_with_free_fraction(min_fraction), self.with_free_fraction, min_fraction),
+                  (self.count_with_free_cores(min_cores), self.with_free_cores, min_cores))
+        count, nodes, threshold = min(counts, key=lambda entry: entry[0])
+        return nodes(threshold) if count <= limit else None  # type: ignore[operator]
 
     def with_free_memory(self, min_bytes: int) -> list[NodeState]:
         """The nodes `count_with_free_memory` counts, most free last."""
@@ -377,7 +398,8 @@ class Ledger:
         return ((self._by_free_ascending, (state.score, state.name)),
                 (self._by_free_descending, (-state.score, state.name)),
                 (self._by_max_free_memory, (state.max_free_memory, state.name)),
-                (self._by_max_free_fraction, (state.max_free_fraction, state.name)))
+                (self._by_max_free_fraction, (state.max_free_fraction, state.name)),
+                (self._by_max_free_cores, (state.max_free_cores, state.name)))
 
     def _index(self, state: NodeState) -> None:
         for order, key in self._index_keys(state):

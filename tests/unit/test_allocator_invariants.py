@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from vgpu_dra.api.names import GIBIBYTE, MEBIBYTE
 from vgpu_dra.driver.allocator import (
-    ClaimRequest, DeviceRequest, GpuDevice, Ledger, Placement, PlacementPolicy, PodRequest, Policy, RefusalKind,
+    ClaimRequest, DeviceRequest, GpuDevice, Ledger, MatchAttribute, Placement, PlacementPolicy, PodRequest, Policy, RefusalKind,
     allocate,
 )
 from vgpu_dra.driver.ledger import Consumption
@@ -72,7 +72,7 @@ def test_capacity_is_never_exceeded_over_any_history(layout, history):
             _, asked, node_policy, gpu_policy, numa = operation
             claim = ClaimRequest(f"claim-{step}", tuple(DeviceRequest(f"r{i}", share, count)
                                                         for i, (share, count) in enumerate(asked)),
-                                 ())
+                                 (MatchAttribute("vgpu.dra.dev/numaNode"),) if numa else ())
             result = allocate(ledger, PodRequest((claim,)), PlacementPolicy(node_policy, gpu_policy))
             if isinstance(result, Placement):
                 for name, gpu_shares in result.claims[0].requests:
@@ -80,10 +80,12 @@ def test_capacity_is_never_exceeded_over_any_history(layout, history):
                     assert len({s.device.name for s in gpu_shares}) == wanted.count, "GPUs of a request must differ"
                     for gpu_share in gpu_shares:
                         assert gpu_share.share == wanted.share.resolve(gpu_share.device.memory_bytes)
+                if numa:
+                    assert len({s.device.numa_node for _, shares in result.claims[0].requests for s in shares}) == 1
                 ledger.apply(result)
                 live.append(claim.key)
             elif result.kind in (RefusalKind.NO_CAPACITY, RefusalKind.TOO_LARGE, RefusalKind.TOO_FEW_GPUS) \
-                    and len(claim.requests) == 1:
+                    and len(claim.requests) == 1 and not numa:
                 # A single request that was refused really fits on no node right now.
                 only = claim.requests[0]
                 for n in range(len(layout)):
