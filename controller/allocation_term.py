@@ -401,6 +401,12 @@ class AllocationTerm:
             if any(meta(c)["uid"] in self._in_flight for c in pending):
                 self.queue.add_after(("pod", key), 0.05)
                 return
+            # Another worker may have allocated one of these claims (a claim shared by two pods)
+            # since we read them: decide only on claims still unallocated, or booking them again
+            # would hide the real allocation from the ledger for a moment.
+            if any(allocation(self.claims.get(object_key(c)) or {}) for c in pending):
+                self.queue.add(("pod", key))
+                return
             avoid = frozenset(self._avoid.get(pod_uid, ()))
             try:
                 decision = allocate(self.ledger, PodRequest(claims=requests, allowed_nodes=allowed,

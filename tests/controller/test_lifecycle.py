@@ -172,3 +172,25 @@ def test_refused_pod_is_allocated_when_a_node_publishes_gpus(fake_apiserver):
         add_node(server, "late", [gpu(0)])
         alloc = wait_for(lambda: allocation_of(server, "c"), what="allocated once a node publishes")
     assert alloc["devices"]["results"][0]["pool"] == "late"
+
+
+def test_a_claim_shared_by_two_pods_is_allocated_once_and_both_pods_follow_it(fake_apiserver):
+    from vgpu_dra.controller.allocation_term import TermSettings
+
+    server = fake_apiserver
+    add_node(server, "one", [gpu(0)])
+    add_node(server, "two", [gpu(0)])
+    add_device_class(server)
+    server.create(claim("shared", config=vgpu_config(memory="1Gi")))
+    server.create(claim("own-a", config=vgpu_config(memory="1Gi")))
+    server.create(claim("own-b", config=vgpu_config(memory="1Gi")))
+    server.create(pod("a", ["shared", "own-a"]))
+    server.create(pod("b", ["shared", "own-b"]))
+    with running_controller(server, settings=TermSettings(workers=4, watch_timeout_s=30)):
+        for name in ("shared", "own-a", "own-b"):
+            wait_for(lambda name=name: allocation_of(server, name), what=f"{name} allocated")
+    nodes = {n: allocation_of(server, n)["devices"]["results"][0]["pool"] for n in ("shared", "own-a", "own-b")}
+    assert nodes["own-a"] == nodes["shared"] == nodes["own-b"], nodes
+    writes = [r for r in server.audit() if r.resource == "resourceclaims" and r.subresource == "status"
+              and r.name == "shared" and r.code < 300]
+    assert len(writes) == 1
