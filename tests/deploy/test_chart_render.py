@@ -2,9 +2,10 @@
 renders is one a Kubernetes 1.36 API server accepts (shape checked against its OpenAPI schema)."""
 from __future__ import annotations
 
+import helm_python
 import pytest
 
-from tests.deploy.chart import render, schema_key
+from tests.deploy.chart import CHART_DIR, render, schema_key
 from tests.fakes.openapi_schema import validate
 
 # Values a platform team would plausibly change all at once.
@@ -105,3 +106,11 @@ def test_metrics_services_select_the_pods_that_serve_metrics():
         container_ports = {(p["name"], p["containerPort"]) for c in pod["spec"]["containers"] for p in c["ports"]}
         for port in service["spec"]["ports"]:
             assert (port["targetPort"], port["port"]) in container_ports
+
+
+@pytest.mark.parametrize("allocator", ["controller", "scheduler"])
+def test_helm_lint_finds_no_warning_or_error(allocator):
+    report = helm_python.lint(CHART_DIR, {"allocator": allocator}, strict=True, namespace="gpu-system",
+                              kube_version="v1.34.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]  # 1 = info ("icon is recommended")
+    assert problems == [] and report["errors"] == []
