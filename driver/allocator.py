@@ -80,19 +80,18 @@ class DeviceRequest:
 class MatchAttribute:
     """``constraints[].matchAttribute``: every GPU of ``requests`` (empty = all) has the same value.
 
-    ``attribute`` is fully qualified (``vgpu.dra.dev/numaNode``) or, for our own domain, bare.
+    ``attribute`` is fully qualified (``vgpu.dra.dev/numaNode``) or, for our own domain, bare;
+    a GPU without the attribute never satisfies it.
     """
 
     attribute: str
     requests: tuple[str, ...] = ()
 
     @property
-    def local_name(self) -> str | None:
-        """The attribute name in our domain, or None when it names another driver's domain."""
+    def key(self) -> str:
+        """The key in `GpuDevice.attributes`: bare for our domain, qualified for any other."""
         domain, slash, name = self.attribute.rpartition("/")
-        if not slash:
-            return self.attribute
-        return name if domain == DRIVER_NAME else None
+        return name if slash and domain == DRIVER_NAME else self.attribute
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,9 +414,8 @@ def _constraint_masks(state: NodeState, needs: list[_Need], constraints: tuple[M
         if not values:
             return
         # Prefer the group with the least (binpack) or most (spread) free memory.
-        def group_free(value: AttributeValue, name: str | None = constraint.local_name) -> int:
-            return sum(free_memory[i] for i, gpu in enumerate(state.gpus)
-                       if _same(gpu.attributes.get(name or ""), value))
+        def group_free(value: AttributeValue, name: str = constraint.key) -> int:
+            return sum(free_memory[i] for i, gpu in enumerate(state.gpus) if _same(gpu.attributes.get(name), value))
         values.sort(key=lambda value: (group_free(value) if policy is Policy.BINPACK else -group_free(value),
                                        _value_order(value)))
         options.append(values)
@@ -428,7 +426,7 @@ def _constraint_masks(state: NodeState, needs: list[_Need], constraints: tuple[M
             for constraint, value in zip(constraints, combination):
                 if constraint.requests and need.request.name not in constraint.requests:
                     continue
-                name = constraint.local_name or ""
+                name = constraint.key
                 for i, gpu in enumerate(state.gpus):
                     if mask[i] and not _same(gpu.attributes.get(name), value):
                         mask[i] = False
@@ -437,9 +435,7 @@ def _constraint_masks(state: NodeState, needs: list[_Need], constraints: tuple[M
 
 
 def _attribute_values(state: NodeState, constraint: MatchAttribute) -> list[AttributeValue]:
-    name = constraint.local_name
-    if name is None:
-        return []
+    name = constraint.key
     values: list[AttributeValue] = []
     for gpu in state.gpus:
         value = gpu.attributes.get(name)
@@ -704,8 +700,8 @@ def _claim_refusal(considered: list[NodeState], needs: list[_Need], policy: Poli
     for constraint in claim.match_attributes:
         covered = [need for need in needs if not constraint.requests or need.request.name in constraint.requests]
         wanted = sum(need.count for need in covered)
-        name = constraint.local_name
-        if name is None or not any(name in gpu.attributes for state in considered for gpu in state.gpus):
+        name = constraint.key
+        if not any(name in gpu.attributes for state in considered for gpu in state.gpus):
             return Refusal(f"claim {claim.display}: matchAttribute {constraint.attribute}: no GPU has that "
                            "attribute", RefusalKind.CONSTRAINT, claim.key)
         best: tuple[int, str, AttributeValue | None] = (0, considered[0].name, None)

@@ -295,3 +295,12 @@ def test_cel_selector_picks_by_published_attribute():
     on_l40s = compile_selectors(['device.attributes["vgpu.dra.dev"].productName == "NVIDIA L40S"',
                                  'device.capacity["vgpu.dra.dev"].memory.compareTo(quantity("40Gi")) >= 0'])
     assert where(place(ledger, pod("l40s", request(1, selector=on_l40s)))) == [("node", "gpu-1")]
+
+
+def test_match_attribute_of_another_domain_reads_the_qualified_attribute():
+    def rack(index: int, name: str) -> GpuDevice:
+        return GpuDevice(f"gpu-{index}", f"GPU-{index}", 10 * GIBIBYTE, attributes={"example.com/rack": name})
+
+    ledger = cluster({"node": [rack(0, "r1"), rack(1, "r2"), rack(2, "r2")]})
+    pair = place(ledger, pod("pair", request(1, count=2), constraints=[MatchAttribute("example.com/rack")]))
+    assert sorted(where(pair)) == [("node", "gpu-1"), ("node", "gpu-2")]
