@@ -151,3 +151,13 @@ def test_a_bug_in_the_fake_is_a_500_and_recorded(monkeypatch: pytest.MonkeyPatch
         monkeypatch.undo()
         assert request(api, "GET", f"{CLAIMS}/c1").status == 404
         api.close()
+
+
+def test_orphan_propagation_keeps_dependents(kube_client: client.ApiClient, fake_apiserver: FakeApiServer) -> None:
+    owner = client.CoreV1Api(kube_client).create_namespaced_pod("default", pod("owner"))
+    body = claim("owned")
+    body["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": "owner",
+                                            "uid": owner.metadata.uid}]
+    request(kube_client, "POST", CLAIMS, body)
+    client.CoreV1Api(kube_client).delete_namespaced_pod("owner", "default", propagation_policy="Orphan")
+    assert [c["metadata"]["name"] for c in fake_apiserver.objects("ResourceClaim")] == ["owned"]

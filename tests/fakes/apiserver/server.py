@@ -80,6 +80,16 @@ def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+def _delete_options(body: Any, query: dict[str, str]) -> dict[str, Any]:
+    """DeleteOptions from the body, with query parameters (the client may send either) filling gaps."""
+    options = dict(body) if isinstance(body, dict) else {}
+    if "propagationPolicy" in query:
+        options.setdefault("propagationPolicy", query["propagationPolicy"])
+    if query.get("orphanDependents") in ("true", "false"):
+        options.setdefault("orphanDependents", query["orphanDependents"] == "true")
+    return options
+
+
 def _peer_closed(sock: socket.socket) -> bool:
     """Whether the client closed its end (readable with nothing to read). A watch client sends
     nothing after its request, so readability means EOF or a reset."""
@@ -460,13 +470,13 @@ class FakeApiServer:
         if verb == "delete":
             if route.subresource:
                 raise ApiError(405, "MethodNotAllowed", "DELETE is not allowed on a subresource")
-            return 200, self.store.delete(rt, ns_key, route.name, body if isinstance(body, dict) else None, user=user)
+            return 200, self.store.delete(rt, ns_key, route.name, _delete_options(body, query), user=user)
         if verb == "deletecollection":
             items, _ = self.store.list(rt, ns, self._predicate(rt, query))
             for obj in items:
                 try:
                     self.store.delete(rt, obj["metadata"].get("namespace", ""), obj["metadata"]["name"],
-                                      body if isinstance(body, dict) else None, user=user)
+                                      _delete_options(body, query), user=user)
                 except ApiError as exc:
                     if exc.code != 404:
                         raise
