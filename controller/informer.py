@@ -113,6 +113,12 @@ class Informer:
                 break
         with self.lock:
             old = self.store
+            for key, obj in items.items():
+                # A write this process made (see `observe`) may be newer than the list.
+                mine = old.get(key)
+                if mine is not None and mine["metadata"].get("uid") == obj["metadata"].get("uid") and \
+                        _resource_version(mine) > _resource_version(obj):
+                    items[key] = mine
             self.store = dict(items)
             self._resource_version = version
             self.relists += 1
