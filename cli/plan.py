@@ -55,6 +55,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     """Plan and print; returns the exit status."""
     out = out or sys.stdout
     err = err or sys.stderr
+    if not args.paths and not EXAMPLES.is_dir():
+        print(f"vgpu-dra plan: error: no PATH given and the built-in examples are not here ({EXAMPLES}); "
+              "run it from a source checkout or name your manifests", file=err)
+        return EXIT_BAD_INPUT
     try:
         manifests = load_manifests(args.paths or [EXAMPLES])
         inventories = _inventories(args.inventory, manifests)
