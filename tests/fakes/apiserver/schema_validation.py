@@ -356,6 +356,11 @@ class SchemaRegistry:
         self._docs: dict[str, OpenAPIDocument] = {}
         self._lock = threading.Lock()
 
+    @property
+    def directory(self) -> Path:
+        """Where the OpenAPI documents are read from."""
+        return self._dir
+
     def document(self, group_version: str) -> OpenAPIDocument:
         """The document for "v1" or "<group>/<version>"."""
         doc = self._docs.get(group_version)

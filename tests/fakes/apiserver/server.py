@@ -728,7 +728,7 @@ class FakeApiServer:
         return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
 
     def _serve_openapi(self, handler: _Handler, rest: list[str]) -> None:
-        directory = self.schemas._dir  # noqa: SLF001 - same package family
+        directory = self.schemas.directory
         if not rest:
             paths = {}
             for f in sorted(directory.glob("*.json")):

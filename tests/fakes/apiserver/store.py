@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from . import dra_validation, semantics
 from .feature_gates import KNOWN_GATES, drop_disabled_fields
