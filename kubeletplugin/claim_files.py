@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,6 +28,19 @@ from vgpu_dra.driver.region import create_region
 log = structlog.get_logger(__name__)
 
 _SPEC_PREFIX = f"{CDI_VENDOR}-{CDI_CLASS}_"
+# Kubernetes UIDs are UUIDs; anything with a path separator or leading dot must never reach a path.
+_UID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,127}$")
+
+
+class InvalidClaimUid(ValueError):
+    """A claim UID that cannot name a file (the kubelet sent something that is not a UID)."""
+
+
+def check_uid(uid: str) -> str:
+    """Return `uid` if it is safe to use in a file name, else raise InvalidClaimUid."""
+    if not isinstance(uid, str) or not _UID_RE.match(uid):
+        raise InvalidClaimUid(f"{uid!r} is not a valid claim UID")
+    return uid
 _SPEC_SUFFIX = ".json"
 
 
@@ -39,11 +53,11 @@ class ClaimFiles:
 
     def claim_dir(self, uid: str) -> Path:
         """Host directory of a claim."""
-        return self.claims_dir / uid
+        return self.claims_dir / check_uid(uid)
 
     def spec_path(self, uid: str) -> Path:
         """Host path of a claim's CDI spec."""
-        return self.cdi_dir / cdi.spec_file_name(uid)
+        return self.cdi_dir / cdi.spec_file_name(check_uid(uid))
 
     def write_claim_dir(self, config: ClaimConfig, *, fresh_region: bool = False) -> Path:
         """Create the claim directory with its config and an initialised region.
@@ -88,11 +102,12 @@ class ClaimFiles:
         uids: set[str] = set()
         if self.cdi_dir.is_dir():
             for entry in self.cdi_dir.iterdir():
-                if entry.name.startswith(_SPEC_PREFIX) and entry.name.endswith(_SPEC_SUFFIX):
-                    uids.add(entry.name[len(_SPEC_PREFIX):-len(_SPEC_SUFFIX)])
+                uid = entry.name[len(_SPEC_PREFIX):-len(_SPEC_SUFFIX)]
+                if entry.name.startswith(_SPEC_PREFIX) and entry.name.endswith(_SPEC_SUFFIX) and _UID_RE.match(uid):
+                    uids.add(uid)
         if self.claims_dir.is_dir():
             uids.update(entry.name for entry in self.claims_dir.iterdir()
-                        if entry.is_dir() and not is_temp_file(entry.name))
+                        if entry.is_dir() and _UID_RE.match(entry.name))
         return uids
 
     def remove_strays(self, keep: Iterable[str]) -> list[str]:

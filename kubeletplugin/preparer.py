@@ -35,7 +35,7 @@ from vgpu_dra.driver.checkpoint import PreparedDevice as CheckpointDevice
 from vgpu_dra.driver.claimconfig import ClaimConfig, ClaimConfigError, GpuLimit
 from vgpu_dra.driver.devices import device_name, publishable_gpus, publishable_memory_bytes
 from vgpu_dra.driver.inventory import GpuInfo, NodeInventory
-from vgpu_dra.kubeletplugin.claim_files import ClaimFiles, nvidia_gpu_device_names
+from vgpu_dra.kubeletplugin.claim_files import ClaimFiles, InvalidClaimUid, check_uid, nvidia_gpu_device_names
 from vgpu_dra.kubeletplugin.claim_reader import ClaimNotFound, ClaimReadError
 from vgpu_dra.kubeletplugin.prepared import ClaimOutcome, ClaimRef, PreparedDevice
 from vgpu_dra.kubeletplugin.shim_install import InstalledShim, preload_path_for
@@ -204,12 +204,17 @@ class NodePreparer:
         with self._serialized():
             pending: list[ClaimRef] = []
             for ref in claims:
+                try:
+                    check_uid(ref.uid)
+                except InvalidClaimUid as exc:
+                    self._fail(ref, outcomes, exc, reason="invalid_uid")
+                    continue
                 done = self._checkpoint.claims.get(ref.uid)
                 if done is not None and done.state == "prepared":
                     if not self.files.is_complete(ref.uid):
                         self._write_files(done, fresh_region=False)
                     outcomes[ref.uid] = outcome_of(done)
-                elif ref.uid not in outcomes:
+                elif ref.uid not in outcomes and all(p.uid != ref.uid for p in pending):
                     pending.append(ref)
             planned = self._plan(pending, outcomes)
             if planned:
@@ -318,6 +323,10 @@ class NodePreparer:
                 try:
                     self.files.remove(ref.uid)
                     errors[ref.uid] = ""
+                except InvalidClaimUid as exc:
+                    errors[ref.uid] = str(exc)
+                    self.observer.unprepare_failed("invalid_uid")
+                    continue
                 except OSError as exc:
                     errors[ref.uid] = f"cannot remove the files of claim {ref}: {exc}"
                     self.observer.unprepare_failed("remove_failed")

@@ -175,3 +175,18 @@ def test_a_v1beta1_kubelet_gets_the_same_devices(claims, settings, plugin, versi
     (device,) = old.prepare([claim.ref])[claim.uid].devices
     assert device.cdi_device_ids == (f"k8s.vgpu.dra.dev/claim={claim.uid}-gpu-0",) and device.share_id is None
     old.close()
+
+
+def test_a_uid_that_is_not_a_uid_never_reaches_the_file_system(kubelet, claims, settings, plugin):
+    victim = settings.state_dir / "precious"
+    victim.mkdir()
+    hostile = Claim("default", "../precious", "x")
+    assert "not a valid claim UID" in kubelet.prepare([hostile])["../precious"].error
+    assert "not a valid claim UID" in kubelet.unprepare([hostile])["../precious"]
+    assert victim.is_dir()
+
+
+def test_the_same_claim_twice_in_one_batch(kubelet, claims, settings, plugin):
+    claim = claims.create([{"request": "gpu", "device": "gpu-0"}])
+    answers = kubelet.prepare([claim.ref, claim.ref])
+    assert answers[claim.uid].error == "" and len(answers[claim.uid].devices) == 1
