@@ -257,12 +257,7 @@ def test_admission_policy_binds_the_plugins_service_account_to_its_own_nodes_sli
     account = rendered.one("DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"]
     (condition,) = policy["spec"]["matchConditions"]
     assert f'"system:serviceaccount:{NAMESPACE}:{account}"' in condition["expression"]
-    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
-    assert "'authentication.kubernetes.io/node-name'" in variables["userNodeName"]
-    assert "oldObject" in variables["objectNodeName"] and "nodeName" in variables["objectNodeName"]
-    assert any(v["expression"] == "variables.userNodeName == variables.objectNodeName"
-               for v in policy["spec"]["validations"])
-    assert policy["spec"]["failurePolicy"] == "Fail"
+    assert policy["spec"]["failurePolicy"] == "Fail"  # what it allows and denies: test_admission_policy.py
 
 
 # --------------------------------------------------------------------------- the node agent
