@@ -421,7 +421,7 @@ class AllocationTerm:
             self._refuse(pod, pending, f"cannot allocate: {decision}", "invalid-claim")
             return
         if isinstance(decision, Refusal):
-            self._refuse(pod, pending, decision.reason, decision.kind.value)
+            self._refuse(pod, pending, decision.reason + _selector_errors(requests), decision.kind.value)
             return
         self._commit(pod, pending, decision, classes)
 
@@ -673,6 +673,18 @@ class AllocationTerm:
                         namespace, _, claim_name = claim_key.partition("/")
                         claims.append(ClaimView(namespace, claim_name, node, candidate.name, memory, cores))
         return gpus, claims
+
+
+def _selector_errors(requests: Iterable[Any]) -> str:
+    """Selector evaluation errors seen for these requests, for a refusal message ('' if none):
+    a GPU a selector failed on did not match, and the user should learn why."""
+    errors: list[str] = []
+    for claim in requests:
+        for request in claim.requests:
+            for error in getattr(request.selector, "errors", ()):
+                if error not in errors:
+                    errors.append(error)
+    return f" ({'; '.join(errors[:3])})" if errors else ""
 
 
 def _is_our_allocation(claim: Mapping[str, Any]) -> bool:

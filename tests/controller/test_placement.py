@@ -134,3 +134,16 @@ def test_claim_selectors_pick_model_and_exclude_uuid(fake_apiserver):
         event = wait_for(lambda: next((e for e in server.events() if e.regarding_name == "typo"
                                        and e.regarding_kind == "ResourceClaim"), None), what="compile error event")
     assert "does not compile" in event.message and "productName ==" in event.message
+
+
+def test_selector_that_fails_on_every_gpu_says_why_in_the_refusal(fake_apiserver):
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server)
+    server.create(claim("model", config=vgpu_config(memory="1Gi"),
+                        selectors=['device.attributes["vgpu.dra.dev"].model == "A100"']))
+    server.create(pod("model", ["model"]))
+    with running_controller(server):
+        event = wait_for(lambda: next((e for e in server.events() if e.regarding_name == "model"
+                                       and e.regarding_kind == "ResourceClaim"), None), what="refusal event")
+    assert "model" in event.message and "no such member" in event.message
