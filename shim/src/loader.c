@@ -58,7 +58,7 @@ void vgpu_log_once(int *once_flag, const char *fmt, ...)
 typedef void *(*dlsym_fn)(void *, const char *);
 static dlsym_fn g_real_dlsym;
 
-void *vgpu_real_dlsym(void *handle, const char *name)
+VGPU_TAIL_CALLS void *vgpu_real_dlsym(void *handle, const char *name)
 {
     dlsym_fn fn = __atomic_load_n(&g_real_dlsym, __ATOMIC_ACQUIRE);
     if (!fn) {

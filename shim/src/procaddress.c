@@ -94,7 +94,7 @@ static __attribute__((noinline)) void *dlsym_driver_api(void *handle, const char
  * real dlsym sees the original caller's return address and RTLD_NEXT keeps its meaning for every
  * library that is not the CUDA driver.
  */
-VGPU_EXPORT void *dlsym(void *handle, const char *name)
+VGPU_EXPORT VGPU_TAIL_CALLS void *dlsym(void *handle, const char *name)
 {
     if (VGPU_UNLIKELY(driver_api_name(name)))
         return dlsym_driver_api(handle, name);

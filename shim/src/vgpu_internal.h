@@ -238,8 +238,14 @@ extern struct vgpu_account vgpu_accounts[VGPU_MAX_CLAIMS * VGPU_MAX_GPUS];
 extern unsigned char vgpu_account_uuid[VGPU_MAX_CLAIMS * VGPU_MAX_GPUS][16];
 extern int vgpu_account_count;
 
+/* dlsym's pass-through must reach the real dlsym by a jump, not a call: glibc resolves
+ * RTLD_NEXT relative to its caller's return address, which a call would replace with ours.
+ * Forced even in an unoptimised build; test_rtld_next_keeps_its_meaning_for_other_interposers
+ * breaks (infinite recursion in the other interposer) if it is ever lost. */
+#define VGPU_TAIL_CALLS __attribute__((optimize("O2", "optimize-sibling-calls")))
+
 /* The real dlsym, bootstrapped with dlvsym (never through our exported dlsym). */
-void *vgpu_real_dlsym(void *handle, const char *name);
+VGPU_TAIL_CALLS void *vgpu_real_dlsym(void *handle, const char *name);
 
 /* One line on stderr, prefixed "vgpu: "; each distinct call site prints at most once. */
 void vgpu_log_once(int *once_flag, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

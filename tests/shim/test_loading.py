@@ -48,7 +48,7 @@ def test_a_program_that_never_uses_cuda_is_unaffected(node: Node) -> None:
     without = subprocess.run(plain, capture_output=True, text=True, env={**env, "LD_PRELOAD": ""})
     with_shim = subprocess.run(plain, capture_output=True, text=True, env=env)
     assert with_shim.returncode == without.returncode == 0
-    assert with_shim.stdout == without.stdout == "plain sum=4934 next=found\n"
+    assert with_shim.stdout == without.stdout == "plain sum=4934 next=found\nplain done\n"
     assert with_shim.stderr == ""
     # It never attached to the claim: no process slot was taken.
     assert node.region("claim-a").processes == ()
@@ -97,3 +97,14 @@ def test_works_from_etc_ld_so_preload(node: Node, tmp_path) -> None:
         ["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True, text=True, env=env
     )
     assert [line.split()[1] for line in result.stdout.splitlines()] == ["rc=0", "rc=0", "rc=2", "rc=0"], result
+
+
+def test_rtld_next_keeps_its_meaning_for_other_interposers(node: Node) -> None:
+    # libnext.so (preloaded after us) finds the real puts with dlsym(RTLD_NEXT): our dlsym must
+    # resolve it relative to libnext.so, not to itself, or libnext would call itself forever.
+    node.add_claim("claim-a", {GPU0: MiB})
+    env = node.env()
+    env["LD_PRELOAD"] = f"{TEST_SHIM}:{FAKES_OUT / 'progs' / 'libnext.so'}"
+    result = subprocess.run([str(PLAIN), "x"], capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[nextlib] plain done"

@@ -119,3 +119,18 @@ def test_tens_of_thousands_of_live_allocations_are_all_refunded(claimed: Node) -
     assert result.lines[2]["count"] == str(LIMIT // 1024)  # 65,536 pointers in the map at once
     assert result.rc(3) == 0
     assert int(result.lines[4]["free"]) == LIMIT
+
+
+def test_a_tampered_region_cannot_raise_the_limit_or_free_room(claimed: Node) -> None:
+    import mmap
+
+    from vgpu_dra.driver import region as layout
+
+    path = claimed.claims_root / "claim-a" / "region"
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), layout.REGION_SIZE) as mem:
+        with layout.ffi.from_buffer("struct vgpu_region *", mem) as view:
+            view.gpus[0].limit_bytes = 1 << 40  # the region is writable by the tenant...
+            view.gpus[0].used_bytes = -(1 << 40)
+    result = claimed.run("init", "ctx", "0", "alloc", str(LIMIT), "alloc", "1")
+    assert result.rcs() == [0, 0, 0, 2]  # ...but the wall comes from the read-only config
+    assert claimed.region("claim-a").gpu(GPU0).limit_bytes == LIMIT  # and is rewritten from it

@@ -13,5 +13,7 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++)
         sum = sum * 31 + my_strlen(argv[i]);
     printf("plain sum=%lu next=%s\n", sum, next ? "found" : "missing");
+    fflush(stdout);
+    puts("plain done");
     return 0;
 }
