@@ -25,6 +25,7 @@ from vgpu_dra.kubeletplugin.claim_files import ClaimFiles
 from vgpu_dra.kubeletplugin.claim_reader import ClaimReader, ClaimReadError
 from vgpu_dra.kubeletplugin.endpoints import PluginEndpoints
 from vgpu_dra.kubeletplugin.metrics import NodeMetrics, NvmlSampler
+from vgpu_dra.kubeletplugin.node_events import report_node_event
 from vgpu_dra.kubeletplugin.node_object import read_node
 from vgpu_dra.kubeletplugin.preparer import NodeGpus, NodePreparer
 from vgpu_dra.kubeletplugin.settings import PluginSettings
@@ -94,6 +95,9 @@ class KubeletPlugin:
             log.error("checkpoint is corrupt; set aside and rebuilt from the API server",
                       path=str(settings.checkpoint_path), moved_to=str(moved), error=str(exc))
             checkpoint, corrupt = Checkpoint(boot_id=boot_id), True
+            report_node_event(self.api_client, settings.node_name, "CheckpointCorrupt",
+                              f"vgpu-dra checkpoint {settings.checkpoint_path} was unreadable ({exc}); set aside as "
+                              f"{moved} and rebuilt from the API server", timeout=settings.api_timeout_seconds)
         files = ClaimFiles(settings.claims_dir, settings.cdi_dir)
         self.preparer = NodePreparer(settings, self.reader, self._current_gpus, files, store, checkpoint, shim,
                                      node_labels=self._node_labels)

@@ -98,6 +98,9 @@ def test_corrupt_checkpoint_is_set_aside_and_rebuilt_from_the_api(settings, kube
     plugin = _start(settings, kube_client)  # must not crash
     try:
         assert settings.checkpoint_path.with_name("checkpoint.json.corrupt").exists()
+        (event,) = [e for e in claims.server.events() if e.reason == "CheckpointCorrupt"]
+        assert (event.type, event.regarding_kind, event.regarding_name) == ("Warning", "Node", "mixed-node")
+        assert "rebuilt" in event.message
         assert set(json.loads(settings.checkpoint_path.read_text())["claims"]) == {kept.uid}
         assert not (settings.claims_dir / gone.uid).exists() and not _spec_path(settings, gone.uid).exists()
         kubelet = kubelet_for(settings)
