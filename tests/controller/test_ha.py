@@ -1,7 +1,6 @@
 """Restarts and replicas: the books survive a kill -9, and only the leader writes."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from vgpu_dra.controller.service import LeaderSettings
 
 from tests.fakes.kubeconfig import write_kubeconfig
 
-from .cluster import add_device_class, add_node, claim, gpu, pod, running_controller, start_controller, vgpu_config
+from .cluster import add_device_class, add_node, claim, gpu, pod, start_controller, vgpu_config
 from .invariants import CapacityWatch
 from .waiting import wait_for
 
