@@ -1,1 +1,7 @@
-from tests.fakes.apiserver.fixtures import fake_apiserver, kube_client, kubeconfig_path  # noqa: F401
+from tests.fakes.apiserver.fixtures import (  # noqa: F401
+    claim_controller,
+    fake_apiserver,
+    kube_client,
+    kube_client_for,
+    kubeconfig_path,
+)

@@ -64,8 +64,8 @@ def test_reservations_of_gone_pods_are_dropped_and_scheduler_allocations_freed(
         assert kcm.errors == []
 
 
-def test_allocations_by_other_allocators_are_left_alone(kube_client: client.ApiClient,
-                                                        fake_apiserver: FakeApiServer) -> None:
+def test_allocations_by_other_allocators_are_left_alone(kube_client: client.ApiClient, fake_apiserver: FakeApiServer,
+                                                        claim_controller: ResourceClaimControllerEmulator) -> None:
     """A claim allocated by a driver controller (its own finalizer) stays allocated when unreserved."""
     core = client.CoreV1Api(kube_client)
     p1 = core.create_namespaced_pod("default", pod("p1"))
@@ -75,9 +75,8 @@ def test_allocations_by_other_allocators_are_left_alone(kube_client: client.ApiC
     request(kube_client, "PATCH", f"{CLAIMS}/c1/status", {"status": {
         "allocation": allocation(), "reservedFor": [reservation("p1", p1.metadata.uid)]}},
         "application/merge-patch+json")
-    with ResourceClaimControllerEmulator(fake_apiserver) as kcm:
-        core.delete_namespaced_pod("p1", "default")
-        kcm.wait_idle()
-        stored = fake_apiserver.get("ResourceClaim", "c1", "default")
-        assert "reservedFor" not in stored["status"] and stored["status"]["allocation"]
-        assert stored["metadata"]["finalizers"] == ["vgpu.dra.dev/allocation"]
+    core.delete_namespaced_pod("p1", "default")
+    claim_controller.wait_idle()
+    stored = fake_apiserver.get("ResourceClaim", "c1", "default")
+    assert "reservedFor" not in stored["status"] and stored["status"]["allocation"]
+    assert stored["metadata"]["finalizers"] == ["vgpu.dra.dev/allocation"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Callable
 
 import pytest
 from kubernetes import client
@@ -67,8 +68,9 @@ def test_observer_sees_every_committed_state(kube_client: client.ApiClient, fake
     assert [s[3] for s in seen] == sorted(s[3] for s in seen)
 
 
-def test_audit_records_identity_per_client(fake_apiserver: FakeApiServer) -> None:
-    leader, follower = api_client_for(fake_apiserver, "leader"), api_client_for(fake_apiserver, "follower")
+def test_audit_records_identity_per_client(fake_apiserver: FakeApiServer,
+                                          kube_client_for: Callable[[str], client.ApiClient]) -> None:
+    leader, follower = kube_client_for("leader"), kube_client_for("follower")
     request(leader, "POST", CLAIMS, claim("c1"))
     request(follower, "GET", f"{CLAIMS}/c1")
     request(follower, "POST", CLAIMS, claim("c1"))  # 409: not a successful write
@@ -76,8 +78,6 @@ def test_audit_records_identity_per_client(fake_apiserver: FakeApiServer) -> Non
     assert fake_apiserver.writes_by("follower") == []
     assert [(r.user, r.verb, r.code) for r in fake_apiserver.audit()] == [
         ("leader", "create", 201), ("follower", "get", 200), ("follower", "create", 409)]
-    leader.close()
-    follower.close()
 
 
 def test_deleting_an_owner_collects_its_dependents(kube_client: client.ApiClient,
