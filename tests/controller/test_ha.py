@@ -42,11 +42,24 @@ def test_killed_and_restarted_mid_stream_no_double_allocation_no_lost_claim(fake
         server.create(claim(f"c{i}", config=vgpu_config(memory=sizes[i % 3], cores=i % 4)))
         server.create(pod(f"p{i}", [f"c{i}"]))
     first = controller_process(kubeconfig, tmp_path / "first.log")
+    allocations = []
+
+    def kill_on_tenth_allocation(record):
+        # Runs inside the server right after the write commits: the kill lands mid-stream, with
+        # other writes of the controller in flight, however fast the machine is.
+        if record.resource.kind == "ResourceClaim" and (record.obj.get("status") or {}).get("allocation") \
+                and not ((record.old or {}).get("status") or {}).get("allocation"):
+            allocations.append(record.obj["metadata"]["name"])
+            if len(allocations) == 10:
+                first.send_signal(signal.SIGKILL)
+
+    server.add_observer(kill_on_tenth_allocation)
     try:
-        wait_for(lambda: len(allocated_names(server)) >= 10, timeout_s=60, interval_s=0.01,
-                 what="the first controller to start allocating")
-        first.send_signal(signal.SIGKILL)
+        wait_for(lambda: first.poll() is not None, timeout_s=60, what="the first controller killed mid-stream")
     finally:
+        server.remove_observer(kill_on_tenth_allocation)
+        if first.poll() is None:
+            first.kill()
         first.wait(timeout=10)
     at_kill = allocated_names(server)
     assert len(at_kill) < 60, "killed too late to be mid-stream"
