@@ -21,6 +21,7 @@ from vgpu_dra.api.config import parse_config
 from vgpu_dra.api.quantity import parse_bytes
 from vgpu_dra.cli.main import build_parser
 from vgpu_dra.driver.selectors import candidate_activation, compile_selectors
+from vgpu_dra.kubeletplugin import node_events
 from vgpu_dra.kubeletplugin import settings as plugin_settings
 
 CHART = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
@@ -103,7 +104,7 @@ def test_scheduler_mode_renders_no_controller_at_all():
     rendered = render({"allocator": "scheduler"})
     assert rendered.of_kind("Deployment") == []
     assert rendered.of_kind("PodDisruptionBudget") == []
-    assert rendered.of_kind("Role") == [] and rendered.of_kind("RoleBinding") == []
+    assert rendered.names("Role") == rendered.names("RoleBinding") == {"vgpu-dra-kubelet-plugin-node-events"}
     everything = {o["metadata"]["name"] for o in rendered.objects}
     assert not any("controller" in name for name in everything), everything
     assert rendered.names("DaemonSet") == {"vgpu-dra-kubelet-plugin"}
@@ -115,7 +116,7 @@ def test_a_single_controller_without_leader_election_says_so_and_gets_no_budget(
     args = _parsed_cli(_container(rendered.one("Deployment"), "controller"))
     assert args.leader_elect is False
     assert rendered.of_kind("PodDisruptionBudget") == []  # minAvailable 1 of 1 would block every drain
-    assert rendered.of_kind("Role") == []
+    assert not any("leader-election" in name for name in rendered.names("Role"))
 
 
 # --------------------------------------------------------------------------- DeviceClasses
@@ -207,7 +208,7 @@ def test_controller_may_write_allocations_through_status_and_binding():
 
 def test_controller_lease_access_is_its_own_lease_in_the_release_namespace():
     rendered = render({"controller": {"leaderElection": {"leaseName": "gpu-allocator"}}})
-    role = rendered.one("Role")
+    role = rendered.one("Role", "-leader-election")
     assert role["metadata"]["namespace"] == NAMESPACE
     named = [r for r in role["rules"] if r.get("resourceNames")]
     assert named and all(r["resourceNames"] == ["gpu-allocator"] for r in named)
@@ -223,6 +224,16 @@ def test_kubelet_plugin_can_publish_slices_but_never_write_claims():
     assert {v for g, r, v in rules if r.startswith("resourceclaims")} == {"get", "list"}
     assert {v for g, r, v in rules if r == "nodes"} == {"get"}
     assert {r for g, r, v in rules} == {"resourceslices", "resourceclaims", "nodes"}
+
+
+def test_kubelet_plugin_may_create_node_events_where_the_code_writes_them():
+    rendered = render()
+    role = rendered.one("Role", "-node-events")
+    assert role["metadata"]["namespace"] == node_events.EVENT_NAMESPACE
+    assert _rules(role) == [("", "events", "create")]
+    binding = rendered.one("RoleBinding", "-node-events")
+    assert binding["metadata"]["namespace"] == node_events.EVENT_NAMESPACE
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "vgpu-dra-kubelet-plugin", "namespace": NAMESPACE}]
 
 
 @pytest.mark.parametrize("allocator", ["controller", "scheduler"])

@@ -4,6 +4,9 @@
 {{/* Where the image carries libvgpu.so (Dockerfile; the plugin's default --shim). */}}
 {{- define "vgpu-dra.imageShimPath" -}}/usr/local/lib/vgpu-dra/libvgpu.so{{- end }}
 
+{{/* Namespace of the plugin's Node events: the kubelet's choice, "default". */}}
+{{- define "vgpu-dra.nodeEventNamespace" -}}default{{- end }}
+
 {{/* Where the init container finds NVML through a link to the host driver's library. */}}
 {{- define "vgpu-dra.nvmlLinkDir" -}}/run/vgpu-dra/nvml{{- end }}
 {{- define "vgpu-dra.driverRootMount" -}}/driver-root{{- end }}
