@@ -583,11 +583,9 @@ def _static_refusal(considered: list[NodeState], need: _Need) -> Refusal | None:
             best_count, best_node = fitting, state.name
     which = " matching its selectors" if matching < sum(len(s.gpus) for s in considered) else ""
     if matching == 0:
-        # Compiled CEL selectors keep their evaluation errors: the likeliest cause of no match.
-        errors = list(getattr(need.selector, "errors", None) or ())[:2]
-        detail = f" ({'; '.join(errors)})" if errors else ""
+        # Callers append the compiled selectors' evaluation errors, the likeliest cause.
         return Refusal(f"{need.where()}no GPU matches the request's selectors on the "
-                       f"{len(considered)} eligible node(s){detail}", RefusalKind.NO_MATCHING_GPU,
+                       f"{len(considered)} eligible node(s)", RefusalKind.NO_MATCHING_GPU,
                        need.claim.key, need.request.name)
     if best_count == 0:
         assert largest is not None

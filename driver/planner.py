@@ -237,6 +237,9 @@ class _Planner:
                              label=pod_label)
         decision = allocate(self.ledger, request, self.policy)
         if isinstance(decision, Refusal):
+            errors = _selector_errors(pending)
+            if errors:  # a GPU a CEL selector failed on did not match: say why, as the controller does
+                decision = dataclasses.replace(decision, reason=f"{decision.reason} ({'; '.join(errors)})")
             return outcome(refusal=decision)
         self._book(decision)
         self._add_users(keys, pod_label, workload.label)
@@ -270,3 +273,13 @@ class _Planner:
                                     candidate.device.cores, candidate.used_cores,
                                     tuple(on_device.get((node, candidate.name), ()))))
         return tuple(gpus)
+
+
+def _selector_errors(claims: Sequence[ClaimRequest]) -> list[str]:
+    errors: list[str] = []
+    for claim in claims:
+        for request in claim.requests:
+            for error in getattr(request.selector, "errors", ()):
+                if error not in errors:
+                    errors.append(error)
+    return errors[:3]

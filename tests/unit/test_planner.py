@@ -181,3 +181,13 @@ def test_node_name_and_hostname_selector_pin_pods(tmp_path):
     result = plan(load_manifests([tmp_path]), nodes, default_classes=classes())
     assert [(pod.name, pod.node) for pod in result.pods] == [("pinned", "mixed-node"), ("elsewhere", None)]
     assert result.pods[1].refusal.reason.startswith("no node with GPUs is eligible for this pod")
+
+
+def test_a_failing_cel_selector_says_why_in_the_refusal(tmp_path):
+    template(tmp_path, "typo", "memory: 1Gi",
+             selectors=', selectors: [{cel: {expression: \'device.attributes["vgpu.dra.dev"].prodName == "x"\'}}]')
+    deployment(tmp_path, "typo", "typo")
+    (pod,) = plan_paths(tmp_path).pods
+    assert pod.refusal is not None
+    assert pod.refusal.reason.startswith("no GPU matches the request's selectors on the 1 eligible node(s) (")
+    assert "prodName" in pod.refusal.reason
