@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from vgpu_dra.api.names import CAPACITY_CORES, DRIVER_NAME, MEMORY_MIN_BYTES
+from vgpu_dra.api.names import DRIVER_NAME, MEMORY_MIN_BYTES
 from vgpu_dra.api.quantity import humanize_bytes
 from vgpu_dra.driver.ledger import AttributeValue, Consumption, GpuCandidate, GpuDevice, Ledger, NodeState
 from vgpu_dra.driver.limits import LimitError, ResolvedShare, ShareRequest

@@ -1,8 +1,6 @@
 """The allocator: policies place visibly differently, refusals say what is missing and where."""
 from __future__ import annotations
 
-import pytest
-
 from vgpu_dra.api.names import GIBIBYTE, MEBIBYTE
 from vgpu_dra.driver.allocator import (
     ClaimRequest, DeviceRequest, GpuDevice, Ledger, MatchAttribute, Placement, PlacementPolicy, PodRequest,
