@@ -99,3 +99,24 @@ def test_books_include_allocations_made_by_others(fake_apiserver):
         for i in range(2):
             alloc = wait_for(lambda i=i: allocation_of(server, f"mine-{i}"), what=f"mine-{i} allocated")
             assert alloc["devices"]["results"][0]["device"] == "gpu-2", "gpu-0 and gpu-1 are taken by others"
+
+
+def test_nothing_is_decided_before_every_cache_has_listed(fake_apiserver):
+    """Were the controller to decide before the slices are listed, it would see no GPUs and refuse
+    the pod (a spurious Warning event); it must wait for every first list instead."""
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server)
+    server.create(claim("c", config=vgpu_config(memory="1Gi")))
+    server.create(pod("app", ["c"]))
+    server.faults.add(503, resource="resourceslices", verbs=("list",), count=3)
+    with running_controller(server, user="ctl"):
+        wait_for(lambda: allocation_of(server, "c"), what="allocated after the slices list succeeded")
+    audit = [r for r in server.audit() if r.user == "ctl"]
+    first_slice_list = next(i for i, r in enumerate(audit)
+                            if r.resource == "resourceslices" and r.verb == "list" and r.code == 200)
+    first_write = next(i for i, r in enumerate(audit) if r.verb in ("update", "patch", "create"))
+    failed_lists = [r for r in audit[:first_slice_list] if r.resource == "resourceslices" and r.verb == "list"]
+    assert len(failed_lists) == 3 and all(r.code == 503 for r in failed_lists)
+    assert first_write > first_slice_list
+    assert [e for e in server.events() if e.reason == "AllocationFailed"] == []
