@@ -395,6 +395,8 @@ def test_image_tag_from_values_reaches_every_container():
     ({"deviceClasses": {"sizes": {"small": {"memoryPercent": 10}}}}, "/deviceClasses/sizes/small"),
     ({"deviceClasses": {"sizes": {"large": {"cores": 150}}}}, "/deviceClasses/sizes/large/cores"),
     ({"kubeletPlugin": {"stateDir": "var/lib/vgpu-dra"}}, "/kubeletPlugin/stateDir"),
+    # Two replicas without a leader would both allocate and oversubscribe GPUs.
+    ({"controller": {"leaderElection": {"enabled": False}}}, "/controller/replicas"),
 ])
 def test_values_schema_rejects_bad_values_naming_the_key(values, where):
     with pytest.raises(helm_python.HelmValuesError) as raised:
