@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vgpu_dra.controller.claim_model import ClaimRejected, claim_request
+from vgpu_dra.controller.claim_model import ClaimRejected, claim_policy, claim_request
 from vgpu_dra.controller.published_gpus import SliceDeviceError, gpu_from_device
 from vgpu_dra.driver.allocator import (ClaimRequest, Placement, PlacementPolicy, PodRequest, Refusal, RefusalKind,
                                        allocate)
@@ -152,6 +152,7 @@ class _Planner:
         self.claims = {c.key: c for c in manifests.claims}
         self.workloads = manifests.workloads
         self.placed: dict[str, _PlacedClaim] = {}
+        self.raw_claims: dict[str, JsonObject] = {}
         # Validate every claim and template up front: bad input is an error even if unused.
         self.claim_requests = {key: self._request(self._keyed(record), record.source, f"ResourceClaim {key}")
                                for key, record in self.claims.items()}
@@ -160,9 +161,12 @@ class _Planner:
 
     def _request(self, raw: JsonObject, source: Source, what: str) -> ClaimRequest:
         try:
-            return claim_request(raw, self.classes)
+            claim_policy(raw, self.policy)
+            request = claim_request(raw, self.classes)
         except ClaimRejected as exc:
             raise PlanInputError(f"{source}: {what}: {exc}") from None
+        self.raw_claims[request.key] = raw
+        return request
 
     @staticmethod
     def _keyed(record: ClaimRecord) -> JsonObject:
@@ -235,7 +239,10 @@ class _Planner:
             return outcome(node=node)
         request = PodRequest(claims=pending, allowed_nodes=None if allowed is None else frozenset(allowed),
                              label=pod_label)
-        decision = allocate(self.ledger, request, self.policy)
+        # Like the controller: the first claim whose annotations override the policy decides.
+        policy = next((p for claim in pending
+                       if (p := claim_policy(self.raw_claims[claim.key], self.policy)) != self.policy), self.policy)
+        decision = allocate(self.ledger, request, policy)
         if isinstance(decision, Refusal):
             errors = _selector_errors(pending)
             if errors:  # a GPU a CEL selector failed on did not match: say why, as the controller does

@@ -191,3 +191,13 @@ def test_a_failing_cel_selector_says_why_in_the_refusal(tmp_path):
     assert pod.refusal is not None
     assert pod.refusal.reason.startswith("no GPU matches the request's selectors on the 1 eligible node(s) (")
     assert "prodName" in pod.refusal.reason
+
+
+def test_claim_annotations_override_the_policy_as_in_the_controller(tmp_path):
+    template(tmp_path, "half-t4", "memory: 4Gi")
+    deployment(tmp_path, "w", "half-t4", replicas=2)
+    text = (tmp_path / "claim-half-t4.yaml").read_text()
+    (tmp_path / "claim-half-t4.yaml").write_text(text.replace(
+        "spec:\n  spec:", "spec:\n  metadata:\n    annotations: {vgpu.dra.dev/gpu-policy: spread}\n  spec:", 1))
+    result = plan_paths(tmp_path, inventory=MIXED)  # default binpack, the claims ask for spread
+    assert [(gpu.device, len(gpu.shares)) for gpu in result.gpus if gpu.shares] == [("gpu-2", 2)]
