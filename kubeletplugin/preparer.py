@@ -231,13 +231,17 @@ class NodePreparer:
         nvidia_names = nvidia_gpu_device_names(self.settings.nvidia_cdi_dirs)
         planned: list[PreparedClaim] = []
         for ref, (claim, error) in zip(refs, fetched):
+            if error is not None:
+                self._fail(ref, outcomes, error)
+                continue
             try:
-                if error is not None:
-                    raise error
-                assert claim is not None
-                planned.append(self._plan_one(ref, claim, gpus, labels, nvidia_names))
-            except (ClaimRejected, ClaimNotFound, ClaimReadError, ClaimConfigError, cdi.CdiError) as exc:
+                planned.append(self._plan_one(ref, claim or {}, gpus, labels, nvidia_names))
+            except (ClaimRejected, ClaimConfigError, cdi.CdiError) as exc:
                 self._fail(ref, outcomes, exc)
+            except Exception as exc:  # noqa: BLE001 - a bug with one claim must not fail the batch
+                log.exception("unexpected error while preparing a claim", uid=ref.uid)
+                self._fail(ref, outcomes, RuntimeError(f"internal error in the vgpu-dra plugin: {exc!r}"),
+                           reason="internal")
         return planned
 
     def _fetch(self, ref: ClaimRef) -> tuple[dict[str, Any] | None, Exception | None]:
@@ -245,6 +249,8 @@ class NodePreparer:
             return self._claims.get(ref.namespace, ref.name), None
         except (ClaimNotFound, ClaimReadError) as exc:
             return None, exc
+        except Exception as exc:  # noqa: BLE001 - reported per claim, like any read failure
+            return None, ClaimReadError(f"cannot read claim {ref.namespace}/{ref.name}: {exc!r}")
 
     def _plan_one(self, ref: ClaimRef, claim: Mapping[str, Any], gpus: NodeGpus, labels: Mapping[str, str],
                   nvidia_names: frozenset[str]) -> PreparedClaim:
@@ -277,7 +283,7 @@ class NodePreparer:
         for claim in planned:
             try:
                 self._write_files(claim, fresh_region=False)
-            except (OSError, RuntimeError, ClaimConfigError, cdi.CdiError) as exc:
+            except Exception as exc:  # noqa: BLE001 - disk full, region layout mismatch, …: this claim only
                 self.files.remove(claim.uid)
                 del claims[claim.uid]
                 self._fail(ClaimRef(claim.namespace, claim.uid, claim.name), outcomes,

@@ -75,3 +75,16 @@ def test_per_gpu_nvml_series(plugin):
     assert totals["gpu-0"] == 15360 << 20
     assert {s.labels["gpu"] for s in samples["vgpu_dra_gpu_utilization_percent"]} == {"gpu-0", "gpu-1", "gpu-2"}
     assert {s.labels["gpu"] for s in samples["vgpu_dra_gpu_memory_used_bytes"]} == {"gpu-0", "gpu-1", "gpu-2"}
+
+
+def test_resync_refreshes_the_pods_of_prepared_claims(kubelet, claims, plugin, fake_apiserver):
+    claim = claims.create([{"request": "gpu", "device": "gpu-1"}], pods=("first",))
+    kubelet.prepare([claim.ref])
+    stored = fake_apiserver.get("ResourceClaim", claim.name, claim.namespace)
+    stored["status"]["reservedFor"].append({"resource": "pods", "name": "second", "uid": "0000-second"})
+    fake_apiserver.update_status(stored)  # a second pod started sharing the claim
+    plugin.resync()
+    assert _one(_scrape(plugin), "vgpu_dra_claim_memory_limit_bytes", claim_uid=claim.uid) > 0
+    (sample,) = [s for s in _scrape(plugin)["vgpu_dra_claim_memory_limit_bytes"]
+                 if s.labels["claim_uid"] == claim.uid]
+    assert sample.labels["pod"] == "first,second"

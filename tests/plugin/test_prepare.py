@@ -190,3 +190,24 @@ def test_the_same_claim_twice_in_one_batch(kubelet, claims, settings, plugin):
     claim = claims.create([{"request": "gpu", "device": "gpu-0"}])
     answers = kubelet.prepare([claim.ref, claim.ref])
     assert answers[claim.uid].error == "" and len(answers[claim.uid].devices) == 1
+
+
+def test_api_server_errors_fail_the_claim_with_a_reason(kubelet, claims, plugin, fake_apiserver):
+    claim = claims.create([{"request": "gpu", "device": "gpu-0"}])
+    fake_apiserver.faults.add(500, resource="resourceclaims", verbs=("get",))
+    answer = kubelet.prepare([claim.ref])[claim.uid]
+    assert "cannot read claim default/" in answer.error and "500" in answer.error
+    assert kubelet.prepare([claim.ref])[claim.uid].error == ""  # the kubelet's retry works
+
+
+def test_a_write_failure_fails_only_that_claim(kubelet, claims, plugin, settings):
+    one = claims.create([{"request": "gpu", "device": "gpu-0"}])
+    two = claims.create([{"request": "gpu", "device": "gpu-1"}])
+    settings.claims_dir.mkdir(parents=True, exist_ok=True)
+    (settings.claims_dir / one.uid).write_text("a file where the claim directory goes")
+    answers = kubelet.prepare([one.ref, two.ref])
+    assert "cannot write the files of claim" in answers[one.uid].error
+    assert answers[two.uid].error == ""
+    assert not (settings.cdi_dir / f"k8s.vgpu.dra.dev-claim_{one.uid}.json").exists()
+    assert plugin.metrics.registry.get_sample_value(
+        "vgpu_dra_prepare_errors_total", {"node": "mixed-node", "reason": "write_failed"}) == 1.0

@@ -93,3 +93,23 @@ def test_server_without_consumable_capacity(kube_client, fake_apiserver, claims,
     assert publisher.sync() is False  # no endless republishing against a server that drops fields
     publisher.sync()
     assert capsys.readouterr().out.count("dropped fields") == 1  # logged once
+
+
+def test_inventory_change_seen_by_resync_republishes(settings, kube_client, fake_apiserver, fake_nvml, claims):
+    from vgpu_dra.kubeletplugin.plugin import KubeletPlugin
+
+    fake_nvml.use("mixed-node")
+    # Without the metrics' NVML sampler, which keeps NVML initialised and so pins the fake's inventory.
+    plugin = KubeletPlugin(settings, kube_client, sample_gpus=False)
+    plugin.start()
+    try:
+        (before,) = _wait(lambda: _slices(fake_apiserver))
+        fake_nvml.use("rtx3080-homelab")  # the node's GPUs changed (e.g. a card swapped during maintenance)
+        plugin.resync()
+    finally:
+        plugin.stop()
+    (after,) = _wait(lambda: [s for s in _slices(fake_apiserver)
+                              if s["spec"]["pool"]["generation"] > before["spec"]["pool"]["generation"]])
+    assert [d["name"] for d in after["spec"]["devices"]] == ["gpu-0"]
+    assert after["spec"]["devices"][0]["attributes"]["productName"]["string"] != \
+        before["spec"]["devices"][0]["attributes"]["productName"]["string"]
