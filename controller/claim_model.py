@@ -253,13 +253,17 @@ def booked_consumptions(claim: Mapping[str, Any], device_capacity: Mapping[tuple
     if not found:
         return []
     items: list[Consumption] = []
+    ours = has_finalizer(claim)
     for result in (found.get("devices") or {}).get("results") or []:
         if result.get("driver") != DRIVER_NAME or result.get("adminAccess"):
             continue
         pool, device = result.get("pool", ""), result.get("device", "")
         whole_memory, whole_cores = device_capacity.get((pool, device), (EXCLUSIVE_MEMORY_BYTES, CORES_MAX))
         if not result.get("shareID"):
-            items.append(Consumption(pool, device, whole_memory, whole_cores))
+            # Ours without shareID: an API server with DRAConsumableCapacity off dropped shareID and
+            # consumedCapacity; the share is the resolved VgpuConfig we wrote for the request.
+            share = _resolved_share(found, result.get("request", "")) if ours else None
+            items.append(Consumption(pool, device, *(share or (whole_memory, whole_cores))))
             continue
         consumed = result.get("consumedCapacity") or {}
         memory_text = consumed.get(CAPACITY_MEMORY, consumed.get(f"{DRIVER_NAME}/{CAPACITY_MEMORY}"))
@@ -274,3 +278,19 @@ def booked_consumptions(claim: Mapping[str, Any], device_capacity: Mapping[tuple
             cores = whole_cores
         items.append(Consumption(pool, device, memory, cores))
     return items
+
+
+def _resolved_share(found: Mapping[str, Any], request: str) -> tuple[int, int] | None:
+    """(memory bytes, cores) of the last VgpuConfig entry scoped to `request` that states memory in
+    bytes (the resolved entry `allocation_status` writes), or None."""
+    for entry in reversed((found.get("devices") or {}).get("config") or []):
+        opaque = entry.get("opaque") or {}
+        if opaque.get("driver") != DRIVER_NAME or request not in (entry.get("requests") or ()):
+            continue
+        try:
+            config = parse_config(opaque.get("parameters") or {})
+        except InvalidConfigError:
+            continue
+        if config.memory is not None:
+            return config.memory, config.cores or 0
+    return None

@@ -54,3 +54,29 @@ def test_seed_workers_share_one_rtx3080(fake_apiserver):
     for name in ("worker-a", "worker-b"):
         gates = server.get("Pod", name, "default")["spec"].get("schedulingGates") or []
         assert SCHEDULING_GATE not in [g["name"] for g in gates]
+
+
+def test_without_consumable_capacity_the_books_come_from_the_resolved_configs(fake_apiserver):
+    """A cluster with DRAConsumableCapacity off drops shareID and consumedCapacity from what the
+    controller writes; its books then use the resolved VgpuConfig it wrote, so shares still pack
+    onto one GPU and the GPU is still never overfilled."""
+    from .test_lifecycle import refusals
+
+    server = fake_apiserver
+    server.disable_feature("DRAConsumableCapacity")
+    add_node(server, "homelab", [gpu(0)])
+    add_device_class(server)
+    for name, memory in (("a", "4Gi"), ("b", "4Gi"), ("c", "4Gi")):
+        server.create(claim(name, config=vgpu_config(memory=memory, cores=10)))
+        server.create(pod(name, [name]))
+    with running_controller(server):
+        wait_for(lambda: sum(1 for n in "abc" if allocated(server, n)) == 2, what="two 4Gi shares on the 9.8 GiB GPU")
+        refused = wait_for(lambda: [n for n in "abc" if not allocated(server, n) and refusals(server, n)],
+                           what="the third refused")
+    assert len(refused) == 1
+    for name in "abc":
+        obj = allocated(server, name)
+        if obj:
+            [result] = obj["status"]["allocation"]["devices"]["results"]
+            assert "shareID" not in result and result["device"] == "gpu-0"
+            assert obj["status"]["allocation"]["devices"]["config"][-1]["opaque"]["parameters"]["memory"] == 4 << 30
