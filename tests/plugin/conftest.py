@@ -22,6 +22,12 @@ def _build_protos() -> None:
 
 _build_protos()
 
+# After the build: these import the generated stubs.
+from tests.fakes.apiserver.fixtures import fake_apiserver, kube_client, kubeconfig_path  # noqa: E402,F401
+from tests.fakes.nvml_env import fake_nvml, fake_nvml_library  # noqa: E402,F401
+from tests.plugin.cdi_schema import validate_cdi_spec  # noqa: E402
+from tests.plugin.node import ClaimMaker, create_node, kubelet_for, node_settings, shim_library  # noqa: E402
+
 
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
@@ -30,11 +36,6 @@ def short_tmp() -> Iterator[Path]:
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
-
-from tests.fakes.apiserver.fixtures import fake_apiserver, kube_client, kubeconfig_path  # noqa: E402,F401
-from tests.fakes.nvml_env import fake_nvml, fake_nvml_library  # noqa: E402,F401
-from tests.plugin.cdi_schema import validate_cdi_spec  # noqa: E402
-from tests.plugin.node import ClaimMaker, create_node, kubelet_for, node_settings, shim_library  # noqa: E402
 
 NODE = "mixed-node"
 
