@@ -154,3 +154,33 @@ def test_events_are_one_storage_seen_through_both_apis(kube_client: client.ApiCl
         "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e2"},
         "eventTime": "2026-01-01T00:00:00.000000Z", "reason": "X", "type": "Warning"})
     assert bad.status == 422 and "reportingController" in bad.message
+
+
+def test_error_surfaces(kube_client: client.ApiClient) -> None:
+    resp = kube_client.call_api("POST", kube_client.configuration.host + CLAIMS,
+                                {"Content-Type": "application/json"}, "{not json")
+    resp.read()
+    assert resp.status == 400
+    assert request(kube_client, "GET", "/apis/resource.k8s.io/v1/widgets").status == 404
+    assert request(kube_client, "GET", "/apis/resource.k8s.io/v1/namespaces/default/resourceslices").status == 404
+    request(kube_client, "POST", CLAIMS, claim("c1"))
+    resp = request(kube_client, "PATCH", f"{CLAIMS}/c1", {"metadata": {}}, "application/apply-patch+yaml")
+    assert resp.status == 415
+    resp = request(kube_client, "POST", CLAIMS, claim("c2") | {"kind": "Pod"})
+    assert resp.status == 400 and "ResourceClaim" in resp.message
+    resp = request(kube_client, "POST", CLAIMS, claim("c2") | {"metadata": {"name": "c2", "namespace": "other"}})
+    assert resp.status == 400 and "namespace" in resp.message
+
+
+def test_typed_status_patch_and_watch_objects(kube_client: client.ApiClient) -> None:
+    """The typed ResourceV1Api sends dict patches as strategic merge and parses the answers."""
+    resource = client.ResourceV1Api(kube_client)
+    request(kube_client, "POST", CLAIMS, claim("c1"))
+    allocation = {"devices": {"results": [{"request": "gpu", "driver": "vgpu.dra.dev", "pool": "node-1",
+                                           "device": "gpu-0", "shareID": "7d5a2b3c-1e4f-4a6b-9c8d-0e1f2a3b4c5d"}]}}
+    patched = resource.patch_namespaced_resource_claim_status("c1", "default", {"status": {
+        "allocation": allocation, "reservedFor": [{"resource": "pods", "name": "p", "uid": "u1"}]}})
+    assert patched.status.reserved_for[0].uid == "u1"
+    assert patched.status.allocation.devices.results[0].share_id == "7d5a2b3c-1e4f-4a6b-9c8d-0e1f2a3b4c5d"
+    listed = resource.list_namespaced_resource_claim("default")
+    assert [c.metadata.name for c in listed.items] == ["c1"]
