@@ -221,9 +221,12 @@ def allocation_status(claim: Mapping[str, Any], classes: Mapping[str, Mapping[st
                                      CAPACITY_CORES: str(item.share.cores)},
             })
         if shares:
+            # consumedCapacity is exact per GPU; the config entry (what a cluster without consumable
+            # capacity goes by) holds for every GPU of the request, so it states the smallest share.
             first = shares[0].share
+            memory = min(item.share.memory_bytes for item in shares)
             resolved = VgpuConfig.model_validate({"apiVersion": "vgpu.dra.dev/v1alpha1", "kind": "VgpuConfig",
-                                                  "memory": first.memory_bytes, "cores": first.cores,
+                                                  "memory": memory, "cores": first.cores,
                                                   "corePolicy": first.core_policy})
             resolved_configs.append({"source": "FromClaim", "requests": [name],
                                      "opaque": {"driver": DRIVER_NAME, "parameters": resolved.to_parameters()}})
