@@ -7,6 +7,7 @@ binding, and both sockets are removed on stop so the kubelet notices the plugin 
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from concurrent import futures
 from pathlib import Path
@@ -41,6 +42,42 @@ def remove_stale_socket(path: Path) -> None:
     log.info("removed stale socket", path=str(path))
 
 
+def _has_listener(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+        return True
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:
+        return True  # unsure (e.g. timeout): leave it alone
+    finally:
+        probe.close()
+
+
+def remove_abandoned_sockets(directory: Path, pattern: str) -> list[Path]:
+    """Remove sockets matching `pattern` that nothing listens on any more.
+
+    With per-pod socket names (rolling updates), a plugin pod killed without cleanup (kill -9,
+    node reboot) leaves sockets under names no later pod reuses; the kubelet would keep dialling
+    them. A socket whose connect() is refused has no listener and is safe to delete.
+    """
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for path in directory.glob(pattern):
+        try:
+            if stat.S_ISSOCK(path.lstat().st_mode) and not _has_listener(path):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        except OSError:
+            continue
+    if removed:
+        log.info("removed abandoned sockets", sockets=[str(p) for p in removed])
+    return removed
+
+
 def _serve_unix(path: Path, server: grpc.Server) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_socket(path)
@@ -66,6 +103,8 @@ class PluginEndpoints:
 
     def start(self) -> None:
         """Serve DRA, then registration."""
+        remove_abandoned_sockets(self.settings.plugin_dir, "dra*.sock")
+        remove_abandoned_sockets(self.settings.registrar_dir, f"{self.settings.driver_name}*-reg.sock")
         _serve_unix(self.settings.dra_socket, self._dra)
         self._dra.start()
         for name in ("", *DRA_SERVICE_NAMES):

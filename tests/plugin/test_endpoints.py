@@ -162,3 +162,25 @@ def test_a_regular_file_at_the_socket_path_is_not_deleted(settings):
     with pytest.raises(RuntimeError, match="not a socket"):
         ep.start()
     assert settings.dra_socket.read_text() == "precious"
+
+
+def test_sockets_of_dead_predecessors_are_removed_but_live_ones_kept(settings):
+    from dataclasses import replace
+
+    _stale_socket(settings.registrar_dir / "vgpu.dra.dev-dead-pod-reg.sock")
+    _stale_socket(settings.plugin_dir / "dra-dead-pod.sock")
+    other = PluginEndpoints(replace(settings, pod_uid="live-pod"), RecordingPreparer())
+    other.start()  # a live instance (rolling update): its sockets must survive
+    ep = PluginEndpoints(replace(settings, pod_uid="new-pod"), RecordingPreparer())
+    ep.start()
+    try:
+        assert sorted(p.name for p in settings.registrar_dir.iterdir()) == [
+            "vgpu.dra.dev-live-pod-reg.sock", "vgpu.dra.dev-new-pod-reg.sock"]
+        assert sorted(p.name for p in settings.plugin_dir.iterdir()) == ["dra-live-pod.sock", "dra-new-pod.sock"]
+        kubelet = FakeKubelet(replace(settings, pod_uid="live-pod").registration_socket)
+        kubelet.register()
+        assert kubelet.prepare([Claim("ns", "u", "n")])["u"].error == ""
+        kubelet.close()
+    finally:
+        ep.stop(grace=0.5)
+        other.stop(grace=0.5)
