@@ -12,6 +12,7 @@ fake nodes, a Node named ``e2e-<random>`` is created and deleted.
 from __future__ import annotations
 
 import copy
+import os
 import threading
 import time
 import uuid
@@ -171,8 +172,12 @@ def cleanup(cluster: E2ECluster, timeout_s: float = 120.0) -> None:
 @contextmanager
 def controller_running(api_client: Any, *, leader_elect: bool) -> Iterator[ControllerService]:
     """The allocation controller on a thread of this process."""
-    service = ControllerService(api_client, TermSettings(retry_refused_after_s=5.0, watch_timeout_s=30),
-                                LeaderSettings(enabled=leader_elect, identity=f"vgpu-e2e-{uuid.uuid4().hex[:6]}"))
+    # Campaign for the deployed controller's Lease when there is one (VGPU_E2E_LEASE_NAMESPACE /
+    # _NAME), so the two never both allocate.
+    lease = LeaderSettings(enabled=leader_elect, identity=f"vgpu-e2e-{uuid.uuid4().hex[:6]}",
+                           namespace=os.environ.get("VGPU_E2E_LEASE_NAMESPACE", "kube-system"),
+                           name=os.environ.get("VGPU_E2E_LEASE_NAME", "vgpu-dra-controller"))
+    service = ControllerService(api_client, TermSettings(retry_refused_after_s=5.0, watch_timeout_s=30), lease)
     stop = threading.Event()
     thread = threading.Thread(target=service.run, args=(stop,), name="e2e-controller", daemon=True)
     thread.start()

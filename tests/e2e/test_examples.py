@@ -4,9 +4,10 @@
 
 With ``VGPU_E2E_FAKE_NODES=1`` the test creates a Node ``e2e-<random>`` whose kubelet it plays
 (use this on clusters where vgpu-dra is deployed, so nothing else publishes for that node);
-otherwise it publishes fake-NVML GPUs for the existing node named by ``VGPU_E2E_NODE``. An
-allocation controller already deployed in the cluster is fine: the in-process one then campaigns
-for the same Lease and the deployed one does the allocating.
+otherwise it publishes fake-NVML GPUs for the existing node named by ``VGPU_E2E_NODE``. With an
+allocation controller already deployed, point ``VGPU_E2E_LEASE_NAMESPACE`` (and
+``VGPU_E2E_LEASE_NAME``) at its Lease: the in-process controller then stands by and the deployed
+one does the allocating (default Lease: kube-system/vgpu-dra-controller).
 """
 from __future__ import annotations
 
