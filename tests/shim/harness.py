@@ -129,7 +129,7 @@ class Node:
         )
 
     def fake_device_peak(self, device: int = 0) -> int:
-        """Device-wide peak usage the fake driver saw (struct fake_state in fake_cuda.h)."""
+        """Device-wide peak usage of live processes the fake driver saw (struct fake_state)."""
         data = self.state_file.read_bytes()
         offset = 8 + 8 * 8 + 8 * device
         return int.from_bytes(data[offset : offset + 8], "little", signed=True)

@@ -21,7 +21,7 @@
 
 #define FAKE_EXPORT __attribute__((visibility("default")))
 #define FAKE_MAX_DEVICES 8
-#define FAKE_MAX_PROCS 256
+#define FAKE_MAX_PROCS 1024
 #define FAKE_STATE_MAGIC 0x4154534144554346ULL /* "FCUDASTA" */
 
 struct fake_proc {
@@ -34,6 +34,8 @@ struct fake_state {
     uint64_t magic;
     int64_t used[FAKE_MAX_DEVICES]; /* device-wide bytes in use */
     int64_t peak[FAKE_MAX_DEVICES]; /* highest device-wide use ever */
+    int32_t proc_high_water;        /* entries [0, proc_high_water) have ever been used */
+    int32_t pad;
     struct fake_proc procs[FAKE_MAX_PROCS];
 };
 

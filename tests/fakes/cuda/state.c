@@ -69,25 +69,11 @@ static void parse_devices(void)
     }
 }
 
-static struct fake_proc *claim_proc(void)
-{
-    int me = getpid();
-    for (int i = 0; i < FAKE_MAX_PROCS; i++) {
-        int expected = 0;
-        if (__atomic_compare_exchange_n(&g_fake_state->procs[i].pid, &expected, me, 0, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_RELAXED)) {
-            memset(g_fake_state->procs[i].used, 0, sizeof(g_fake_state->procs[i].used));
-            return &g_fake_state->procs[i];
-        }
-    }
-    fprintf(stderr, "fake-cuda: more than %d processes\n", FAKE_MAX_PROCS);
-    abort();
-}
-
 /* A process that died keeps its memory until someone notices, like a driver reaping a client. */
 static void reap_dead(void)
 {
-    for (int i = 0; i < FAKE_MAX_PROCS; i++) {
+    int hw = __atomic_load_n(&g_fake_state->proc_high_water, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < hw && i < FAKE_MAX_PROCS; i++) {
         struct fake_proc *p = &g_fake_state->procs[i];
         int pid = __atomic_load_n(&p->pid, __ATOMIC_ACQUIRE);
         if (pid <= 0 || p == g_fake_me || kill(pid, 0) == 0 || errno != ESRCH)
@@ -99,6 +85,37 @@ static void reap_dead(void)
                                __ATOMIC_ACQ_REL);
         __atomic_store_n(&p->pid, 0, __ATOMIC_RELEASE);
     }
+}
+
+static struct fake_proc *try_claim(int me)
+{
+    for (int i = 0; i < FAKE_MAX_PROCS; i++) {
+        int expected = 0;
+        if (!__atomic_compare_exchange_n(&g_fake_state->procs[i].pid, &expected, me, 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_RELAXED))
+            continue;
+        memset(g_fake_state->procs[i].used, 0, sizeof(g_fake_state->procs[i].used));
+        int hw = __atomic_load_n(&g_fake_state->proc_high_water, __ATOMIC_RELAXED);
+        while (hw < i + 1 && !__atomic_compare_exchange_n(&g_fake_state->proc_high_water, &hw, i + 1, 1,
+                                                          __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+            ;
+        return &g_fake_state->procs[i];
+    }
+    return NULL;
+}
+
+static struct fake_proc *claim_proc(void)
+{
+    struct fake_proc *p = try_claim(getpid());
+    if (!p) {
+        reap_dead(); /* entries of killed processes become free */
+        p = try_claim(getpid());
+    }
+    if (!p) {
+        fprintf(stderr, "fake-cuda: more than %d processes\n", FAKE_MAX_PROCS);
+        abort();
+    }
+    return p;
 }
 
 static void after_fork_child(void)
@@ -168,19 +185,19 @@ int fake_valid_device(CUdevice dev)
 CUresult fake_charge(int dev, int64_t bytes)
 {
     int64_t *used = &g_fake_state->used[dev];
-    for (int attempt = 0; attempt < 2; attempt++) {
-        int64_t cur = __atomic_load_n(used, __ATOMIC_RELAXED);
-        while (cur + bytes <= g_fake_devices[dev].capacity) {
-            if (__atomic_compare_exchange_n(used, &cur, cur + bytes, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
-                int64_t now = cur + bytes, peak = __atomic_load_n(&g_fake_state->peak[dev], __ATOMIC_RELAXED);
-                while (now > peak && !__atomic_compare_exchange_n(&g_fake_state->peak[dev], &peak, now, 1,
-                                                                  __ATOMIC_RELAXED, __ATOMIC_RELAXED))
-                    ;
-                __atomic_add_fetch(&g_fake_me->used[dev], bytes, __ATOMIC_RELAXED);
-                return CUDA_SUCCESS;
-            }
+    /* A real driver frees a dead client's memory at once: drop killed processes first, so the
+     * device-wide usage and peak only ever count live processes. */
+    reap_dead();
+    int64_t cur = __atomic_load_n(used, __ATOMIC_RELAXED);
+    while (cur + bytes <= g_fake_devices[dev].capacity) {
+        if (__atomic_compare_exchange_n(used, &cur, cur + bytes, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+            int64_t now = cur + bytes, peak = __atomic_load_n(&g_fake_state->peak[dev], __ATOMIC_RELAXED);
+            while (now > peak && !__atomic_compare_exchange_n(&g_fake_state->peak[dev], &peak, now, 1,
+                                                              __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+                ;
+            __atomic_add_fetch(&g_fake_me->used[dev], bytes, __ATOMIC_RELAXED);
+            return CUDA_SUCCESS;
         }
-        reap_dead();
     }
     return CUDA_ERROR_OUT_OF_MEMORY;
 }
