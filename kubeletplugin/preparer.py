@@ -378,7 +378,13 @@ class NodePreparer:
                     del claims[uid]
                     log.info("rolled back an interrupted prepare", uid=uid)
                     continue
-                if rebooted or not self.files.is_complete(uid):
+                shim_gone = not Path(claim.shim_host_path).is_file()
+                if shim_gone:
+                    # Its shim version was deleted (state dir partly wiped): a spec naming it would
+                    # make every container of the claim fail to start; use the installed one.
+                    claim = replace(claim, shim_host_path=str(self._shim.shim_path))
+                    claims[uid] = claim
+                if rebooted or shim_gone or not self.files.is_complete(uid):
                     try:
                         self._write_files(claim, fresh_region=rebooted)
                         log.info("re-created claim files", uid=uid, rebooted=rebooted)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import mmap
 import uuid
+from pathlib import Path
 
 from tests.plugin.cdi_schema import validate_cdi_spec
 from tests.plugin.node import kubelet_for
@@ -162,3 +163,31 @@ def test_two_instances_during_a_rolling_update_keep_each_others_claims(settings,
     finally:
         old.stop()
         new.stop()
+
+
+def test_a_claim_whose_shim_version_vanished_is_pointed_at_the_installed_shim(settings, kube_client, fake_nvml,
+                                                                              claims):
+    from dataclasses import replace
+
+    from vgpu_dra.driver.checkpoint import CheckpointStore
+
+    fake_nvml.use("mixed-node")
+    claim = claims.create([{"request": "gpu", "device": "gpu-0"}])
+    plugin = _start(settings, kube_client)
+    kubelet = kubelet_for(settings)
+    kubelet.prepare([claim.ref])
+    kubelet.close()
+    plugin.stop()
+    store = CheckpointStore(settings.checkpoint_path)
+    checkpoint = store.load()
+    lost = settings.shim_dir / "0.0.1-gone" / "libvgpu.so"
+    store.save(checkpoint.with_claims({claim.uid: replace(checkpoint.claims[claim.uid], shim_host_path=str(lost))}))
+
+    plugin = _start(settings, kube_client)
+    try:
+        spec = json.loads(_spec_path(settings, claim.uid).read_text())
+        shim = {m["containerPath"]: m["hostPath"] for m in spec["containerEdits"]["mounts"]}
+        assert Path(shim["/usr/lib/vgpu-dra/libvgpu.so"]).is_file()
+        assert Path(shim["/etc/ld.so.preload"]).is_file()
+    finally:
+        plugin.stop()
