@@ -69,6 +69,7 @@ class Node:
     devices: dict[str, int] = field(default_factory=lambda: {GPU0: 16 << 30})
     ctx_bytes: int = 0
     fail: tuple[str, ...] = ()
+    shared_state: Path | None = None  # another node's fake-driver state: the same physical GPUs
 
     @property
     def claims_root(self) -> Path:
@@ -76,7 +77,7 @@ class Node:
 
     @property
     def state_file(self) -> Path:
-        return self.root / "fake-cuda.state"
+        return self.shared_state or self.root / "fake-cuda.state"
 
     def add_claim(self, uid: str, limits: dict[str, int], cores: int = 0) -> Path:
         """Write a claim dir (config + region) the way the kubelet plugin does; return the region."""

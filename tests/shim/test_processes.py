@@ -77,16 +77,18 @@ def test_an_execd_image_is_accounted_and_the_old_image_refunded(node: Node) -> N
     assert [line["rc"] for line in result.lines] == ["0", "0", "0", "0", "0", "0", "2"]
 
 
-def test_memory_of_another_claim_is_invisible(node: Node) -> None:
+def test_another_claim_on_the_same_gpu_has_its_own_budget(node: Node) -> None:
+    # Two containers with one claim each on the same physical GPU (one fake device state).
     node.add_claim("claim-a", {GPU0: LIMIT})
-    other = node.root / "other"
-    other_node = Node(root=other, devices=node.devices)
+    other_node = Node(root=node.root / "other", devices=node.devices, shared_state=node.state_file)
     other_node.add_claim("claim-b", {GPU0: LIMIT})
     holder = other_node.start("init", "ctx", "0", "alloc", str(60 * MiB), "hold")
     try:
         read_until(holder, "hold")
-        mine = node.run("init", "ctx", "0", "alloc", str(60 * MiB), "info")
-        assert mine.rcs() == [0, 0, 0, 0]
+        mine = node.run("init", "ctx", "0", "alloc", str(60 * MiB), "info", "alloc", str(8 * MiB))
+        assert mine.rcs() == [0, 0, 0, 0, 2]
         assert int(mine.lines[3]["free"]) == 4 * MiB
+        assert node.fake_device_peak() == 120 * MiB  # both claims' bytes were on the card at once
+        assert other_node.region("claim-b").gpu(GPU0).used_bytes == 60 * MiB
     finally:
         stop(holder)

@@ -174,15 +174,6 @@ static unsigned long long num(const char *s)
     return strtoull(s, NULL, 0);
 }
 
-static CUcontext ctx_for(int d)
-{
-    CUcontext c = NULL;
-    CUdevice dev;
-    api.cuDeviceGet(&dev, d);
-    api.cuDevicePrimaryCtxRetain(&c, dev);
-    return c;
-}
-
 static int run(int argc, char **argv, const char *self, const char *mode);
 
 /* mtfill: threads allocate blocks concurrently until refused, then free everything they got. */
@@ -552,7 +543,6 @@ static int run(int argc, char **argv, const char *self, const char *mode)
 
 int main(int argc, char **argv)
 {
-    (void)ctx_for;
     if (argc < 2) {
         fprintf(stderr, "usage: cudaprog MODE COMMANDS...\n");
         return 2;
