@@ -12,7 +12,7 @@ from kubernetes import client
 
 from tests.apiserver.raw_requests import request
 from tests.apiserver.test_crud import CLAIMS, claim, pod
-from tests.fakes.apiserver import FakeApiServer, WriteRecord
+from tests.fakes.apiserver import DROP_CONNECTION, FakeApiServer, WriteRecord
 from tests.fakes.kubeconfig import api_client_for
 
 
@@ -161,3 +161,12 @@ def test_orphan_propagation_keeps_dependents(kube_client: client.ApiClient, fake
     request(kube_client, "POST", CLAIMS, body)
     client.CoreV1Api(kube_client).delete_namespaced_pod("owner", "default", propagation_policy="Orphan")
     assert [c["metadata"]["name"] for c in fake_apiserver.objects("ResourceClaim")] == ["owned"]
+
+
+def test_dropped_connection_fault(kube_client: client.ApiClient, fake_apiserver: FakeApiServer) -> None:
+    fake_apiserver.faults.add(DROP_CONNECTION, verbs=("create",), resource="pods")
+    with pytest.raises(Exception) as exc:
+        client.CoreV1Api(kube_client).create_namespaced_pod("default", pod("p"))
+    assert not isinstance(exc.value, client.ApiException)  # no HTTP answer, a transport error
+    assert fake_apiserver.objects("Pod") == []
+    client.CoreV1Api(kube_client).create_namespaced_pod("default", pod("p"))  # next request is fine

@@ -175,3 +175,27 @@ def test_events_api_watch_sees_core_events_in_its_own_shape(kube_client: client.
                            f"&resourceVersion={rv}&timeoutSeconds=1")
     assert [(e["type"], e["object"]["apiVersion"], e["object"]["note"], e["object"]["regarding"]["name"])
             for e in events] == [("ADDED", "events.k8s.io/v1", "bound", "p")]
+
+
+def test_end_watches_makes_clients_rewatch_without_losing_events(kube_client: client.ApiClient,
+                                                                   fake_apiserver: FakeApiServer) -> None:
+    core = client.CoreV1Api(kube_client)
+    rv = core.list_namespaced_pod("default").metadata.resource_version
+    w = Watcher(core.list_namespaced_pod, "default", resource_version=rv)
+    try:
+        core.create_namespaced_pod("default", pod("a"))
+        assert w.next()["object"].metadata.name == "a"
+        fake_apiserver.end_watches()
+        core.create_namespaced_pod("default", pod("b"))
+        assert w.next()["object"].metadata.name == "b"  # the client re-watched from "a"'s RV
+        watches = [r for r in fake_apiserver.audit() if r.verb == "watch"]
+        assert len(watches) == 2
+    finally:
+        w.stop()
+
+
+def test_injected_watch_expiry_is_an_in_stream_error(kube_client: client.ApiClient,
+                                                      fake_apiserver: FakeApiServer) -> None:
+    fake_apiserver.faults.add(410, verbs=("watch",), resource="pods")
+    events = stream_events(kube_client, "/api/v1/namespaces/default/pods?watch=1&resourceVersion=1")
+    assert [(e["type"], e["object"]["code"]) for e in events] == [("ERROR", 410)]

@@ -18,7 +18,7 @@ semantic rules in `semantics.py` and `dra_validation.py`; quantities are stored 
 Test hooks on FakeApiServer: `objects(kind)`, `get(kind, name, ns)`, `create(obj)`,
 `update_status(obj)`, `delete(kind, name, ns)`; `add_observer(fn)` (every committed write, in
 order, under the store lock); `faults.add(code, resource=, verbs=, subresource=, count=)`;
-`latency_s`; `audit()` / `writes_by(user)`; `events()`; `compact()` (older RVs → 410);
+`latency_s`; `end_watches()`; `audit()` / `writes_by(user)`; `events()`; `compact()` (older RVs → 410);
 `disable_feature("DRAConsumableCapacity")`; `internal_errors`, `observer_errors`.
 `claim_controller.ResourceClaimControllerEmulator` adds kube-controller-manager's claim handling.
 
@@ -28,12 +28,12 @@ Not imitated: authentication/RBAC, server-side apply, dryRun, protobuf, graceful
 """
 
 from .errors import ApiError
-from .hooks import AuditRecord, Fault, FaultInjector
+from .hooks import DROP_CONNECTION, AuditRecord, Fault, FaultInjector
 from .resources import RESOURCE_TYPES, ResourceType, resource_named
 from .server import USER_HEADER, FakeApiServer, RecordedEvent
 from .store import WriteRecord
 
 __all__ = [
-    "ApiError", "AuditRecord", "FakeApiServer", "Fault", "FaultInjector", "RESOURCE_TYPES", "RecordedEvent",
+    "DROP_CONNECTION", "ApiError", "AuditRecord", "FakeApiServer", "Fault", "FaultInjector", "RESOURCE_TYPES", "RecordedEvent",
     "ResourceType", "USER_HEADER", "WriteRecord", "resource_named",
 ]

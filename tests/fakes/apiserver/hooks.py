@@ -9,6 +9,8 @@ from .errors import ApiError, conflict
 from .resources import ResourceType
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+# Fault code meaning "close the connection without answering".
+DROP_CONNECTION = 0
 
 
 @dataclass
@@ -42,6 +44,8 @@ class Fault:
                             "(injected fault)", retry_after=1)
         if self.code == 500:
             return ApiError(500, "InternalError", "Internal error occurred: injected fault")
+        if self.code == 410:
+            return ApiError(410, "Expired", "too old resource version (injected fault)")
         return ApiError(self.code, "InjectedFault", f"injected fault with status {self.code}")
 
 
@@ -55,7 +59,8 @@ class FaultInjector:
     def add(self, code: int, *, resource: str | None = None, verbs: tuple[str, ...] | frozenset[str] = tuple(WRITE_VERBS),
             subresource: str | None = None, count: int = 1) -> Fault:
         """Make the next `count` requests matching (resource, verbs, subresource) fail with `code`
-        (409 is a resourceVersion conflict, 500 an internal error, 429/503 ask to retry)."""
+        (409 is a resourceVersion conflict, 500 an internal error, 429/503 ask to retry, 410 on a
+        watch an in-stream "too old resource version", DROP_CONNECTION (0) no answer at all)."""
         fault = Fault(code, frozenset(verbs), resource, subresource, count)
         with self._lock:
             self._faults.append(fault)

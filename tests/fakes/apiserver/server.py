@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from . import events_view
 from .errors import ApiError, bad_request, invalid, not_found
-from .hooks import WRITE_VERBS, AuditLog, AuditRecord, FaultInjector
+from .hooks import DROP_CONNECTION, WRITE_VERBS, AuditLog, AuditRecord, FaultInjector
 from .resources import RESOURCE_TYPES, ResourceType, group_versions, resource_for_path, resource_named
 from .schema_validation import SchemaRegistry, default_openapi_dir
 from .selectors import Predicate, SelectorError, parse_field_selector, parse_label_selector
@@ -344,6 +344,10 @@ class FakeApiServer:
         """Expire every resourceVersion up to now: a later watch from an older RV gets 410 Gone."""
         return self.store.compact()
 
+    def end_watches(self) -> None:
+        """End every open watch stream now (clients re-watch from their last resourceVersion)."""
+        self.store.end_watches()
+
     # --- request handling -----------------------------------------------------------------
 
     def _dispatch(self, handler: _Handler, method: str) -> None:
@@ -366,12 +370,22 @@ class FakeApiServer:
             fault = self.faults.take(verb, route.rt, route.subresource)
             if self.latency_s > 0 and verb != "watch":
                 time.sleep(self.latency_s)
-            if fault is not None:
+            watch_gone = None
+            if fault is not None and fault.code == DROP_CONNECTION:
+                # Vanish mid-request, like a crashed server or a cut network: no answer at all.
+                self._audit.add(AuditRecord(user, verb, route.rt.plural, route.rt.group, route.namespace or "",
+                                            route.name, route.subresource, 0))
+                handler.close_connection = True
+                handler.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if fault is not None and fault.code == 410 and verb == "watch":
+                watch_gone = fault.error(route.rt, route.name)  # a watch is told in-stream, as the watch cache does
+            elif fault is not None:
                 raise fault.error(route.rt, route.name)
             if verb == "watch":
                 self._audit.add(AuditRecord(user, verb, route.rt.plural, route.rt.group, route.namespace or "",
-                                            route.name, route.subresource, 200))
-                self._serve_watch(handler, route, query)
+                                            route.name, route.subresource, 410 if watch_gone else 200))
+                self._serve_watch(handler, route, query, watch_gone)
                 return
             code, body = self._serve_resource(handler, method, verb, route, query, user)
             rv, name = "", route.name
@@ -574,7 +588,8 @@ class FakeApiServer:
 
     # --- watch ----------------------------------------------------------------------------
 
-    def _serve_watch(self, handler: _Handler, route: _Route, query: dict[str, str]) -> None:
+    def _serve_watch(self, handler: _Handler, route: _Route, query: dict[str, str],
+                     fault_410: ApiError | None = None) -> None:
         rt, ns = route.rt, route.namespace
         storage = resource_named(rt.stored_as) if rt.stored_as else rt
         predicate = self._predicate(rt, query)
@@ -618,7 +633,12 @@ class FakeApiServer:
             return _json_bytes({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version,
                                                                 "metadata": meta}}) + b"\n"
 
+        epoch = self.store.watch_epoch
         try:
+            if fault_410 is not None:
+                write(_json_bytes({"type": "ERROR", "object": fault_410.status()}) + b"\n")
+                handler.wfile.write(b"0\r\n\r\n")
+                return
             try:
                 if not rv_text.isdigit() and rv_text != "":
                     raise bad_request(f"invalid resourceVersion {rv_text!r}")
@@ -637,7 +657,7 @@ class FakeApiServer:
                 if send_initial and bookmarks:
                     write(bookmark({"k8s.io/initial-events-end": "true"}))
             next_bookmark = time.monotonic() + self.bookmark_interval_s
-            while not self.store.closed:
+            while not self.store.closed and self.store.watch_epoch == epoch:
                 now = time.monotonic()
                 if now >= end_time:
                     break
@@ -646,7 +666,7 @@ class FakeApiServer:
                     return
                 try:
                     # Wake at least every second to notice a client that went away while idle.
-                    batch, position = self.store.wait_events(storage, position, min(deadline, now + 1.0))
+                    batch, position = self.store.wait_events(storage, position, min(deadline, now + 1.0), epoch)
                 except ApiError as exc:
                     write(_json_bytes({"type": "ERROR", "object": exc.status()}) + b"\n")
                     break

@@ -106,6 +106,8 @@ class Store:
         self._dependents: dict[str, set[tuple[ResourceType, Key]]] = {}
         self._uids: set[str] = set()
         self.closed = False
+        # Bumped by end_watches(): every open watch stream ends, as on an API server restart.
+        self.watch_epoch = 0
         self.observer_errors: list[tuple[WriteRecord, Exception]] = []
         self.disabled_features: frozenset[str] = frozenset()
 
@@ -458,22 +460,31 @@ class Store:
             idx = bisect.bisect_right(log.rvs, resource_version)
             return log.base + idx, None
 
-    def wait_events(self, rt: ResourceType, position: int, deadline: float) -> tuple[list[WatchEvent], int]:
-        """Events of the kind at or after `position`, waiting until one arrives or `deadline`.
-        Raises 410 if the watcher fell behind the retained history."""
+    def wait_events(self, rt: ResourceType, position: int, deadline: float,
+                    epoch: int | None = None) -> tuple[list[WatchEvent], int]:
+        """Events of the kind at or after `position`, waiting until one arrives, `deadline`, the
+        store closes or the watch epoch moves past `epoch`. Raises 410 if the watcher fell behind
+        the retained history."""
         with self._lock:
             log = self._logs[rt]
             while True:
                 if position < log.base:
                     raise gone(f"too old resource version: the watch fell behind ({log.compacted_rv})")
                 end = log.base + len(log.events)
-                if position < end or self.closed:
+                if position < end or self.closed or (epoch is not None and epoch != self.watch_epoch):
                     batch = log.events[position - log.base:]
                     return batch, end
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return [], position
                 self._changed[rt].wait(remaining)
+
+    def end_watches(self) -> None:
+        """End every open watch stream cleanly (clients reconnect from their last resourceVersion)."""
+        with self._lock:
+            self.watch_epoch += 1
+            for cond in self._changed.values():
+                cond.notify_all()
 
     def close(self) -> None:
         """Wake every watcher so their streams end."""
