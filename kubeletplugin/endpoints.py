@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 
@@ -88,9 +89,10 @@ def _serve_unix(path: Path, server: grpc.Server) -> None:
 class PluginEndpoints:
     """Owns the DRA and registration servers of one plugin process."""
 
-    def __init__(self, settings: PluginSettings, preparer: ClaimPreparer, *, max_workers: int = 8):
+    def __init__(self, settings: PluginSettings, preparer: ClaimPreparer, *, max_workers: int = 8,
+                 on_registered: Callable[[], None] | None = None):
         self.settings = settings
-        self.registration = RegistrationService(settings.driver_name, str(settings.dra_socket))
+        self.registration = RegistrationService(settings.driver_name, str(settings.dra_socket), on_registered)
         self.health = health.HealthServicer()
         self._dra = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="dra"))
         dra_v1_pb2_grpc.add_DRAPluginServicer_to_server(DraV1Service(preparer), self._dra)

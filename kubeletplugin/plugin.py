@@ -117,14 +117,23 @@ class KubeletPlugin:
         if settings.metrics_port is not None:
             self.metrics_port = self.metrics.serve(settings.metrics_address, settings.metrics_port)
             log.info("serving metrics", address=settings.metrics_address, port=self.metrics_port)
-        self.endpoints = PluginEndpoints(settings, self.preparer)
-        self.endpoints.start()
         if self._publish_slices:
             self.slices = SlicePublisher(self.api_client, settings.node_name, settings.driver_name, self._inventory,
                                          max_devices_per_slice=settings.max_devices_per_slice)
+        self.endpoints = PluginEndpoints(settings, self.preparer, on_registered=self._registered)
+        self.endpoints.start()
+        if self.slices is not None:
             self.slices.start()
         self._resync = threading.Thread(target=self._resync_loop, name="resync", daemon=True)
         self._resync.start()
+
+    def _registered(self) -> None:
+        if self.slices is None:
+            return
+        try:
+            self.slices.sync()
+        except Exception as exc:  # noqa: BLE001 - the publisher's own loop retries
+            log.warning("publishing slices after registration failed", error=str(exc))
 
     def _resync_loop(self) -> None:
         while not self._stop.wait(self.settings.resync_seconds):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import grpc
 import structlog
@@ -19,11 +20,12 @@ log = structlog.get_logger(__name__)
 class RegistrationService(pb_grpc.RegistrationServicer):
     """Answers the kubelet's plugin watcher and remembers whether registration succeeded."""
 
-    def __init__(self, driver_name: str, endpoint: str):
+    def __init__(self, driver_name: str, endpoint: str, on_registered: Callable[[], None] | None = None):
         self._info = pb.PluginInfo(type=PLUGIN_TYPE, name=driver_name, endpoint=endpoint,
                                    supported_versions=list(SUPPORTED_VERSIONS))
         self.registered = threading.Event()
         self.last_error = ""
+        self._on_registered = on_registered
 
     def GetInfo(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.PluginInfo:  # noqa: N802
         log.info("kubelet asked for plugin info", endpoint=self._info.endpoint)
@@ -35,6 +37,9 @@ class RegistrationService(pb_grpc.RegistrationServicer):
             self.last_error = ""
             self.registered.set()
             log.info("registered with the kubelet")
+            if self._on_registered is not None:
+                # A (re)starting kubelet wipes this node's slices: publish again, off the RPC thread.
+                threading.Thread(target=self._on_registered, name="on-registered", daemon=True).start()
         else:
             self.last_error = request.error
             self.registered.clear()

@@ -113,3 +113,15 @@ def test_inventory_change_seen_by_resync_republishes(settings, kube_client, fake
     assert [d["name"] for d in after["spec"]["devices"]] == ["gpu-0"]
     assert after["spec"]["devices"][0]["attributes"]["productName"]["string"] != \
         before["spec"]["devices"][0]["attributes"]["productName"]["string"]
+
+
+def test_registration_republishes_even_without_the_watch(plugin, fake_apiserver, settings):
+    from tests.plugin.node import kubelet_for
+
+    (first,) = _wait(lambda: _slices(fake_apiserver))
+    plugin.slices.stop()  # no watch: only the registration can bring the slices back
+    fake_apiserver.delete("ResourceSlice", first["metadata"]["name"])  # a restarting kubelet wipes them...
+    kubelet = kubelet_for(settings)  # ...then registers the plugin again
+    (again,) = _wait(lambda: _slices(fake_apiserver))
+    assert again["spec"]["pool"]["generation"] > first["spec"]["pool"]["generation"]
+    kubelet.close()
