@@ -53,10 +53,33 @@ def run_round(loop: Path, env: dict[str, str], iters: int) -> tuple[float, float
     return alloc, launch
 
 
+def run_concurrent(loop: Path, env: dict[str, str], iters: int, processes: int) -> float:
+    """Processes of one claim allocating and freeing at the same time: mean of their ns per pair."""
+    procs = [
+        subprocess.Popen(
+            [str(loop), str(iters), "3", "alloc-only"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    per_process = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"timing loop failed with {proc.returncode}")
+        rounds = [line.split() for line in out.splitlines() if line.startswith("round ")]
+        per_process.append(min(float(r[1]) for r in rounds[1:]))
+    return statistics.mean(per_process)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=15, help="alternating runs per configuration")
     parser.add_argument("--iters", type=int, default=200_000, help="calls timed per run")
+    parser.add_argument("--processes", type=int, default=2, help="processes in the concurrent case")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -78,9 +101,13 @@ def main() -> int:
         }
         base: list[tuple[float, float]] = []
         shim: list[tuple[float, float]] = []
+        base_conc: list[float] = []
+        shim_conc: list[float] = []
         for _ in range(args.rounds):
             base.append(run_round(loop, base_env, args.iters))
             shim.append(run_round(loop, shim_env, args.iters))
+            base_conc.append(run_concurrent(loop, base_env, args.iters, args.processes))
+            shim_conc.append(run_concurrent(loop, shim_env, args.iters, args.processes))
     rows = []
     for index, (name, target) in enumerate((("cuMemAlloc+cuMemFree pair", TARGET_ALLOC_FREE_NS), ("cuLaunchKernel", TARGET_LAUNCH_NS))):
         without = statistics.median(b[index] for b in base)
@@ -94,6 +121,11 @@ def main() -> int:
         verdict = "ok" if added <= target else "OVER"
         ok = ok and added <= target
         print(f"{name:28} {without:11.1f} {with_shim:9.1f} {added:9.1f} {ratio:6.2f} {'<=' + str(int(target)):>7} {verdict}")
+    # Same claim, several processes at once: the shared counter's cache line moves between cores.
+    without = statistics.median(base_conc)
+    with_shim = statistics.median(shim_conc)
+    name = f"pair, {args.processes} processes at once"
+    print(f"{name:28} {without:11.1f} {with_shim:9.1f} {with_shim - without:9.1f} {with_shim / without:6.2f} {'-':>7}")
     return 0 if ok else 1
 
 

@@ -1,10 +1,12 @@
 /*
  * Timing loop for bench/shim_overhead.py: the same driver-API calls with or without libvgpu.so
  * preloaded (the script decides). Prints, per round, nanoseconds per cuMemAlloc_v2+cuMemFree_v2
- * pair and per cuLaunchKernel:  "round <alloc_free_ns> <launch_ns>".
+ * pair and per cuLaunchKernel:  "round <alloc_free_ns> <launch_ns>" (launch_ns is 0 when the
+ * third argument is "alloc-only").
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "vgpu_cuda.h"
@@ -28,6 +30,7 @@ int main(int argc, char **argv)
 {
     long iters = argc > 1 ? atol(argv[1]) : 200000;
     int rounds = argc > 2 ? atoi(argv[2]) : 5;
+    int launches = !(argc > 3 && strcmp(argv[3], "alloc-only") == 0);
     CUcontext ctx;
     if (cuInit(0) || cuDevicePrimaryCtxRetain(&ctx, 0) || cuCtxSetCurrent(ctx)) {
         fprintf(stderr, "CUDA init failed\n");
@@ -43,13 +46,13 @@ int main(int argc, char **argv)
             }
         }
         double t1 = now_ns();
-        for (long i = 0; i < iters; i++)
+        for (long i = 0; launches && i < iters; i++)
             if (cuLaunchKernel(NULL, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL) != CUDA_SUCCESS) {
                 fprintf(stderr, "launch failed\n");
                 return 1;
             }
         double t2 = now_ns();
-        printf("round %.2f %.2f\n", (t1 - t0) / iters, (t2 - t1) / iters);
+        printf("round %.2f %.2f\n", (t1 - t0) / iters, launches ? (t2 - t1) / iters : 0.0);
     }
     return 0;
 }
