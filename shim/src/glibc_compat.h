@@ -1,8 +1,9 @@
 /*
  * Bind every libc/libdl/libpthread symbol the shim uses to its oldest version, so libvgpu.so
  * loads on glibc 2.17 even when built on a newer glibc (tests/shim checks objdump -T).
- * Functions whose default version moved (dl* to GLIBC_2.34, fcntl to fcntl64) are pinned here or
- * avoided (fcntl goes through syscall()).
+ * Functions whose default version moved (dl* and pthread_once to GLIBC_2.34, fcntl to fcntl64)
+ * are pinned here or avoided (fcntl goes through syscall()); pthread_atfork comes from
+ * libc_nonshared.a as on every glibc (__register_atfork@GLIBC_2.3.2).
  */
 #ifndef VGPU_GLIBC_COMPAT_H
 #define VGPU_GLIBC_COMPAT_H
@@ -19,9 +20,6 @@ VGPU_PIN(dlopen);
 VGPU_PIN(dlvsym);
 VGPU_PIN(dlerror);
 VGPU_PIN(pthread_once);
-VGPU_PIN(pthread_mutex_lock);
-VGPU_PIN(pthread_mutex_unlock);
-VGPU_PIN(pthread_atfork);
 #undef VGPU_PIN
 #endif
 
