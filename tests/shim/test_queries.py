@@ -96,3 +96,19 @@ def test_a_pool_allocation_is_charged_to_the_pools_device_not_the_current_one(no
     assert result.rcs() == [0, 0, 0, 0, 2, 0]
     assert int(result.lines[5]["free"]) == 10 * MiB  # nothing charged to GPU_A
     assert node.region("claim-b").gpu(GPU_B).peak_bytes == 18 * MiB
+
+
+def test_free_never_promises_more_than_the_card_has_left(node: Node) -> None:
+    from tests.shim.harness import read_until, stop
+
+    node.devices = {GPU_A: 128 * MiB}
+    node.add_claim("claim-a", {GPU_A: 100 * MiB})
+    neighbour = Node(root=node.root / "neighbour", devices=node.devices, shared_state=node.state_file)
+    neighbour.add_claim("claim-b", {GPU_A: 100 * MiB})
+    holder = neighbour.start("init", "ctx", "0", "alloc", str(100 * MiB), "hold")
+    try:
+        read_until(holder, "hold")
+        result = node.run("init", "ctx", "0", "info")
+        assert (int(result.lines[2]["free"]), int(result.lines[2]["total"])) == (28 * MiB, 100 * MiB)
+    finally:
+        stop(holder)
