@@ -198,39 +198,60 @@ class NodePreparer:
 
     # ---- prepare -------------------------------------------------------------------------------
     def prepare(self, claims: list[ClaimRef]) -> dict[str, ClaimOutcome]:
-        """Prepare a batch of claims; one outcome per claim UID."""
+        """Prepare a batch of claims; one outcome per claim UID.
+
+        The claims are read from the API server outside the lock, so a slow or unreachable API
+        server never holds up an Unprepare; under the lock, claims prepared meanwhile (by another
+        call or instance) are answered from the checkpoint.
+        """
         started = time.perf_counter()
         outcomes: dict[str, ClaimOutcome] = {}
         with self._serialized():
-            pending: list[ClaimRef] = []
-            for ref in claims:
-                try:
-                    check_uid(ref.uid)
-                except InvalidClaimUid as exc:
-                    self._fail(ref, outcomes, exc, reason="invalid_uid")
-                    continue
-                done = self._checkpoint.claims.get(ref.uid)
-                if done is not None and done.state == "prepared":
-                    if not self.files.is_complete(ref.uid):
-                        self._write_files(done, fresh_region=False)
-                    outcomes[ref.uid] = outcome_of(done)
-                elif ref.uid not in outcomes and all(p.uid != ref.uid for p in pending):
-                    pending.append(ref)
-            planned = self._plan(pending, outcomes)
-            if planned:
-                self._commit(planned, outcomes)
+            pending = self._answer_known(claims, outcomes)
+        fetched = dict(zip((r.uid for r in pending), self._fetch_pool.map(self._fetch, pending)))
+        if pending:
+            labels = self._node_labels()  # may read the Node: outside the lock too
+            with self._serialized():
+                planned = self._plan(self._answer_known(pending, outcomes), fetched, labels, outcomes)
+                if planned:
+                    self._commit(planned, outcomes)
         self.observer.prepare_done(time.perf_counter() - started, len(claims))
         return outcomes
 
-    def _plan(self, refs: list[ClaimRef], outcomes: dict[str, ClaimOutcome]) -> list[PreparedClaim]:
+    def _answer_known(self, claims: list[ClaimRef], outcomes: dict[str, ClaimOutcome]) -> list[ClaimRef]:
+        """Answer invalid and already prepared claims; return the others, each once."""
+        pending: dict[str, ClaimRef] = {}
+        for ref in claims:
+            if ref.uid in outcomes or ref.uid in pending:
+                continue
+            try:
+                check_uid(ref.uid)
+            except InvalidClaimUid as exc:
+                self._fail(ref, outcomes, exc, reason="invalid_uid")
+                continue
+            done = self._checkpoint.claims.get(ref.uid)
+            if done is None or done.state != "prepared":
+                pending[ref.uid] = ref
+                continue
+            try:
+                if not self.files.is_complete(ref.uid):
+                    self._write_files(done, fresh_region=False)
+            except Exception as exc:  # noqa: BLE001 - this claim fails, the batch goes on
+                self._fail(ref, outcomes, RuntimeError(f"cannot re-create the files of claim {ref}: {exc}"),
+                           reason="write_failed")
+                continue
+            outcomes[ref.uid] = outcome_of(done)
+        return list(pending.values())
+
+    def _plan(self, refs: list[ClaimRef], fetched: Mapping[str, tuple[dict[str, Any] | None, Exception | None]],
+              labels: Mapping[str, str], outcomes: dict[str, ClaimOutcome]) -> list[PreparedClaim]:
         if not refs:
             return []
-        fetched = list(self._fetch_pool.map(self._fetch, refs))
         gpus = self._gpus()
-        labels = self._node_labels()
         nvidia_names = nvidia_gpu_device_names(self.settings.nvidia_cdi_dirs)
         planned: list[PreparedClaim] = []
-        for ref, (claim, error) in zip(refs, fetched):
+        for ref in refs:
+            claim, error = fetched[ref.uid]
             if error is not None:
                 self._fail(ref, outcomes, error)
                 continue

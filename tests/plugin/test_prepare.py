@@ -211,3 +211,26 @@ def test_a_write_failure_fails_only_that_claim(kubelet, claims, plugin, settings
     assert not (settings.cdi_dir / f"k8s.vgpu.dra.dev-claim_{one.uid}.json").exists()
     assert plugin.metrics.registry.get_sample_value(
         "vgpu_dra_prepare_errors_total", {"node": "mixed-node", "reason": "write_failed"}) == 1.0
+
+
+def test_unprepare_is_not_held_up_by_a_slow_api_server(kubelet, claims, settings, plugin, fake_apiserver):
+    import threading
+
+    from tests.plugin.kubelet_client import FakeKubelet
+
+    done = claims.create([{"request": "gpu", "device": "gpu-0"}])
+    kubelet.prepare([done.ref])
+    slow = claims.create([{"request": "gpu", "device": "gpu-1"}])
+    other = FakeKubelet(settings.registration_socket)
+    other.register()
+    fake_apiserver.latency_s = 3.0  # every API request now takes 3 s
+    preparing = threading.Thread(target=lambda: other.prepare([slow.ref]))
+    preparing.start()
+    try:
+        threading.Event().wait(1.0)  # the prepare is now waiting for its claim (3 s)
+        assert kubelet.unprepare([done.ref]) == {done.uid: ""}
+        assert preparing.is_alive()  # the unprepare finished while the prepare still waited for the API
+    finally:
+        preparing.join()
+        fake_apiserver.latency_s = 0.0
+        other.close()
