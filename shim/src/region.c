@@ -62,18 +62,6 @@ static int lock_init_bounded(int fd)
     return -1;
 }
 
-static void sub_clamped(int64_t *counter, int64_t bytes)
-{
-    int64_t cur = __atomic_load_n(counter, __ATOMIC_RELAXED);
-    for (;;) {
-        int64_t next = cur - bytes;
-        if (next < 0)
-            next = 0;
-        if (__atomic_compare_exchange_n(counter, &cur, next, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
-            return;
-    }
-}
-
 /* Caller holds the slot's lock, so the previous owner is dead and nobody else touches the slot. */
 static void refund_slot(struct vgpu_region *r, int slot)
 {
@@ -84,7 +72,7 @@ static void refund_slot(struct vgpu_region *r, int slot)
     for (unsigned g = 0; g < gpus; g++) {
         int64_t held = __atomic_exchange_n(&p->used[g], 0, __ATOMIC_ACQ_REL);
         if (held > 0)
-            sub_clamped(&r->gpus[g].used_bytes, held);
+            vgpu_sub_clamped(&r->gpus[g].used_bytes, held);
     }
     __atomic_store_n(&p->state, VGPU_PROC_FREE, __ATOMIC_RELEASE);
 }
@@ -250,44 +238,4 @@ int vgpu_region_reclaim_dead(struct vgpu_attached_region *a)
         ofd_lock(a->fd, F_UNLCK, VGPU_LOCK_SLOT_BASE + i);
     }
     return reclaimed;
-}
-
-int vgpu_admit(struct vgpu_account *a, int64_t bytes)
-{
-    int64_t *used = &a->gpu->used_bytes;
-    int64_t cur, base;
-    int reclaimed = 0;
-    if (bytes <= 0)
-        return 1;
-    cur = __atomic_load_n(used, __ATOMIC_RELAXED);
-    for (;;) {
-        base = cur < 0 ? 0 : cur; /* a corrupted negative counter never grants extra room */
-        if (bytes > a->limit - base) {
-            if (!reclaimed && vgpu_region_reclaim_dead(a->region) > 0) {
-                reclaimed = 1;
-                cur = __atomic_load_n(used, __ATOMIC_RELAXED);
-                continue;
-            }
-            __atomic_add_fetch(&a->gpu->rejected_allocs, 1, __ATOMIC_RELAXED);
-            return 0;
-        }
-        if (__atomic_compare_exchange_n(used, &cur, base + bytes, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
-            break;
-    }
-    int64_t now = base + bytes;
-    int64_t peak = __atomic_load_n(&a->gpu->peak_bytes, __ATOMIC_RELAXED);
-    while (now > peak &&
-           !__atomic_compare_exchange_n(&a->gpu->peak_bytes, &peak, now, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
-        ;
-    /* A kill -9 between the CAS above and this add leaks the reservation (fails safe: never over). */
-    __atomic_add_fetch(a->proc_used, bytes, __ATOMIC_RELAXED);
-    return 1;
-}
-
-void vgpu_refund(struct vgpu_account *a, int64_t bytes)
-{
-    if (bytes <= 0)
-        return;
-    __atomic_sub_fetch(a->proc_used, bytes, __ATOMIC_RELAXED);
-    sub_clamped(&a->gpu->used_bytes, bytes);
 }

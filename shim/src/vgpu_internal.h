@@ -68,7 +68,7 @@ void vgpu_region_detach(struct vgpu_attached_region *r);
 /* Refunds the slots of dead processes. Returns the number of slots reclaimed. */
 int vgpu_region_reclaim_dead(struct vgpu_attached_region *r);
 
-/* ---- accounting (admission.c) --------------------------------------------------------------- */
+/* ---- admission.c ------------------------------------------------------------------------------ */
 
 /* Where a CUDA device's bytes are charged: one GPU of one claim. */
 struct vgpu_account {
@@ -82,6 +82,8 @@ struct vgpu_account {
 int vgpu_admit(struct vgpu_account *acct, int64_t bytes);
 /* Give back bytes admitted earlier (a free, or the roll-back of a failed driver call). */
 void vgpu_refund(struct vgpu_account *acct, int64_t bytes);
+/* *counter -= bytes, atomically, never below zero. */
+void vgpu_sub_clamped(int64_t *counter, int64_t bytes);
 
 /* ---- devices.c: CUDA ordinal -> account --------------------------------------------------- */
 

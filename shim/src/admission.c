@@ -1,0 +1,58 @@
+/*
+ * Admission against the wall: reserve with a compare-and-swap on the claim's shared counter (never
+ * above the limit from the config), refund with a clamped subtraction. No lock, no syscall on the
+ * success path; a refusal first reclaims the slots of dead processes once.
+ */
+#include "vgpu_internal.h"
+
+void vgpu_sub_clamped(int64_t *counter, int64_t bytes)
+{
+    int64_t cur = __atomic_load_n(counter, __ATOMIC_RELAXED);
+    for (;;) {
+        int64_t next = cur - bytes;
+        if (next < 0)
+            next = 0;
+        if (__atomic_compare_exchange_n(counter, &cur, next, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+            return;
+    }
+}
+
+int vgpu_admit(struct vgpu_account *a, int64_t bytes)
+{
+    int64_t *used = &a->gpu->used_bytes;
+    int64_t cur, base;
+    int reclaimed = 0;
+    if (bytes <= 0)
+        return 1;
+    cur = __atomic_load_n(used, __ATOMIC_RELAXED);
+    for (;;) {
+        base = cur < 0 ? 0 : cur; /* a corrupted negative counter never grants extra room */
+        if (bytes > a->limit - base) {
+            if (!reclaimed && vgpu_region_reclaim_dead(a->region) > 0) {
+                reclaimed = 1;
+                cur = __atomic_load_n(used, __ATOMIC_RELAXED);
+                continue;
+            }
+            __atomic_add_fetch(&a->gpu->rejected_allocs, 1, __ATOMIC_RELAXED);
+            return 0;
+        }
+        if (__atomic_compare_exchange_n(used, &cur, base + bytes, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+            break;
+    }
+    int64_t now = base + bytes;
+    int64_t peak = __atomic_load_n(&a->gpu->peak_bytes, __ATOMIC_RELAXED);
+    while (now > peak &&
+           !__atomic_compare_exchange_n(&a->gpu->peak_bytes, &peak, now, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
+    /* A kill -9 between the CAS above and this add leaks the reservation (fails safe: never over). */
+    __atomic_add_fetch(a->proc_used, bytes, __ATOMIC_RELAXED);
+    return 1;
+}
+
+void vgpu_refund(struct vgpu_account *a, int64_t bytes)
+{
+    if (bytes <= 0)
+        return;
+    __atomic_sub_fetch(a->proc_used, bytes, __ATOMIC_RELAXED);
+    vgpu_sub_clamped(&a->gpu->used_bytes, bytes);
+}
