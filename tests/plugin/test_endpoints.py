@@ -184,3 +184,14 @@ def test_sockets_of_dead_predecessors_are_removed_but_live_ones_kept(settings):
     finally:
         ep.stop(grace=0.5)
         other.stop(grace=0.5)
+
+
+def test_settings_refuse_what_cannot_work(short_tmp):
+    from dataclasses import replace
+
+    fine = PluginSettings(node_name="n", registrar_dir=short_tmp, plugin_dir=short_tmp)
+    fine.check()
+    with pytest.raises(ValueError, match="node name is empty"):
+        replace(fine, node_name="").check()
+    with pytest.raises(ValueError, match="AF_UNIX"):
+        replace(fine, plugin_dir=short_tmp / ("x" * 120)).check()
