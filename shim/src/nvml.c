@@ -102,15 +102,17 @@ static struct vgpu_account *account_of(nvmlDevice_t d)
     return NULL;
 }
 
-static void memory_view(const struct vgpu_account *a, unsigned long long phys_total, unsigned long long *total,
-                        unsigned long long *used, unsigned long long *free_out)
+/* The same view as cuMemGetInfo: total = min(limit, card), free = what the claim may still get
+ * (never more than the card has left), used = the claim's usage. */
+static void memory_view(const struct vgpu_account *a, unsigned long long phys_total, unsigned long long phys_free,
+                        unsigned long long *total, unsigned long long *used, unsigned long long *free_out)
 {
     int64_t u = __atomic_load_n(&a->gpu->used_bytes, __ATOMIC_RELAXED);
     unsigned long long t = (unsigned long long)a->limit < phys_total ? (unsigned long long)a->limit : phys_total;
     unsigned long long uu = u <= 0 ? 0 : ((unsigned long long)u > t ? t : (unsigned long long)u);
     *total = t;
     *used = uu;
-    *free_out = t - uu;
+    *free_out = t - uu < phys_free ? t - uu : phys_free;
 }
 
 #define NVML_GATE(name, args)                                                                         \
@@ -131,7 +133,7 @@ VGPU_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *m
         return rc;
     struct vgpu_account *a = account_of(d);
     if (a)
-        memory_view(a, real.total, &real.total, &real.used, &real.free);
+        memory_view(a, real.total, real.free, &real.total, &real.used, &real.free);
     *m = real;
     return NVML_SUCCESS;
 }
@@ -149,7 +151,7 @@ VGPU_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v
     struct vgpu_account *a = account_of(d);
     if (a) {
         /* Reserved memory is the driver's, outside any claim: report none inside the claim view. */
-        memory_view(a, real.total, &real.total, &real.used, &real.free);
+        memory_view(a, real.total, real.free, &real.total, &real.used, &real.free);
         real.reserved = 0;
     }
     *m = real;

@@ -39,7 +39,7 @@ print(json.dumps(out))
 """
 
 
-def write_inventory(path: Path, holder_pid: int) -> None:
+def write_inventory(path: Path, holder_pid: int, other_bytes: int = GiB) -> None:
     lines = ["fake-nvml-inventory 1", "driver_version 550.54.15", "cuda_driver_version 12040"]
     for index, uuid in enumerate((GPU_A, GPU_B)):
         lines += [
@@ -49,7 +49,7 @@ def write_inventory(path: Path, holder_pid: int) -> None:
             f"pci_bus_id 00000000:0{index + 1}:00.0",
             f"memory_total {8 * GiB}",
             f"memory_reserved {256 * MiB}",
-            f"process {OTHER_PID} {GiB}",
+            f"process {OTHER_PID} {other_bytes}",
             f"process {holder_pid} {512 * MiB}",
             f"process self {128 * MiB}",
         ]
@@ -101,3 +101,23 @@ def test_nvml_without_claims_is_untouched(node: Node) -> None:
     seen = json.loads(probe.stdout)
     assert seen[GPU_A]["v1"][0] == 8 * GiB
     assert seen[GPU_A]["procs"]["v3"] == sorted([1, OTHER_PID, seen["me"]])
+
+
+def test_nvml_free_never_exceeds_what_the_card_has_left(node: Node) -> None:
+    node.devices = {GPU_A: 8 * GiB, GPU_B: 8 * GiB}
+    node.add_claim("claim-a", {GPU_A: 2 * GiB})
+    inventory = node.root / "inventory.txt"
+    # Another tenant holds 7 GiB of the 8 GiB card; with 256 MiB reserved and the two other listed
+    # processes (512 + 128 MiB), 128 MiB are physically left.
+    write_inventory(inventory, 1, other_bytes=7 * GiB)
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE, GPU_A],
+        env={**node.env(), "FAKE_NVML_INVENTORY": str(inventory)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr
+    total, used, free = json.loads(probe.stdout)[GPU_A]["v1"]
+    assert (total, used) == (2 * GiB, 0)
+    assert free == 128 * MiB
