@@ -13,6 +13,7 @@ placement being written, so no concurrent decision can hand out the same capacit
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -111,6 +112,8 @@ class AllocationTerm:
         self._first_seen: dict[str, float] = {}          # pod uid -> monotonic time first seen pending
         self._finished: set[str] = set()                 # pod uids whose claims were all allocated
         self._pending_claims: set[str] = set()           # claim keys of pending pods not yet allocated
+        self._node_generation = 0                        # bumped when a Node's labels/spec change
+        self._fit_cache: dict[str, tuple[int, frozenset[str]]] = {}  # pod constraints -> allowed nodes
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -206,6 +209,8 @@ class AllocationTerm:
     def _on_node(self, key: str, old: JsonObject | None, new: JsonObject | None) -> None:
         if old is None or new is None or old.get("spec") != new.get("spec") or \
                 meta(old).get("labels") != meta(new).get("labels"):
+            with self.lock:
+                self._node_generation += 1
             self._capacity_changed()
 
     def _capacity_changed(self) -> None:
@@ -393,7 +398,7 @@ class AllocationTerm:
             bad = next((c for c in pending if _rejects(c, classes, self.settings.policy)), pending[0])
             self._refuse(pod, [bad], f"claim {claim_label(bad)}: {exc}", "invalid-claim")
             return
-        allowed = frozenset(name for name, node in self.nodes.snapshot().items() if pod_fits_node(pod, node) is None)
+        allowed = self._allowed_nodes(pod)
         if pinned:
             allowed &= frozenset(pinned)  # type: ignore[arg-type]
         pod_uid = meta(pod)["uid"]
@@ -424,6 +429,25 @@ class AllocationTerm:
             self._refuse(pod, pending, decision.reason + _selector_errors(requests), decision.kind.value)
             return
         self._commit(pod, pending, decision, classes)
+
+    def _allowed_nodes(self, pod: JsonObject) -> frozenset[str]:
+        """Nodes the pod may run on; memoised per scheduling constraints (pods of one workload share
+        them) until any Node changes."""
+        spec = pod.get("spec") or {}
+        key = json.dumps([spec.get("nodeName"), spec.get("nodeSelector"), spec.get("affinity"),
+                          spec.get("tolerations")], sort_keys=True)
+        with self.lock:
+            generation = self._node_generation
+            cached = self._fit_cache.get(key)
+            if cached is not None and cached[0] == generation:
+                return cached[1]
+        allowed = frozenset(name for name, node in self.nodes.snapshot().items() if pod_fits_node(pod, node) is None)
+        with self.lock:
+            if generation == self._node_generation:
+                if len(self._fit_cache) > 1024:
+                    self._fit_cache.clear()
+                self._fit_cache[key] = (generation, allowed)
+        return allowed
 
     def _commit(self, pod: JsonObject, pending: list[JsonObject], placement: Placement,
                 classes: Mapping[str, JsonObject]) -> None:

@@ -8,6 +8,9 @@
 """
 from __future__ import annotations
 
+import os
+import random
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -192,6 +195,19 @@ def claim_request(claim: Mapping[str, Any], classes: Mapping[str, Mapping[str, A
 # --- placement → status.allocation ------------------------------------------------------------
 
 
+# shareIDs must be unique, not secret: a PRNG seeded from the OS once avoids a getrandom() call
+# per allocation (slow on entropy-starved VMs).
+_share_ids = random.Random(os.urandom(32))
+_share_ids_lock = threading.Lock()
+
+
+def new_share_id() -> str:
+    """A random (version 4) UUID for a result's ``shareID``."""
+    with _share_ids_lock:
+        bits = _share_ids.getrandbits(128)
+    return str(uuid.UUID(int=bits, version=4))
+
+
 def _timestamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -216,7 +232,7 @@ def allocation_status(claim: Mapping[str, Any], classes: Mapping[str, Mapping[st
         for item in shares:
             results.append({
                 "request": name, "driver": DRIVER_NAME, "pool": node, "device": item.device.name,
-                "shareID": next(ids, None) or str(uuid.uuid4()),
+                "shareID": next(ids, None) or new_share_id(),
                 "consumedCapacity": {CAPACITY_MEMORY: format_bytes(item.share.memory_bytes),
                                      CAPACITY_CORES: str(item.share.cores)},
             })
