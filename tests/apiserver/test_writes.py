@@ -18,7 +18,7 @@ def allocation(request_name: str = "gpu", share_id: str = "7d5a2b3c-1e4f-4a6b-9c
         "devices": {
             "results": [{"request": request_name, "driver": "vgpu.dra.dev", "pool": "node-1", "device": "gpu-0",
                          "shareID": share_id, "consumedCapacity": {"vgpu.dra.dev/memory": "8Gi"}}],
-            "config": [{"source": "FromClaim", "requests": [],
+            "config": [{"source": "FromClaim",
                         "opaque": {"driver": "vgpu.dra.dev", "parameters": {"apiVersion": "vgpu.dra.dev/v1alpha1",
                                                                             "kind": "VgpuConfig"}}}],
         },
@@ -193,11 +193,32 @@ def test_json_patch(kube_client: client.ApiClient) -> None:
         {"op": "remove", "path": "/metadata/finalizers/0"},
         {"op": "replace", "path": "/metadata/annotations/vgpu.dra.dev~1policy", "value": "binpack"},
     ], JSON_PATCH)
-    assert resp.body["metadata"]["finalizers"] == []
+    assert "finalizers" not in resp.body["metadata"]  # an empty list is not stored, as on the real server
     assert resp.body["metadata"]["annotations"] == {"vgpu.dra.dev/policy": "binpack"}
     resp = request(kube_client, "PATCH", f"{CLAIMS}/c1", [
         {"op": "test", "path": "/metadata/annotations/vgpu.dra.dev~1policy", "value": "spread"}], JSON_PATCH)
     assert resp.status == 422
+
+
+def test_empty_lists_and_maps_read_back_absent(kube_client: client.ApiClient) -> None:
+    """Go's encoder drops empty omitempty slices and maps: `reservedFor: []` reads back absent."""
+    body = claim("c1")
+    body["metadata"].update({"labels": {}, "finalizers": []})
+    body["spec"]["devices"]["requests"][0]["exactly"]["selectors"] = []
+    stored = request(kube_client, "POST", CLAIMS, body).body
+    assert "labels" not in stored["metadata"] and "finalizers" not in stored["metadata"]
+    assert "selectors" not in stored["spec"]["devices"]["requests"][0]["exactly"]
+    resp = request(kube_client, "PATCH", f"{CLAIMS}/c1/status", {"status": {
+        "allocation": allocation(), "reservedFor": [reservation("p", "u1")]}}, MERGE)
+    resp = request(kube_client, "PATCH", f"{CLAIMS}/c1/status", {"status": {"reservedFor": []}}, MERGE)
+    assert "reservedFor" not in resp.body["status"] and resp.body["status"]["allocation"]
+    # Opaque parameters are kept byte for byte, empty or not.
+    cfg = allocation()
+    cfg["devices"]["config"][0]["opaque"]["parameters"] = {}
+    body = claim("c2")
+    request(kube_client, "POST", CLAIMS, body)
+    resp = request(kube_client, "PATCH", f"{CLAIMS}/c2/status", {"status": {"allocation": cfg}}, MERGE)
+    assert resp.body["status"]["allocation"]["devices"]["config"][0]["opaque"]["parameters"] == {}
 
 
 def test_finalizers_hold_deletion_until_removed(kube_client: client.ApiClient) -> None:

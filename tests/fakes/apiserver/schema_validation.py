@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .quantity import QuantityError, canonical
+from .stored_form import StoredFormCompiler
 
 Checker = Callable[[Any, str, list["FieldError"]], None]
 Normalizer = Callable[[Any], Any]
 
-QUANTITY_KEY = "io.k8s.apimachinery.pkg.api.resource.Quantity"
 
 _DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 # resource.Quantity's grammar (k8s.io/apimachinery/pkg/api/resource): signed decimal number,
@@ -85,8 +84,7 @@ class OpenAPIDocument:
         with path.open() as f:
             self._schemas: dict[str, Any] = json.load(f)["components"]["schemas"]
         self._compiled: dict[str, Checker] = {}
-        self._normalizers: dict[str, Normalizer | None] = {}
-        self._reaches: dict[str, bool] = {}
+        self._stored_form = StoredFormCompiler(self)
         self._lock = threading.Lock()
 
     def has(self, key: str) -> bool:
@@ -114,82 +112,10 @@ class OpenAPIDocument:
                 self._compiled[key] = compiled
             return self._compiled[key]
 
-    # --- normalisation (quantities to canonical strings) -----------------------------------
-
-    def normalizer(self, key: str) -> Normalizer | None:
-        """A function returning the object with every Quantity in canonical form (new containers
-        only along changed paths), or None when the schema holds no Quantity."""
-        if key in self._normalizers:
-            return self._normalizers[key]
-        with self._lock:
-            if key not in self._normalizers:
-                holder: list[Normalizer | None] = []
-                self._normalizers[key] = lambda v: holder[0](v) if holder[0] else v
-                compiled = self._compile_normalizer(self._schemas[key]) if self._reaches_quantity(key) else None
-                holder.append(compiled)
-                self._normalizers[key] = compiled
-            return self._normalizers[key]
-
-    def _reaches_quantity(self, key: str) -> bool:
-        if key == QUANTITY_KEY:
-            return True
-        if key in self._reaches:
-            return self._reaches[key]
-        self._reaches[key] = False  # cycle guard: a cycle alone reaches nothing
-        found = False
-        stack = [self._schemas.get(key, {})]
-        while stack and not found:
-            node = stack.pop()
-            if isinstance(node, dict):
-                ref = node.get("$ref")
-                if isinstance(ref, str) and self._reaches_quantity(ref.rsplit("/", 1)[-1]):
-                    found = True
-                stack.extend(v for k, v in node.items() if k != "description")
-            elif isinstance(node, list):
-                stack.extend(node)
-        self._reaches[key] = found
-        return found
-
-    def _compile_normalizer(self, node: dict[str, Any]) -> Normalizer | None:
-        if "$ref" in node:
-            key = node["$ref"].rsplit("/", 1)[-1]
-            if key == QUANTITY_KEY:
-                return _canonical_quantity
-            if not self._reaches_quantity(key):
-                return None
-            return lambda v, k=key: (self.normalizer(k) or (lambda x: x))(v)
-        for sub in node.get("allOf", ()):
-            found = self._compile_normalizer(sub)
-            if found is not None:
-                return found
-        if node.get("type") == "array" and "items" in node:
-            item = self._compile_normalizer(node["items"])
-            if item is None:
-                return None
-            return lambda v: [item(x) for x in v] if isinstance(v, list) else v
-        props = {name: n for name, sub in node.get("properties", {}).items()
-                 if (n := self._compile_normalizer(sub)) is not None}
-        additional = node.get("additionalProperties")
-        values = self._compile_normalizer(additional) if isinstance(additional, dict) else None
-        if not props and values is None:
-            return None
-
-        def normalize_object(v: Any) -> Any:
-            if not isinstance(v, dict):
-                return v
-            out = None
-            for key, item in v.items():
-                fn = props.get(key, values if key not in props else None)
-                if fn is None or item is None:
-                    continue
-                new = fn(item)
-                if new is not item and new != item:
-                    if out is None:
-                        out = dict(v)
-                    out[key] = new
-            return v if out is None else out
-
-        return normalize_object
+    def stored_form(self, key: str) -> Normalizer | None:
+        """obj → the form the real server stores it in (see stored_form.py), or None when
+        objects of `key` are always stored as sent."""
+        return self._stored_form.transform(key)
 
     def _ref(self, ref: str) -> Checker:
         key = ref.rsplit("/", 1)[-1]
@@ -375,9 +301,9 @@ class SchemaRegistry:
                 self._docs[group_version] = OpenAPIDocument(path)
             return self._docs[group_version]
 
-    def normalize(self, obj: Any, group_version: str, schema_key: str) -> Any:
-        """`obj` with quantities in canonical form (call after `validate` found no errors)."""
-        fn = self.document(group_version).normalizer(schema_key)
+    def stored_form(self, obj: Any, group_version: str, schema_key: str) -> Any:
+        """`obj` as the real server would store and return it (call once `validate` passed)."""
+        fn = self.document(group_version).stored_form(schema_key)
         return fn(obj) if fn is not None else obj
 
     def validate(self, obj: Any, group_version: str, schema_key: str) -> list[FieldError]:
@@ -385,15 +311,6 @@ class SchemaRegistry:
         errors: list[FieldError] = []
         self.document(group_version).checker(schema_key)(obj, "", errors)
         return errors
-
-
-def _canonical_quantity(value: Any) -> Any:
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        try:
-            return canonical(value)
-        except QuantityError:
-            return value  # validation reports it
-    return value
 
 
 def default_openapi_dir() -> Path:

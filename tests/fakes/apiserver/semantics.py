@@ -134,7 +134,8 @@ def prepare_for_create(rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
     if rt.kind == "Pod":
         out["status"] = {"phase": "Pending"}
     else:
-        out.pop("status", None)
+        # A struct-typed status is always serialised, so a new claim reads back `status: {}`.
+        out["status"] = {}
     return out
 
 

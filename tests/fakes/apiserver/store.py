@@ -164,7 +164,7 @@ class Store:
     # --- the commit path --------------------------------------------------------------------
 
     def _validate(self, rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
-        """`obj` as it will be stored (quantities canonical), or 422 naming every bad field."""
+        """`obj` as it will be stored (stored_form.py), or 422 naming every bad field."""
         errors = semantics.metadata_errors(rt, obj)
         errors.extend(self._schemas.validate(obj, rt.group_version, rt.schema_key))
         if not errors:
@@ -172,7 +172,7 @@ class Store:
             errors.extend(dra_validation.object_errors(rt.kind, obj))
         if errors:
             raise invalid(rt.kind, rt.group, (obj.get("metadata") or {}).get("name", ""), errors)
-        return self._schemas.normalize(obj, rt.group_version, rt.schema_key)
+        return self._schemas.stored_form(obj, rt.group_version, rt.schema_key)
 
     def _commit(self, rt: ResourceType, key: Key, event_type: str, obj: dict[str, Any],
                 old: dict[str, Any] | None, user: str) -> None:
