@@ -234,3 +234,17 @@ def test_unprepare_is_not_held_up_by_a_slow_api_server(kubelet, claims, settings
         preparing.join()
         fake_apiserver.latency_s = 0.0
         other.close()
+
+
+def test_two_shares_of_one_gpu_in_one_claim_add_up(kubelet, claims, settings, plugin):
+    claim = claims.create([
+        {"request": "a", "device": "gpu-0", "shareID": "2a000000-0000-4000-8000-000000000001",
+         "consumedCapacity": {"memory": "1Gi", "cores": "10"}},
+        {"request": "b", "device": "gpu-0", "shareID": "2a000000-0000-4000-8000-000000000002",
+         "consumedCapacity": {"memory": "3Gi", "cores": "15"}}])
+    answer = kubelet.prepare([claim.ref])[claim.uid]
+    assert [(d.request_names, d.share_id) for d in answer.devices] == [
+        (("a",), "2a000000-0000-4000-8000-000000000001"), (("b",), "2a000000-0000-4000-8000-000000000002")]
+    (gpu,) = parse((settings.claims_dir / claim.uid / "config").read_text()).gpus
+    assert (gpu.uuid, gpu.memory_bytes, gpu.cores) == (T4_0, 4 * GIB, 25)
+    assert len(_spec(settings, claim.uid)["devices"]) == 1
