@@ -9,6 +9,7 @@ quantity.go CanonicalizeBytes: keep the suffix family, drop fractions, largest e
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from fractions import Fraction
 from math import ceil, floor
 
@@ -63,8 +64,10 @@ def _decimal_form(value: Fraction, exponent_style: bool) -> str:
     return f"{sign}{mantissa_int}{_DECIMAL_SUFFIX[exp]}"
 
 
+@lru_cache(maxsize=8192)
 def canonical(raw: str | int | float) -> str:
-    """The canonical string of a quantity given as a string or a JSON number."""
+    """The canonical string of a quantity given as a string or a JSON number (memoised: a
+    cluster's objects repeat a handful of quantities)."""
     if isinstance(raw, bool):
         raise QuantityError(f"not a quantity: {raw!r}")
     value, fmt = parse(repr(raw) if isinstance(raw, float) else str(raw))

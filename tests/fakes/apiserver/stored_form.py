@@ -28,9 +28,10 @@ QUANTITY_KEY = "io.k8s.apimachinery.pkg.api.resource.Quantity"
 def _canonical_quantity(value: Any) -> Any:
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         try:
-            return canonical(value)
+            result = canonical(value)
         except QuantityError:
             return value  # validation reports it
+        return value if result == value else result  # identity when unchanged
     return value
 
 
@@ -89,7 +90,15 @@ class StoredFormCompiler:
             item = self._compile(node["items"])
             if item is None:
                 return None
-            return lambda v: [item(x) for x in v] if isinstance(v, list) else v
+
+            def stored_list(v: Any) -> Any:
+                if not isinstance(v, list):
+                    return v
+                out = [item(x) for x in v]
+                # Same object back when nothing changed, so callers compare by identity.
+                return v if all(a is b for a, b in zip(out, v)) else out
+
+            return stored_list
         if node.get("type") != "object":
             return None
         additional = node.get("additionalProperties")
@@ -97,7 +106,14 @@ class StoredFormCompiler:
             value = self._compile(additional)
             if value is None:
                 return None
-            return lambda v: {k: value(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+            def stored_map(v: Any) -> Any:
+                if not isinstance(v, dict):
+                    return v
+                out = {k: value(x) for k, x in v.items()}
+                return v if all(out[k] is x for k, x in v.items()) else out
+
+            return stored_map
         required = set(node.get("required", ()))
         props: dict[str, tuple[bool, Transform | None]] = {}
         for name, sub in node.get("properties", {}).items():
@@ -124,7 +140,7 @@ class StoredFormCompiler:
                     continue
                 if child is not None and item is not None:
                     new = child(item)
-                    if new is not item and new != item:
+                    if new is not item:
                         if out is None:
                             out = dict(v)
                         out[key] = new
