@@ -6,7 +6,6 @@ binding, and both sockets are removed on stop so the kubelet notices the plugin 
 """
 from __future__ import annotations
 
-import os
 import socket
 import stat
 from collections.abc import Callable
@@ -130,10 +129,3 @@ class PluginEndpoints:
         self._started = False
         log.info("sockets closed")
 
-
-def socket_is_served(path: Path) -> bool:
-    """True when `path` is a socket (used by liveness checks and tests)."""
-    try:
-        return stat.S_ISSOCK(os.lstat(path).st_mode)
-    except FileNotFoundError:
-        return False

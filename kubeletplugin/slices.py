@@ -80,7 +80,6 @@ class SlicePublisher:
         self._thread: threading.Thread | None = None
         self._watch_response: Any = None
         self._list_version = ""
-        self.publish_count = 0
 
     @property
     def field_selector(self) -> str:
@@ -161,7 +160,6 @@ class SlicePublisher:
                 if exc.status != 404:
                     raise PublishError(f"cannot delete stale slice {name}: HTTP {exc.status} {exc.reason}") from None
         self._published = _Published(desired=self._desired(0), generation=generation, resource_versions=versions)
-        self.publish_count += 1
         log.info("published resource slices", node=self.node_name, generation=generation, slices=len(desired),
                  devices=sum(len(s["devices"]) for s in desired))
 
