@@ -15,7 +15,7 @@ The environment mirrors the Kubernetes DRA CEL environment where selectors use i
   ``isGreaterThan``/``isLessThan``, ``add``/``sub``, ``asInteger``, ``asApproximateFloat``,
   ``sign``, ``isInteger``) and semver library (``semver()``, ``isSemver()``, ``major``/``minor``/
   ``patch``, ``compareTo``, ``isGreaterThan``/``isLessThan``), plus the string helpers
-  ``lowerAscii``, ``upperAscii``, ``trim``, ``split``, ``indexOf``.
+  ``lowerAscii``, ``upperAscii``, ``trim``, ``split``, ``indexOf``; and ``cel.bind``.
 
 An expression that fails to evaluate on one device means "this device does not match"; the error
 is logged once per (expression, message) and kept on the compiled selector so a refusal can say
@@ -358,13 +358,69 @@ def candidate_activation(device: SelectableDevice) -> dict[str, Any]:
 
 _ENVIRONMENT = celpy.Environment()
 
+_BIND = "cel.bind("
+
+
+def _split_arguments(text: str, start: int) -> tuple[list[str], int]:
+    """The top-level comma-separated arguments of the call whose '(' is at ``start - 1``, and the
+    index just past its ')'. Strings (with escapes) and nested brackets are skipped."""
+    arguments: list[str] = []
+    depth = 0
+    quote = ""
+    current = start
+    i = start
+    while i < len(text):
+        char = text[i]
+        if quote:
+            if char == "\\":
+                i += 2
+                continue
+            if text.startswith(quote, i):
+                i += len(quote)
+                quote = ""
+                continue
+        elif char in "\"'":
+            quote = text[i:i + 3] if text[i:i + 3] in ('"""', "'''") else char
+            i += len(quote)
+            continue
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            if depth == 0:
+                arguments.append(text[current:i])
+                return arguments, i + 1
+            depth -= 1
+        elif char == "," and depth == 0:
+            arguments.append(text[current:i])
+            current = i + 1
+        i += 1
+    raise SelectorError(f"CEL selector {text!r} does not compile: unbalanced parentheses in cel.bind")
+
+
+def _expand_bind(expression: str) -> str:
+    """Rewrite ``cel.bind(v, init, body)`` (which cel-python lacks) into the equivalent
+    ``[init].map(v, body)[0]``: the map macro binds ``v`` to the single element."""
+    while True:
+        found = expression.find(_BIND)
+        if found < 0:
+            return expression
+        if found > 0 and (expression[found - 1].isalnum() or expression[found - 1] in "_."):
+            return expression  # part of a longer name; leave it to the parser
+        arguments, end = _split_arguments(expression, found + len(_BIND))
+        if len(arguments) != 3:
+            raise SelectorError(f"CEL selector {expression!r} does not compile: cel.bind takes 3 arguments, "
+                                f"got {len(arguments)}")
+        variable, initial, body = (argument.strip() for argument in arguments)
+        expression = (f"{expression[:found]}[{_expand_bind(initial)}].map({variable}, {_expand_bind(body)})[0]"
+                      f"{expression[end:]}")
+
 
 @lru_cache(maxsize=4096)
 def _compile_one(expression: str) -> celpy.Runner:
     if not expression.strip():
         raise SelectorError("selector expression is empty")
     try:
-        ast = _ENVIRONMENT.compile(expression)
+        ast = _ENVIRONMENT.compile(_expand_bind(expression))
     except celpy.CELParseError as exc:
         # celpy's message is the source line with a caret under the problem: keep the column.
         lines = str(exc).splitlines()

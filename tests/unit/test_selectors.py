@@ -135,3 +135,18 @@ def test_allocator_candidates_with_published_version_attributes():
     older = GpuDevice(name="gpu-0", uuid="GPU-1", memory_bytes=10 * GIB,
                       attributes={**device.attributes, "cudaComputeCapability": Version("7.5.0")})
     assert not selector(GpuCandidate("node-a", older, used_memory_bytes=0, used_cores=0))
+
+
+@pytest.mark.parametrize(("expression", "expected"), [
+    ('cel.bind(attrs, device.attributes["vgpu.dra.dev"], attrs.productName.contains("3080") && attrs.index == 0)', True),
+    ('cel.bind(m, device.capacity["vgpu.dra.dev"].memory, cel.bind(q, quantity("8Gi"), m.isGreaterThan(q)))', True),
+    ('cel.bind(name, "a,(b)", name == "a,(b)")', True),
+    ('cel.bind(x, 1, x == 2)', False),
+])
+def test_cel_bind(expression, expected):
+    assert matches(expression) is expected
+
+
+def test_cel_bind_with_wrong_arity_is_a_compile_error():
+    with pytest.raises(SelectorError, match="3 arguments"):
+        compile_selectors(['cel.bind(x, 1)'])
