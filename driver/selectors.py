@@ -15,7 +15,8 @@ The environment mirrors the Kubernetes DRA CEL environment where selectors use i
   ``isGreaterThan``/``isLessThan``, ``add``/``sub``, ``asInteger``, ``asApproximateFloat``,
   ``sign``, ``isInteger``) and semver library (``semver()``, ``isSemver()``, ``major``/``minor``/
   ``patch``, ``compareTo``, ``isGreaterThan``/``isLessThan``), plus the string helpers
-  ``lowerAscii``, ``upperAscii``, ``trim``, ``split``, ``indexOf``; and ``cel.bind``.
+  ``lowerAscii``, ``upperAscii``, ``trim``, ``split``, ``indexOf``, ``lastIndexOf``, ``replace``,
+  ``substring``, ``charAt``, ``join``; and ``cel.bind``.
 
 An expression that fails to evaluate on one device means "this device does not match"; the error
 is logged once per (expression, message) and kept on the compiled selector so a refusal can say
@@ -260,6 +261,35 @@ def _cel_index_of(value: Any, needle: Any) -> celtypes.IntType:
     return celtypes.IntType(_require(value, str, "indexOf").find(_require(needle, str, "indexOf")))
 
 
+def _cel_last_index_of(value: Any, needle: Any) -> celtypes.IntType:
+    return celtypes.IntType(_require(value, str, "lastIndexOf").rfind(_require(needle, str, "lastIndexOf")))
+
+
+def _cel_replace(value: Any, old: Any, new: Any, limit: Any = -1) -> celtypes.StringType:
+    text = _require(value, str, "replace")
+    return celtypes.StringType(text.replace(_require(old, str, "replace"), _require(new, str, "replace"), int(limit)))
+
+
+def _cel_substring(value: Any, start: Any, end: Any = None) -> celtypes.StringType:
+    text = _require(value, str, "substring")
+    stop = len(text) if end is None else int(end)
+    if not 0 <= int(start) <= stop <= len(text):
+        raise IndexError(f"substring({start}, {end}) out of range for a string of length {len(text)}")
+    return celtypes.StringType(text[int(start):stop])
+
+
+def _cel_char_at(value: Any, index: Any) -> celtypes.StringType:
+    text = _require(value, str, "charAt")
+    if not 0 <= int(index) <= len(text):
+        raise IndexError(f"charAt({index}) out of range for a string of length {len(text)}")
+    return celtypes.StringType(text[int(index):int(index) + 1])
+
+
+def _cel_join(values: Any, separator: Any = "") -> celtypes.StringType:
+    items = [_require(v, str, "join") for v in _require(values, list, "join")]
+    return celtypes.StringType(_require(separator, str, "join").join(items))
+
+
 KUBERNETES_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "quantity": _cel_quantity,
     "isQuantity": _cel_is_quantity,
@@ -282,6 +312,11 @@ KUBERNETES_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "trim": _cel_trim,
     "split": _cel_split,
     "indexOf": _cel_index_of,
+    "lastIndexOf": _cel_last_index_of,
+    "replace": _cel_replace,
+    "substring": _cel_substring,
+    "charAt": _cel_char_at,
+    "join": _cel_join,
 }
 """Kubernetes CEL extension functions cel-python lacks (receiver-style calls arrive as first arg)."""
 

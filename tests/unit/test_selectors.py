@@ -150,3 +150,15 @@ def test_cel_bind(expression, expected):
 def test_cel_bind_with_wrong_arity_is_a_compile_error():
     with pytest.raises(SelectorError, match="3 arguments"):
         compile_selectors(['cel.bind(x, 1)'])
+
+
+@pytest.mark.parametrize("expression", [
+    'device.attributes["vgpu.dra.dev"].productName.replace("NVIDIA ", "") == "GeForce RTX 3080"',
+    'device.attributes["vgpu.dra.dev"].productName.substring(7, 14) == "GeForce"',
+    'device.attributes["vgpu.dra.dev"].uuid.lastIndexOf("1") == 7',
+    'device.attributes["vgpu.dra.dev"].uuid.charAt(0) == "G"',
+    '["a", "b"].join("-") == "a-b"',
+    'device.attributes["vgpu.dra.dev"].productName.split(" ").size() == 4',
+])
+def test_kubernetes_string_library(expression):
+    assert matches(expression)
