@@ -90,7 +90,8 @@ class AllocationTerm:
         self.ready = threading.Event()
         self.queue = WorkQueue()
         timeout = settings.watch_timeout_s
-        self.slices = Informer(api, RESOURCE_SLICES, self._on_slice, watch_timeout_s=timeout)
+        self.slices = Informer(api, RESOURCE_SLICES, self._on_slice, watch_timeout_s=timeout,
+                               field_selector=f"spec.driver={DRIVER_NAME}")
         self.claims = Informer(api, RESOURCE_CLAIMS, self._on_claim, watch_timeout_s=timeout)
         self.classes = Informer(api, DEVICE_CLASSES, self._on_class, watch_timeout_s=timeout)
         self.pods = Informer(api, PODS, self._on_pod, watch_timeout_s=timeout)
