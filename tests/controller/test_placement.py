@@ -120,6 +120,7 @@ def test_count_greater_than_gpus_is_refused_with_reason(fake_apiserver):
 
 
 def test_claim_selectors_pick_model_and_exclude_uuid(fake_apiserver):
+    # (A selector that does not compile never gets this far: the API server rejects the claim.)
     server = fake_apiserver
     add_node(server, "mixed", [gpu(0), gpu(1, product="NVIDIA A2"), gpu(2, product="NVIDIA A2")])
     add_device_class(server)
@@ -127,13 +128,8 @@ def test_claim_selectors_pick_model_and_exclude_uuid(fake_apiserver):
     not_gpu1 = f'device.attributes["vgpu.dra.dev"].uuid != "{gpu(1).uuid}"'
     server.create(claim("a2", config=vgpu_config(memory="1Gi"), selectors=[a2, not_gpu1]))
     server.create(pod("a2", ["a2"]))
-    server.create(claim("typo", config=vgpu_config(memory="1Gi"), selectors=['device.attributes["vgpu.dra.dev"].productName ==']))
-    server.create(pod("typo", ["typo"]))
     with running_controller(server):
         assert placed(server, "a2") == [("mixed", "gpu-2")]
-        event = wait_for(lambda: next((e for e in server.events() if e.regarding_name == "typo"
-                                       and e.regarding_kind == "ResourceClaim"), None), what="compile error event")
-    assert "does not compile" in event.message and "productName ==" in event.message
 
 
 def test_selector_that_fails_on_every_gpu_says_why_in_the_refusal(fake_apiserver):
