@@ -11,7 +11,6 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -29,7 +28,7 @@ from vgpu_dra.kubeletplugin.node_events import report_node_event
 from vgpu_dra.kubeletplugin.node_object import read_node
 from vgpu_dra.kubeletplugin.preparer import NodeGpus, NodePreparer
 from vgpu_dra.kubeletplugin.settings import PluginSettings
-from vgpu_dra.kubeletplugin.shim_install import install_shim, remove_unused_versions
+from vgpu_dra.kubeletplugin.shim_install import install_shim
 from vgpu_dra.kubeletplugin.slices import SlicePublisher
 
 log = structlog.get_logger(__name__)
@@ -99,13 +98,10 @@ class KubeletPlugin:
                               f"vgpu-dra checkpoint {settings.checkpoint_path} was unreadable ({exc}); set aside as "
                               f"{moved} and rebuilt from the API server", timeout=settings.api_timeout_seconds)
         files = ClaimFiles(settings.claims_dir, settings.cdi_dir)
-        self.preparer = NodePreparer(settings, self.reader, self._current_gpus, files, store, checkpoint, shim,
-                                     node_labels=self._node_labels)
+        self.preparer = NodePreparer(
+            settings, self.reader, self._current_gpus, files, store, checkpoint, shim, node_labels=self._node_labels,
+            reinstall_shim=lambda: install_shim(settings.shim_source, settings.shim_dir, settings.shim_container_path))
         self.preparer.recover(boot_id, corrupt=corrupt, list_claims=self.reader.list_all)
-        in_use = {shim.shim_path.parent.resolve()} | {
-            Path(c.shim_host_path).parent.resolve()
-            for c in self.preparer.prepared_claims().values()}
-        remove_unused_versions(settings.shim_dir, in_use)
         if self._sample_gpus:
             try:
                 self._sampler = NvmlSampler({device_name(g): g.uuid for g in publishable_gpus(self._inventory)})

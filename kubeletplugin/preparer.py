@@ -38,7 +38,7 @@ from vgpu_dra.driver.inventory import GpuInfo, NodeInventory
 from vgpu_dra.kubeletplugin.claim_files import ClaimFiles, InvalidClaimUid, check_uid, nvidia_gpu_device_names
 from vgpu_dra.kubeletplugin.claim_reader import ClaimNotFound, ClaimReadError
 from vgpu_dra.kubeletplugin.prepared import ClaimOutcome, ClaimRef, PreparedDevice
-from vgpu_dra.kubeletplugin.shim_install import InstalledShim, preload_path_for
+from vgpu_dra.kubeletplugin.shim_install import InstalledShim, preload_path_for, remove_unused_versions
 from vgpu_dra.kubeletplugin.settings import PluginSettings
 
 log = structlog.get_logger(__name__)
@@ -137,7 +137,7 @@ class NodePreparer:
     def __init__(self, settings: PluginSettings, claims: ClaimSource, gpus: Callable[[], NodeGpus],
                  files: ClaimFiles, store: CheckpointStore, checkpoint: Checkpoint, shim: InstalledShim, *,
                  node_labels: Callable[[], Mapping[str, str]] = dict, observer: PrepareObserver | None = None,
-                 fetch_workers: int = 8):
+                 reinstall_shim: Callable[[], InstalledShim] | None = None, fetch_workers: int = 8):
         self.settings = settings
         self._claims = claims
         self._gpus = gpus
@@ -146,6 +146,7 @@ class NodePreparer:
         self._checkpoint = checkpoint
         self._checkpoint_identity = store.identity()
         self._shim = shim
+        self._reinstall_shim = reinstall_shim
         self._node_labels = node_labels
         self.observer: PrepareObserver = observer or _NoObserver()
         self._mutex = threading.Lock()
@@ -212,11 +213,19 @@ class NodePreparer:
         if pending:
             labels = self._node_labels()  # may read the Node: outside the lock too
             with self._serialized():
+                self._ensure_shim()
                 planned = self._plan(self._answer_known(pending, outcomes), fetched, labels, outcomes)
                 if planned:
                     self._commit(planned, outcomes)
         self.observer.prepare_done(time.perf_counter() - started, len(claims))
         return outcomes
+
+    def _ensure_shim(self) -> None:
+        # Another instance (a newer plugin pod during a rolling update) may have removed our shim
+        # version as unused; a spec must never name a file that is not there.
+        if not self._shim.shim_path.is_file() and self._reinstall_shim is not None:
+            self._shim = self._reinstall_shim()
+            log.info("re-installed the shim removed by another instance", path=str(self._shim.shim_path))
 
     def _answer_known(self, claims: list[ClaimRef], outcomes: dict[str, ClaimOutcome]) -> list[ClaimRef]:
         """Answer invalid and already prepared claims; return the others, each once."""
@@ -416,6 +425,10 @@ class NodePreparer:
                 sweep = self._rebuild(claims, list_claims)
             if sweep:
                 self.files.remove_strays(claims)
+                # Under the lock, so an overlapping instance never loses the shim it is writing into specs.
+                in_use = {self._shim.shim_path.parent.resolve()} | {
+                    Path(c.shim_host_path).parent.resolve() for c in claims.values()}
+                remove_unused_versions(self.settings.shim_dir, in_use)
             self._checkpoint = Checkpoint(boot_id=boot_id, claims=claims)
             self._store.save(self._checkpoint)
             self._checkpoint_identity = self._store.identity()

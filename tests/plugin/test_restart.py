@@ -191,3 +191,26 @@ def test_a_claim_whose_shim_version_vanished_is_pointed_at_the_installed_shim(se
         assert Path(shim["/etc/ld.so.preload"]).is_file()
     finally:
         plugin.stop()
+
+
+def test_an_old_instance_whose_shim_was_cleaned_up_reinstalls_it(settings, kube_client, fake_nvml, claims, node_root):
+    from dataclasses import replace
+
+    fake_nvml.use("mixed-node")
+    old_shim, new_shim = node_root / "old-libvgpu.so", node_root / "new-libvgpu.so"
+    old_shim.write_bytes(b"old build")
+    new_shim.write_bytes(b"new build")
+    old = _start(replace(settings, pod_uid="old-pod", shim_source=old_shim), kube_client)
+    new = _start(replace(settings, pod_uid="new-pod", shim_source=new_shim), kube_client)  # removes "old build"
+    try:
+        assert [p.read_bytes() for p in settings.shim_dir.glob("*/libvgpu.so")] == [b"new build"]
+        claim = claims.create([{"request": "gpu", "device": "gpu-0"}])
+        kubelet = kubelet_for(replace(settings, pod_uid="old-pod"))  # the old pod still gets a Prepare
+        assert kubelet.prepare([claim.ref])[claim.uid].error == ""
+        kubelet.close()
+        spec = json.loads(_spec_path(settings, claim.uid).read_text())
+        shim = {m["containerPath"]: m["hostPath"] for m in spec["containerEdits"]["mounts"]}
+        assert Path(shim["/usr/lib/vgpu-dra/libvgpu.so"]).read_bytes() == b"old build"
+    finally:
+        old.stop()
+        new.stop()
