@@ -47,16 +47,21 @@ def configure_logging(log_format: str | None) -> None:
                         logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 
-def _api_client(kubeconfig: str | None) -> Any:
+def _api_client(kubeconfig: str | None, workers: int) -> Any:
     from kubernetes import client, config
 
+    configuration = client.Configuration()
     if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
-    try:
-        config.load_incluster_config()
-        return client.ApiClient()
-    except config.ConfigException:
-        return config.new_client_from_config()
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=configuration)
+    # Five watches hold connections for their whole life; workers, events and the Lease need their
+    # own, or urllib3 opens and discards a connection per request.
+    configuration.connection_pool_maxsize = max(16, 2 * workers + 8)
+    return client.ApiClient(configuration)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                             renew_deadline_s=min(10.0, args.lease_duration * 2 / 3),
                             retry_period_s=min(2.0, args.lease_duration / 5),
                             **({"identity": args.identity} if args.identity else {}))
-    service = ControllerService(_api_client(args.kubeconfig), settings, leader)
+    service = ControllerService(_api_client(args.kubeconfig, args.workers), settings, leader)
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=service.metrics.registry)
     stop = threading.Event()
