@@ -160,3 +160,18 @@ def test_skipping_nodes_by_index_never_changes_the_decision(layout, history):
         if isinstance(indexed, Placement):
             ledger.apply(indexed)
             live.extend(claim.key for claim in indexed.claims)
+
+
+def test_a_node_that_goes_away_and_comes_back_keeps_its_bookings():
+    ledger = build_ledger([[1, 1]])
+    ledger.record("c", [Consumption("node-0", "gpu-1", 4 * GIBIBYTE, 30)])
+    gpus = [candidate.device for candidate in ledger.candidates("node-0")]
+    ledger.remove_node("node-0")
+    assert ledger.node_names() == [] and ledger.candidates("node-0") == []
+    assert ledger.used("node-0", "gpu-1") == (4 * GIBIBYTE, 30)  # the claim still holds it
+    ledger.set_node("node-0", gpus[:1])  # republished without gpu-1
+    ledger.set_node("node-0", gpus)      # and with it again
+    assert [(c.name, c.used_memory_bytes, c.used_cores) for c in ledger.candidates("node-0")] == [
+        ("gpu-0", 0, 0), ("gpu-1", 4 * GIBIBYTE, 30)]
+    ledger.release("c")
+    assert ledger.candidates("node-0")[1].free_memory_bytes == GPU_SIZES[1]
