@@ -73,6 +73,14 @@ def _pod_pending(pod: Mapping[str, Any] | None) -> bool:
     return not (pod.get("spec") or {}).get("nodeName")
 
 
+def _pod_awaits_claims(pod: Mapping[str, Any] | None) -> bool:
+    """Pending, or already bound by whoever created it (``spec.nodeName`` set, scheduler bypassed)
+    but not finished or being deleted: its unallocated claims are still to be allocated."""
+    if not pod or meta(pod).get("deletionTimestamp"):
+        return False
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
 def _pod_alive(pod: Mapping[str, Any] | None) -> bool:
     return bool(pod) and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
 
@@ -204,7 +212,7 @@ class AllocationTerm:
         self._capacity_changed()
         if self.ready.is_set():
             for pod_key, pod in self.pods.snapshot().items():
-                if _pod_pending(pod):
+                if _pod_awaits_claims(pod):
                     self.queue.add(("pod", pod_key))
 
     def _on_node(self, key: str, old: JsonObject | None, new: JsonObject | None) -> None:
@@ -329,7 +337,7 @@ class AllocationTerm:
                     to_check |= set(claim_keys) | set(previous_claims)
         for claim_key in to_check:
             self.queue.add(("claim", claim_key))
-        if current is not None and _pod_pending(current):
+        if current is not None and _pod_awaits_claims(current):
             self.queue.add(("pod", key))
 
     def _resolve_pod_claims(self, pod: Mapping[str, Any]) -> list[tuple[str, str | None]]:
@@ -360,7 +368,7 @@ class AllocationTerm:
 
     def _sync_pod(self, key: str) -> None:
         pod = self.pods.get(key)
-        if not _pod_pending(pod):
+        if not _pod_awaits_claims(pod):
             return
         assert pod is not None
         with self.lock:

@@ -143,3 +143,16 @@ def test_selector_that_fails_on_every_gpu_says_why_in_the_refusal(fake_apiserver
         event = wait_for(lambda: next((e for e in server.events() if e.regarding_name == "model"
                                        and e.regarding_kind == "ResourceClaim"), None), what="refusal event")
     assert "model" in event.message and "no such member" in event.message
+
+
+def test_pod_bound_without_the_scheduler_gets_its_claim_on_its_node(fake_apiserver):
+    server = fake_apiserver
+    add_node(server, "first", [gpu(0)])
+    add_node(server, "second", [gpu(0)])
+    add_device_class(server)
+    server.create(claim("c", config=vgpu_config(memory="1Gi")))
+    bound = pod("static", ["c"], gate=False)
+    bound["spec"]["nodeName"] = "second"  # binpack alone would pick "first"
+    server.create(bound)
+    with running_controller(server):
+        assert placed(server, "c") == [("second", "gpu-0")]
