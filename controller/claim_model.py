@@ -33,6 +33,10 @@ EXCLUSIVE_MEMORY_BYTES = 1 << 50
 """Booked for an exclusive (no shareID) allocation of a GPU this controller does not know yet."""
 
 
+MAX_ALLOCATION_RESULTS = 32
+"""`status.allocation.devices.results` holds at most this many entries (AllocationResultsMaxSize)."""
+
+
 class ClaimRejected(ValueError):
     """A claim that can never be allocated as written; ``str()`` is the user-facing reason."""
 
@@ -178,6 +182,10 @@ def claim_request(claim: Mapping[str, Any], classes: Mapping[str, Mapping[str, A
                                           selector=selector))
         except AllocationInputError as exc:
             raise ClaimRejected(str(exc)) from None
+    results = sum(r.count for r in requests)
+    if results > MAX_ALLOCATION_RESULTS:
+        raise ClaimRejected(f"the claim asks for {results} GPUs in all; an allocation holds at most "
+                            f"{MAX_ALLOCATION_RESULTS} devices")
     constraints = []
     for raw in spec_devices.get("constraints") or []:
         if raw.get("distinctAttribute"):

@@ -93,6 +93,7 @@ def test_sizes_layer_class_then_claim_then_capacity_requests():
     (claim("c", requests=[{"name": "gpu", "firstAvailable": [{"name": "a", "deviceClassName": "vgpu.dra.dev"}]}]),
      "firstAvailable"),
     (claim("c", constraints=[{"distinctAttribute": "vgpu.dra.dev/uuid"}]), "distinctAttribute"),
+    (claim("c", count=33), "at most 32"),
 ])
 def test_claims_that_cannot_be_allocated_as_written(obj, message):
     with pytest.raises(ClaimRejected, match=message):
