@@ -59,6 +59,10 @@ class TermSettings:
     write_retries: int = 8
 
 
+_PERMANENT_WRITE_ERRORS = (400, 403, 422)
+"""Write failures that repeat until someone acts (bad request, missing RBAC, invalid object)."""
+
+
 class _Abandon(Exception):
     """The claim changed under us in a way that ends this write (deleted, allocated elsewhere)."""
 
@@ -461,6 +465,7 @@ class AllocationTerm:
     def _commit(self, pod: JsonObject, pending: list[JsonObject], placement: Placement,
                 classes: Mapping[str, JsonObject]) -> None:
         written = 0
+        rejected: tuple[JsonObject, ApiError] | None = None
         try:
             for claim in pending:
                 uid = meta(claim)["uid"]
@@ -470,6 +475,11 @@ class AllocationTerm:
                     self.metrics.allocations.inc()
                 except _Abandon as exc:
                     log.info("allocation abandoned", claim=object_key(claim), reason=str(exc))
+                except ApiError as exc:
+                    if exc.status not in _PERMANENT_WRITE_ERRORS:
+                        raise
+                    rejected = (claim, exc)  # retrying the same write cannot help: say so
+                    break
                 finally:
                     with self.lock:
                         self._in_flight.discard(uid)
@@ -483,6 +493,11 @@ class AllocationTerm:
                         self._rebook(object_key(claim), uid)
         log.info("allocated", pod=object_key(pod), node=placement.node,
                  claims=[object_key(c) for c in pending], written=written)
+        if rejected is not None:
+            claim, error = rejected
+            self._refuse(pod, [claim], f"the API server rejected the allocation of claim {claim_label(claim)} "
+                                       f"({error.status} {error.reason}): {error.message}", "write-rejected")
+            return
         if written == len(pending):
             self._finish_pod(pod)
         else:

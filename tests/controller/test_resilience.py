@@ -120,3 +120,18 @@ def test_nothing_is_decided_before_every_cache_has_listed(fake_apiserver):
     assert len(failed_lists) == 3 and all(r.code == 503 for r in failed_lists)
     assert first_write > first_slice_list
     assert [e for e in server.events() if e.reason == "AllocationFailed"] == []
+
+
+def test_a_forbidden_status_write_is_reported_on_the_claim_and_pod(fake_apiserver):
+    """Missing RBAC (e.g. resourceclaims/binding) must reach the user, not just the logs."""
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server)
+    server.create(claim("c", config=vgpu_config(memory="1Gi")))
+    server.create(pod("app", ["c"]))
+    server.faults.add(403, resource="resourceclaims", verbs=("update",), subresource="status", count=1)
+    with running_controller(server):
+        event = wait_for(lambda: next((e for e in server.events() if e.regarding_name == "c"
+                                       and e.reason == "AllocationFailed"), None), what="event about the rejection")
+        assert "rejected" in event.message and "403" in event.message
+        wait_for(lambda: allocation_of(server, "c"), timeout_s=30, what="allocated once the write is allowed")
