@@ -137,3 +137,29 @@ def test_quantities_are_stored_in_canonical_form(kube_client: client.ApiClient) 
 ])
 def test_quantity_canonical_form(raw: object, canonical: str) -> None:
     assert canonical_quantity(raw) == canonical
+
+
+def test_selectors_must_be_valid_cel(kube_client: client.ApiClient) -> None:
+    body = {"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": "broken"},
+            "spec": {"selectors": [{"cel": {"expression": 'device.driver == "vgpu.dra.dev" &&'}}]}}
+    resp = request(kube_client, "POST", "/apis/resource.k8s.io/v1/deviceclasses", body)
+    assert resp.status == 422 and "spec.selectors[0].cel.expression" in resp.message
+    bad = claim("c1")
+    bad["spec"]["devices"]["requests"][0]["exactly"]["selectors"] = [{"cel": {"expression": "device.capacity["}}]
+    resp = request(kube_client, "POST", CLAIMS, bad)
+    assert resp.status == 422 and "selectors[0].cel.expression" in resp.message
+    good = claim("c2")
+    good["spec"]["devices"]["requests"][0]["exactly"]["selectors"] = [{"cel": {"expression":
+        'device.capacity["vgpu.dra.dev"].memory.compareTo(quantity("8Gi")) >= 0'}}]
+    assert request(kube_client, "POST", CLAIMS, good).status == 201
+
+
+def test_stored_expressions_are_not_recompiled(kube_client: client.ApiClient, fake_apiserver: FakeApiServer) -> None:
+    """An object holding an expression this server would not compile stays writable (finalizers,
+    status) as long as the expression is unchanged, like the real server's stored expressions."""
+    bad = claim("legacy") | {"metadata": {"name": "legacy", "namespace": "default"}}
+    bad["spec"]["devices"]["requests"][0]["exactly"]["selectors"] = [{"cel": {"expression": "device.driver =="}}]
+    fake_apiserver.create(bad, check_cel=False)
+    resp = request(kube_client, "PATCH", f"{CLAIMS}/legacy", {"metadata": {"finalizers": ["vgpu.dra.dev/allocation"]}},
+                   "application/merge-patch+json")
+    assert resp.status == 200, resp.message

@@ -2,14 +2,18 @@
 
 The limits a driver or allocator can trip over: slice and device counts, name formats, exactly
 one node scope, one value per attribute, request/config cross-references, size caps. CEL
-expressions are only length-checked (compiling them needs the Kubernetes CEL environment).
+selectors must parse (cel-python, the project's CEL library); the real server also type-checks
+them against its DRA environment, which is not imitated.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from typing import Any
+
+import celpy
 
 from .schema_validation import FieldError
 
@@ -156,7 +160,17 @@ def resource_slice_errors(slice_obj: dict[str, Any]) -> list[FieldError]:
     return errs
 
 
-def _selector_errors(selectors: list[Any], path: str) -> list[FieldError]:
+@lru_cache(maxsize=1024)
+def _cel_parse_error(expression: str) -> str | None:
+    """The parser's complaint about `expression`, or None when it parses."""
+    try:
+        celpy.Environment().compile(expression)
+    except celpy.CELParseError as exc:
+        return " ".join(str(exc).split())
+    return None
+
+
+def _selector_errors(selectors: list[Any], path: str, stored: frozenset[str] = frozenset()) -> list[FieldError]:
     errs = []
     if len(selectors) > MAX_SELECTORS:
         errs.append(_too_many(path, len(selectors), MAX_SELECTORS))
@@ -167,6 +181,9 @@ def _selector_errors(selectors: list[Any], path: str) -> list[FieldError]:
         elif len(expr) > MAX_CEL_LENGTH:
             errs.append(_err(f"{path}[{i}].cel.expression", f"Too long: may not be more than {MAX_CEL_LENGTH} bytes",
                              "FieldValueTooLong"))
+        elif expr not in stored and (problem := _cel_parse_error(expr)) is not None:
+            # An expression already stored is not recompiled on update ("stored expressions").
+            errs.append(_err(f"{path}[{i}].cel.expression", f"Invalid value: {expr!r}: compilation failed: {problem}"))
     return errs
 
 
@@ -180,8 +197,8 @@ def _opaque_errors(opaque: dict[str, Any] | None, path: str) -> list[FieldError]
     return errs
 
 
-def _exact_errors(req: dict[str, Any], path: str) -> list[FieldError]:
-    errs = _selector_errors(req.get("selectors") or [], f"{path}.selectors")
+def _exact_errors(req: dict[str, Any], path: str, stored: frozenset[str]) -> list[FieldError]:
+    errs = _selector_errors(req.get("selectors") or [], f"{path}.selectors", stored)
     mode = req.get("allocationMode", "ExactCount")
     if mode == "ExactCount" and int(req.get("count") or 0) <= 0:
         errs.append(_err(f"{path}.count", f"Invalid value: {req.get('count')}: must be greater than zero"))
@@ -192,7 +209,7 @@ def _exact_errors(req: dict[str, Any], path: str) -> list[FieldError]:
     return errs
 
 
-def claim_spec_errors(spec: dict[str, Any], path: str = "spec") -> list[FieldError]:
+def claim_spec_errors(spec: dict[str, Any], path: str = "spec", stored: frozenset[str] = frozenset()) -> list[FieldError]:
     """ValidateResourceClaimSpec: requests, subrequests, constraints, config."""
     devices = spec.get("devices") or {}
     requests = devices.get("requests") or []
@@ -213,7 +230,7 @@ def claim_spec_errors(spec: dict[str, Any], path: str = "spec") -> list[FieldErr
             errs.append(_err(rpath, "Invalid value: exactly one of `exactly` or `firstAvailable` is required"))
         sub_names: set[str] = set()
         if has_exact:
-            errs.extend(_exact_errors(req["exactly"], f"{rpath}.exactly"))
+            errs.extend(_exact_errors(req["exactly"], f"{rpath}.exactly", stored))
         for j, sub in enumerate(subs or []):
             spath = f"{rpath}.firstAvailable[{j}]"
             sub_name = sub.get("name", "")
@@ -222,7 +239,7 @@ def claim_spec_errors(spec: dict[str, Any], path: str = "spec") -> list[FieldErr
             if sub_name in sub_names:
                 errs.append(_err(f"{spath}.name", f"Duplicate value: {sub_name!r}", "FieldValueDuplicate"))
             sub_names.add(sub_name)
-            errs.extend(_exact_errors(sub, spath))
+            errs.extend(_exact_errors(sub, spath, stored))
         if subs and len(subs) > MAX_SUBREQUESTS:
             errs.append(_too_many(f"{rpath}.firstAvailable", len(subs), MAX_SUBREQUESTS))
         names[name] = sub_names
@@ -256,10 +273,10 @@ def claim_spec_errors(spec: dict[str, Any], path: str = "spec") -> list[FieldErr
     return errs
 
 
-def device_class_errors(obj: dict[str, Any]) -> list[FieldError]:
+def device_class_errors(obj: dict[str, Any], stored: frozenset[str] = frozenset()) -> list[FieldError]:
     """ValidateDeviceClass: selector and config caps."""
     spec = obj.get("spec") or {}
-    errs = _selector_errors(spec.get("selectors") or [], "spec.selectors")
+    errs = _selector_errors(spec.get("selectors") or [], "spec.selectors", stored)
     configs = spec.get("config") or []
     if len(configs) > MAX_CONFIGS:
         errs.append(_too_many("spec.config", len(configs), MAX_CONFIGS))
@@ -268,14 +285,34 @@ def device_class_errors(obj: dict[str, Any]) -> list[FieldError]:
     return errs
 
 
-def object_errors(kind: str, obj: dict[str, Any]) -> list[FieldError]:
-    """The resource.k8s.io rules for any stored object of `kind` (empty for other kinds)."""
+def _expressions(node: Any) -> frozenset[str]:
+    """Every CEL selector expression anywhere in an object."""
+    found: set[str] = set()
+    stack = [node]
+    while stack:
+        cur = stack.pop()
+        if isinstance(cur, dict):
+            cel = cur.get("cel")
+            if isinstance(cel, dict) and isinstance(cel.get("expression"), str):
+                found.add(cel["expression"])
+            stack.extend(cur.values())
+        elif isinstance(cur, list):
+            stack.extend(cur)
+    return frozenset(found)
+
+
+def object_errors(kind: str, obj: dict[str, Any], old: dict[str, Any] | None = None,
+                  check_cel: bool = True) -> list[FieldError]:
+    """The resource.k8s.io rules for any stored object of `kind` (empty for other kinds).
+    Expressions of `old` count as stored (not recompiled); `check_cel=False` stores new ones
+    unparsed too, as an API server of another version might have."""
+    stored = _expressions(obj) if not check_cel else (_expressions(old) if old else frozenset())
     if kind == "ResourceSlice":
         return resource_slice_errors(obj)
     if kind == "ResourceClaim":
-        return claim_spec_errors(obj.get("spec") or {})
+        return claim_spec_errors(obj.get("spec") or {}, stored=stored)
     if kind == "ResourceClaimTemplate":
-        return claim_spec_errors(((obj.get("spec") or {}).get("spec")) or {}, "spec.spec")
+        return claim_spec_errors(((obj.get("spec") or {}).get("spec")) or {}, "spec.spec", stored)
     if kind == "DeviceClass":
-        return device_class_errors(obj)
+        return device_class_errors(obj, stored)
     return []

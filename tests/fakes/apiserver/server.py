@@ -268,14 +268,18 @@ class FakeApiServer:
             return None
         return copy.deepcopy(events_view.to_view(obj) if rt.stored_as else obj)
 
-    def create(self, obj: dict[str, Any], user: str = "test") -> dict[str, Any]:
-        """Store an object directly (validated like a POST); kind/apiVersion pick the resource."""
+    def create(self, obj: dict[str, Any], user: str = "test", *, check_cel: bool = True) -> dict[str, Any]:
+        """Store an object directly (validated like a POST); kind/apiVersion pick the resource.
+
+        `check_cel=False` stores CEL selectors that do not parse, as if persisted by a server
+        whose CEL environment differed (a real one rejects them on create; it never recompiles a
+        stored expression on update): only for testing code that must survive such objects."""
         rt = self._resource_of(obj)
         namespace = (obj.get("metadata") or {}).get("namespace") or ("default" if rt.namespaced else "")
         if rt.stored_as:
             stored = self.store.create(resource_named(rt.stored_as), namespace, events_view.to_core(obj), user=user)
             return copy.deepcopy(events_view.to_view(stored))
-        return copy.deepcopy(self.store.create(rt, namespace, copy.deepcopy(obj), user=user))
+        return copy.deepcopy(self.store.create(rt, namespace, copy.deepcopy(obj), user=user, check_cel=check_cel))
 
     def update_status(self, obj: dict[str, Any], user: str = "test") -> dict[str, Any]:
         """PUT .../status directly (obj carries the resourceVersion it is based on)."""

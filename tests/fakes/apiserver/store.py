@@ -163,13 +163,14 @@ class Store:
 
     # --- the commit path --------------------------------------------------------------------
 
-    def _validate(self, rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+    def _validate(self, rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None = None,
+                  check_cel: bool = True) -> dict[str, Any]:
         """`obj` as it will be stored (stored_form.py), or 422 naming every bad field."""
         errors = semantics.metadata_errors(rt, obj)
         errors.extend(self._schemas.validate(obj, rt.group_version, rt.schema_key))
         if not errors:
             # Semantic rules assume the shape is right (they index into typed fields).
-            errors.extend(dra_validation.object_errors(rt.kind, obj))
+            errors.extend(dra_validation.object_errors(rt.kind, obj, old, check_cel))
         if errors:
             raise invalid(rt.kind, rt.group, (obj.get("metadata") or {}).get("name", ""), errors)
         return self._schemas.stored_form(obj, rt.group_version, rt.schema_key)
@@ -242,7 +243,8 @@ class Store:
         obj["kind"], obj["apiVersion"] = rt.kind, rt.api_version
         return obj
 
-    def create(self, rt: ResourceType, namespace: str, body: Any, user: str = "") -> dict[str, Any]:
+    def create(self, rt: ResourceType, namespace: str, body: Any, user: str = "",
+               check_cel: bool = True) -> dict[str, Any]:
         """POST: assign name (generateName), uid, timestamps, RV; validate; store."""
         obj = self._check_body(rt, namespace, body)
         meta = dict(obj.get("metadata") or {})
@@ -264,7 +266,7 @@ class Store:
                         meta["name"] = candidate
                         break
             key = (namespace if rt.namespaced else "", meta.get("name") or "")
-            obj = self._validate(rt, obj)
+            obj = self._validate(rt, obj, check_cel=check_cel)
             meta = obj["metadata"]
             errors = semantics.create_errors(rt, obj)
             if errors:
@@ -314,7 +316,7 @@ class Store:
         obj = {**obj, "metadata": meta}
         obj = semantics.prepare_for_update(rt, old, semantics.apply_defaults(rt, obj), subresource)
         obj = drop_disabled_fields(rt.kind, obj, old, self.disabled_features)
-        obj = self._validate(rt, obj)
+        obj = self._validate(rt, obj, old)
         meta = dict(obj["metadata"])
         obj = {**obj, "metadata": meta}
         errors = semantics.update_errors(rt, old, obj, subresource)
@@ -468,10 +470,12 @@ class Store:
         with self._lock:
             log = self._logs[rt]
             while True:
+                if epoch is not None and epoch != self.watch_epoch:
+                    return [], position  # ended: what follows goes to the client's next watch
                 if position < log.base:
                     raise gone(f"too old resource version: the watch fell behind ({log.compacted_rv})")
                 end = log.base + len(log.events)
-                if position < end or self.closed or (epoch is not None and epoch != self.watch_epoch):
+                if position < end or self.closed:
                     batch = log.events[position - log.base:]
                     return batch, end
                 remaining = deadline - time.monotonic()
