@@ -27,8 +27,9 @@ from vgpu_dra.driver.allocator import Placement, PodRequest, Refusal, allocate
 from vgpu_dra.driver.ledger import Ledger
 from vgpu_dra.driver.placement_policy import PlacementPolicy
 
-from .claim_model import (ClaimRejected, allocated_node, allocation, allocation_status, booked_consumptions,
-                          claim_label, claim_policy, claim_request, has_finalizer, is_ours, meta, reserved_for)
+from .claim_model import (EXCLUSIVE_MEMORY_BYTES, ClaimRejected, allocated_node, allocation, allocation_status,
+                          booked_consumptions, claim_label, claim_policy, claim_request, has_finalizer, is_ours, meta,
+                          reserved_for)
 from .events import EventRecorder
 from .informer import Informer, object_key
 from .kubeapi import DEVICE_CLASSES, NODES, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES, ApiError, JsonObject, KubeApi
@@ -125,6 +126,7 @@ class AllocationTerm:
         self._first_seen: dict[str, float] = {}          # pod uid -> monotonic time first seen pending
         self._finished: set[str] = set()                 # pod uids whose claims were all allocated
         self._pending_claims: set[str] = set()           # claim keys of pending pods not yet allocated
+        self._unsized: dict[str, set[str]] = {}          # node -> claims booked whole-GPU before its slices
         self._node_generation = 0                        # bumped when a Node's labels/spec change
         self._fit_cache: dict[str, tuple[int, frozenset[str]]] = {}  # pod constraints -> allowed nodes
 
@@ -206,6 +208,12 @@ class AllocationTerm:
                 found = gpus_by_node(s for s in self.slices.items() if (s.get("spec") or {}).get("nodeName") == node)
                 if node in found:
                     self.ledger.set_node(node, found[node].gpus)
+                    # Whole-GPU allocations booked before their GPU was known get its real size.
+                    for claim_key in self._unsized.pop(node, set()):
+                        claim = self.claims.get(claim_key)
+                        if claim is not None and meta(claim).get("uid") not in self._in_flight:
+                            self.ledger.record(meta(claim)["uid"],
+                                               booked_consumptions(claim, self._device_capacity()))
                 else:
                     self.ledger.remove_node(node)
         self._capacity_changed()
@@ -250,6 +258,9 @@ class AllocationTerm:
                     consumptions = booked_consumptions(current, self._device_capacity())
                     before = self.ledger.booked(uid)
                     self.ledger.record(uid, consumptions)
+                    for item in consumptions:
+                        if item.memory_bytes == EXCLUSIVE_MEMORY_BYTES:  # GPU not published yet
+                            self._unsized.setdefault(item.node, set()).add(key)
                     freed |= bool(before) and sum(c.memory_bytes for c in before) > sum(
                         c.memory_bytes for c in consumptions)
                 self._booked_uid[key] = uid

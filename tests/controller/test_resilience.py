@@ -135,3 +135,23 @@ def test_a_forbidden_status_write_is_reported_on_the_claim_and_pod(fake_apiserve
                                        and e.reason == "AllocationFailed"), None), what="event about the rejection")
         assert "rejected" in event.message and "403" in event.message
         wait_for(lambda: allocation_of(server, "c"), timeout_s=30, what="allocated once the write is allowed")
+
+
+def test_whole_gpu_allocation_seen_before_its_slices_is_booked_at_the_gpu_size(fake_apiserver):
+    from vgpu_dra.controller.allocation_term import TermSettings
+
+    server = fake_apiserver
+    add_device_class(server)
+    server.create(claim("exclusive", config=vgpu_config(memory="1Gi")))
+    _foreign_allocation(server, "exclusive", "late", "gpu-0", share=False)
+    with running_controller(server, settings=TermSettings(watch_timeout_s=30)) as controller:
+        wait_for(lambda: controller.service.is_ready(), what="synced")
+        add_node(server, "late", [gpu(0), gpu(1)])
+        term = controller.service.current_term
+
+        def view():
+            gpus, _ = term.allocation_view()
+            return {g.device: g for g in gpus if g.node == "late"}
+        wait_for(lambda: len(view()) == 2, what="the late node's GPUs")
+        gpu0 = view()["gpu-0"]
+    assert gpu0.memory_allocated_bytes == gpu0.memory_bytes and gpu0.cores_allocated == 100
