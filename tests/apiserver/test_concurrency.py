@@ -11,7 +11,7 @@ from kubernetes import client, config
 from tests.apiserver.raw_requests import request
 from tests.apiserver.test_crud import CLAIMS, claim
 from tests.fakes.apiserver import FakeApiServer
-from tests.fakes.kubeconfig import api_client_for
+from tests.fakes.kubeconfig import api_client_for, write_kubeconfig
 
 WRITERS = 6
 INCREMENTS = 15
@@ -91,8 +91,15 @@ def test_list_then_watch_from_list_rv_sees_every_change_once(fake_apiserver: Fak
     api.close()
 
 
-def test_kubeconfig_file_works_with_load_kube_config(fake_apiserver: FakeApiServer, kubeconfig_path: Path) -> None:
+def test_kubeconfig_file_works_with_load_kube_config(fake_apiserver: FakeApiServer, kubeconfig_path: Path,
+                                                      tmp_path: Path) -> None:
     api = config.new_client_from_config(config_file=str(kubeconfig_path))
     client.CoreV1Api(api).create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpu"}})
     assert [o["metadata"]["name"] for o in fake_apiserver.objects("Namespace")] == ["gpu"]
+    api.close()
+    # A kubeconfig written for an identity makes that identity show in the audit log.
+    path = write_kubeconfig(fake_apiserver, tmp_path / "replica-1", user="replica-1")
+    api = config.new_client_from_config(config_file=str(path))
+    client.CoreV1Api(api).create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "two"}})
+    assert [(r.verb, r.name) for r in fake_apiserver.writes_by("replica-1")] == [("create", "two")]
     api.close()

@@ -27,20 +27,16 @@ def api_client_for(server: FakeApiServer, user: str | None = None) -> client.Api
 
 
 def write_kubeconfig(server: FakeApiServer, path: Path, user: str | None = None) -> Path:
-    """Write a kubeconfig for `server` (for code that calls config.load_kube_config(path)). The
-    identity, if given, travels as a static header via the kubeconfig's exec-free form: tests that
-    need per-identity audit should prefer `api_client_for(server, user)`."""
-    user_entry: dict[str, object] = {"name": user or "test"}
-    if user:
-        user_entry["user"] = {"username": user}
-    else:
-        user_entry["user"] = {}
+    """Write a kubeconfig for `server` (for code that calls config.load_kube_config(path), e.g. a
+    component run as a subprocess). `user` travels as the bearer token, which the fake takes as
+    the identity in its audit log when no X-Fake-User header is sent."""
+    credentials: dict[str, str] = {"token": user} if user else {}
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
-        "users": [user_entry],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": user_entry["name"]}}],
+        "users": [{"name": user or "anonymous", "user": credentials}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": user or "anonymous"}}],
         "current-context": "fake",
     }
     path.write_text(yaml.safe_dump(doc))

@@ -80,6 +80,13 @@ def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+def _bearer_identity(authorization: str | None) -> str:
+    """The identity a kubeconfig written by write_kubeconfig(user=...) sends: its bearer token."""
+    if authorization and authorization.startswith("Bearer "):
+        return authorization[len("Bearer "):].strip()
+    return ""
+
+
 def _delete_options(body: Any, query: dict[str, str]) -> dict[str, Any]:
     """DeleteOptions from the body, with query parameters (the client may send either) filling gaps."""
     options = dict(body) if isinstance(body, dict) else {}
@@ -359,7 +366,7 @@ class FakeApiServer:
         parts = urlsplit(handler.path)
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         segs = [s for s in parts.path.split("/") if s]
-        user = handler.headers.get(USER_HEADER) or "anonymous"
+        user = handler.headers.get(USER_HEADER) or _bearer_identity(handler.headers.get("Authorization")) or "anonymous"
         route: _Route | None = None
         verb = method.lower()
         try:

@@ -9,6 +9,9 @@
  *   FAKE_CUDA_STATE     path of the shared state file (created if missing); unset = this process only
  *   FAKE_CUDA_CTX_BYTES device memory a context occupies (default 0)
  *   FAKE_CUDA_FAIL      comma-separated entry points that fail with CUDA_ERROR_UNKNOWN (fault injection)
+ *   FAKE_CUDA_NS_PER_THREAD  device time a launched kernel takes per thread (default 1 ns): a kernel
+ *                       occupies its stream for gridX*gridY*gridZ * blockX*blockY*blockZ * this
+ *   FAKE_CUDA_QUEUE_NS  how much work a stream may have queued before a launch blocks (default 20 ms)
  *
  * State file layout (read by tests/shim/fake_cuda_state.py): struct fake_state below.
  */
@@ -37,6 +40,9 @@ struct fake_state {
     int32_t proc_high_water;        /* entries [0, proc_high_water) have ever been used */
     int32_t pad;
     struct fake_proc procs[FAKE_MAX_PROCS];
+    /* Occupancy (appended, so the offsets above stay): written by launches, read by the fake NVML. */
+    char uuid[FAKE_MAX_DEVICES][96];   /* device UUIDs as in FAKE_CUDA_DEVICES (NVML matches by UUID) */
+    int64_t busy_ns[FAKE_MAX_DEVICES]; /* device time of every kernel ever submitted, all processes */
 };
 
 struct fake_device {
@@ -67,5 +73,8 @@ int fake_forget(uint64_t addr, int64_t *bytes, int *dev);
 
 /* context.c */
 int fake_current_device(void); /* -1 without a current context */
+
+/* launch.c */
+int64_t fake_now_ns(void); /* CLOCK_MONOTONIC: the same clock in every process */
 
 #endif

@@ -19,7 +19,9 @@ F(cuMemRelease) F(cuMemAllocAsync) F(cuMemAllocAsync_ptsz) F(cuMemFreeAsync) F(c
 F(cuMemAllocFromPoolAsync) F(cuMemAllocFromPoolAsync_ptsz) F(cuDeviceGetDefaultMemPool) F(cuMemPoolCreate)
 F(cuMemPoolDestroy) F(cuDeviceGetMemPool) F(cuLaunchKernel)
 F(cuLaunchKernel_ptsz) F(cuLaunchKernelEx) F(cuLaunchKernelEx_ptsz) F(cuLaunchCooperativeKernel)
-F(cuLaunchCooperativeKernel_ptsz) F(cuGraphLaunch) F(cuGraphLaunch_ptsz)
+F(cuLaunchCooperativeKernel_ptsz) F(cuGraphLaunch) F(cuGraphLaunch_ptsz) F(cuGraphExecDestroy) F(cuStreamCreate)
+F(cuStreamDestroy_v2) F(cuStreamSynchronize) F(cuStreamSynchronize_ptsz) F(cuCtxSynchronize) F(cuEventCreate)
+F(cuEventDestroy_v2) F(cuEventRecord) F(cuEventRecord_ptsz) F(cuEventQuery) F(cuEventSynchronize) F(cuEventElapsedTime)
 #undef F
 
 CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags);
@@ -85,6 +87,17 @@ static const struct variant g_table[] = {
     {"cuLaunchKernelEx", 11060, (void *)cuLaunchKernelEx, (void *)cuLaunchKernelEx_ptsz},
     {"cuLaunchCooperativeKernel", 9000, (void *)cuLaunchCooperativeKernel, (void *)cuLaunchCooperativeKernel_ptsz},
     {"cuGraphLaunch", 10000, (void *)cuGraphLaunch, (void *)cuGraphLaunch_ptsz},
+    {"cuGraphExecDestroy", 10000, (void *)cuGraphExecDestroy, 0},
+    {"cuStreamCreate", 2000, (void *)cuStreamCreate, 0},
+    {"cuStreamDestroy", 4000, (void *)cuStreamDestroy_v2, 0},
+    {"cuStreamSynchronize", 2000, (void *)cuStreamSynchronize, (void *)cuStreamSynchronize_ptsz},
+    {"cuCtxSynchronize", 2000, (void *)cuCtxSynchronize, 0},
+    {"cuEventCreate", 2000, (void *)cuEventCreate, 0},
+    {"cuEventDestroy", 4000, (void *)cuEventDestroy_v2, 0},
+    {"cuEventRecord", 2000, (void *)cuEventRecord, (void *)cuEventRecord_ptsz},
+    {"cuEventQuery", 2000, (void *)cuEventQuery, 0},
+    {"cuEventSynchronize", 2000, (void *)cuEventSynchronize, 0},
+    {"cuEventElapsedTime", 2000, (void *)cuEventElapsedTime, 0},
 };
 
 static CUresult lookup(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,

@@ -152,6 +152,11 @@ __attribute__((constructor)) static void fake_load(void)
                             -1, 0);
         g_fake_state->magic = FAKE_STATE_MAGIC;
     }
+    /* Publish the device UUIDs next to their occupancy, so the fake NVML can find a device's
+     * utilization by UUID (every process of one node sets the same FAKE_CUDA_DEVICES). */
+    for (int d = 0; d < g_fake_device_count; d++)
+        if (g_fake_state->uuid[d][0] == '\0')
+            memcpy(g_fake_state->uuid[d], g_fake_devices[d].uuid_text, sizeof(g_fake_state->uuid[d]));
     g_fake_me = claim_proc();
     pthread_atfork(NULL, NULL, after_fork_child);
 }
