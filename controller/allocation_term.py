@@ -78,6 +78,25 @@ def _pod_pending(pod: Mapping[str, Any] | None) -> bool:
     return not (pod.get("spec") or {}).get("nodeName")
 
 
+def pod_essentials(pod: JsonObject) -> JsonObject:
+    """The part of a pod the controller reads (placement constraints, claims, phase), so the pod
+    cache stays small however large the cluster's pod specs are."""
+    metadata = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    trimmed_spec = {k: spec[k] for k in ("nodeName", "nodeSelector", "tolerations", "resourceClaims", "schedulingGates")
+                    if k in spec}
+    if (spec.get("affinity") or {}).get("nodeAffinity"):
+        trimmed_spec["affinity"] = {"nodeAffinity": spec["affinity"]["nodeAffinity"]}
+    return {
+        "apiVersion": pod.get("apiVersion", "v1"), "kind": pod.get("kind", "Pod"),
+        "metadata": {k: metadata[k] for k in ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp")
+                     if k in metadata},
+        "spec": trimmed_spec,
+        "status": {k: status[k] for k in ("phase", "resourceClaimStatuses") if k in status},
+    }
+
+
 def _pod_awaits_claims(pod: Mapping[str, Any] | None) -> bool:
     """Pending, or already bound by whoever created it (``spec.nodeName`` set, scheduler bypassed)
     but not finished or being deleted: its unallocated claims are still to be allocated."""
@@ -107,7 +126,7 @@ class AllocationTerm:
                                field_selector=f"spec.driver={DRIVER_NAME}")
         self.claims = Informer(api, RESOURCE_CLAIMS, self._on_claim, watch_timeout_s=timeout)
         self.classes = Informer(api, DEVICE_CLASSES, self._on_class, watch_timeout_s=timeout)
-        self.pods = Informer(api, PODS, self._on_pod, watch_timeout_s=timeout)
+        self.pods = Informer(api, PODS, self._on_pod, watch_timeout_s=timeout, transform=pod_essentials)
         self.nodes = Informer(api, NODES, self._on_node, watch_timeout_s=timeout)
         self.informers = (self.slices, self.classes, self.nodes, self.claims, self.pods)
         # Indexes (guarded by self.lock).
@@ -574,16 +593,21 @@ class AllocationTerm:
         if started is not None:
             self.metrics.allocation_latency.observe(time.monotonic() - started)
         current: JsonObject | None = pod
+        namespace, name = key.split("/", 1)
         for _ in range(self.settings.write_retries):
             if current is None:
                 return
             gates = (current.get("spec") or {}).get("schedulingGates") or []
             if not any(g.get("name") == SCHEDULING_GATE for g in gates):
                 return
-            body = {**current, "spec": {**current["spec"],
-                                        "schedulingGates": [g for g in gates if g.get("name") != SCHEDULING_GATE]}}
+            remaining = [g for g in gates if g.get("name") != SCHEDULING_GATE]
+            # A JSON patch (the cache keeps only part of each pod, so no PUT); naming the
+            # resourceVersion makes it conditional: a changed pod answers 409.
+            patch = [{"op": "replace", "path": "/metadata/resourceVersion", "value": meta(current)["resourceVersion"]},
+                     {"op": "replace", "path": "/spec/schedulingGates", "value": remaining} if remaining
+                     else {"op": "remove", "path": "/spec/schedulingGates"}]
             try:
-                updated = self.api.update(PODS, body)
+                updated = self.api.patch(PODS, name, patch, namespace, patch_type="application/json-patch+json")
                 self.pods.observe(updated)
                 log.info("removed scheduling gate", pod=key)
                 return
@@ -593,7 +617,6 @@ class AllocationTerm:
                 if not exc.conflict:
                     raise
                 self.metrics.conflicts.inc()
-                namespace, name = key.split("/", 1)
                 current = self.api.get(PODS, name, namespace)
 
     def _refuse(self, pod: JsonObject, claims: Iterable[JsonObject], reason: str, kind: str) -> None:

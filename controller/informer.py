@@ -46,6 +46,9 @@ class Informer:
     field_selector: str | None = None
     watch_timeout_s: int = 60
     page_size: int = 500
+    transform: Callable[[JsonObject], JsonObject] | None = None
+    """Applied to every object before it is cached (e.g. to keep only the fields the controller
+    reads, so a large cluster's pods do not fill memory)."""
     store: dict[str, JsonObject] = field(default_factory=dict)
     synced: threading.Event = field(default_factory=threading.Event)
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -106,7 +109,7 @@ class Informer:
                 kind = page.get("kind", "").removesuffix("List")
                 obj.setdefault("kind", kind)
                 obj.setdefault("apiVersion", page.get("apiVersion"))
-                items[object_key(obj)] = obj
+                items[object_key(obj)] = self.transform(obj) if self.transform else obj
             token = page.get("metadata", {}).get("continue") or None
             if not token:
                 version = page.get("metadata", {}).get("resourceVersion", "")
@@ -158,6 +161,8 @@ class Informer:
                 return
 
     def _apply(self, event_type: str, obj: JsonObject) -> None:
+        if self.transform is not None:
+            obj = self.transform(obj)
         key = object_key(obj)
         with self.lock:
             before = self.store.get(key)

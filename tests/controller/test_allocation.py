@@ -80,3 +80,22 @@ def test_without_consumable_capacity_the_books_come_from_the_resolved_configs(fa
             [result] = obj["status"]["allocation"]["devices"]["results"]
             assert "shareID" not in result and result["device"] == "gpu-0"
             assert obj["status"]["allocation"]["devices"]["config"][-1]["opaque"]["parameters"]["memory"] == 4 << 30
+
+
+def test_only_our_gate_is_lifted_and_the_rest_of_the_pod_is_untouched(fake_apiserver):
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server)
+    server.create(claim("c", config=vgpu_config(memory="1Gi")))
+    spec = pod("app", ["c"])
+    spec["spec"]["schedulingGates"].append({"name": "example.com/quota"})
+    spec["spec"]["containers"][0]["env"] = [{"name": "MODEL", "value": "resnet50"}]
+    spec["metadata"]["labels"] = {"app": "inference"}
+    server.create(spec)
+    server.faults.add(409, resource="pods", verbs=("patch",), count=1)
+    with running_controller(server):
+        wait_for(lambda: server.get("Pod", "app", "default")["spec"]["schedulingGates"] == [{"name": "example.com/quota"}],
+                 what="our gate lifted, the other kept")
+    stored = server.get("Pod", "app", "default")
+    assert stored["spec"]["containers"][0]["env"] == [{"name": "MODEL", "value": "resnet50"}]
+    assert stored["metadata"]["labels"] == {"app": "inference"}
