@@ -23,6 +23,7 @@ typedef struct CUarray_st *CUarray;
 typedef struct CUmipmappedArray_st *CUmipmappedArray;
 typedef struct CUmemPoolHandle_st *CUmemoryPool;
 typedef struct CUgraphExec_st *CUgraphExec;
+typedef struct CUevent_st *CUevent;
 
 #define CUDA_SUCCESS 0
 #define CUDA_ERROR_INVALID_VALUE 1
@@ -33,6 +34,7 @@ typedef struct CUgraphExec_st *CUgraphExec;
 #define CUDA_ERROR_INVALID_CONTEXT 201
 #define CUDA_ERROR_INVALID_HANDLE 400
 #define CUDA_ERROR_NOT_FOUND 500
+#define CUDA_ERROR_NOT_READY 600
 #define CUDA_ERROR_NOT_PERMITTED 800
 #define CUDA_ERROR_NOT_SUPPORTED 801
 #define CUDA_ERROR_UNKNOWN 999
@@ -121,7 +123,18 @@ typedef struct CUmemPoolProps_st {
 /* cuCtxCreate_v3 / _v4 parameters are passed through untouched: opaque here. */
 typedef struct CUexecAffinityParam_st CUexecAffinityParam;
 typedef struct CUctxCreateParams_st CUctxCreateParams;
-/* cuLaunchKernelEx configuration: passed through untouched. */
-typedef struct CUlaunchConfig_st CUlaunchConfig;
+/* cuLaunchKernelEx configuration (layout as in cuda.h since 11.8). The shim reads only hStream. */
+typedef struct CUlaunchAttribute_st CUlaunchAttribute;
+typedef struct CUlaunchConfig_st {
+    unsigned int gridDimX, gridDimY, gridDimZ;
+    unsigned int blockDimX, blockDimY, blockDimZ;
+    unsigned int sharedMemBytes;
+    CUstream hStream;
+    CUlaunchAttribute *attrs;
+    unsigned int numAttrs;
+} CUlaunchConfig;
+
+/* cuEventCreate flags: the limiter's timing events keep timing on (CU_EVENT_DEFAULT). */
+#define CU_EVENT_DEFAULT 0
 
 #endif /* VGPU_CUDA_H */

@@ -9,7 +9,7 @@
  * __atomic builtins.
  *
  * Layout rules: the layout never changes within one VGPU_REGION_LAYOUT_VERSION; new fields go into
- * the spare words. Fields of the SM-core limiter (issue 4) are reserved here from version 1 on.
+ * the spare words. The SM-core limiter's fields were reserved from version 1 on and are used as is.
  */
 #ifndef VGPU_REGION_H
 #define VGPU_REGION_H
@@ -44,6 +44,30 @@
 #define VGPU_POLICY_SOFT 0
 #define VGPU_POLICY_HARD 1
 
+/*
+ * vgpu_gpu.limiter_state[]: the SM-core limiter's state, shared by every process of the claim
+ * (shim/src/limiter.c, limiter_monitor.c). Plain words changed only by atomics and CAS, never
+ * under a lock, so a process killed at any instruction leaves nothing held.
+ *   VGPU_LIM_VCLOCK      virtual clock (ns, CLOCK_MONOTONIC): wall time the claim's charged device
+ *                        time has paid for; a launch may go while it is at most the allowed debt
+ *                        ahead of now
+ *   VGPU_LIM_BUSY_NS     device time of the claim's kernels measured so far (all processes)
+ *   VGPU_LIM_CTL_AT      when the controller last ran (ns); the CAS on it elects one updater
+ *   VGPU_LIM_CTL_BUSY    VGPU_LIM_BUSY_NS at that moment
+ *   VGPU_LIM_GATE        1 while the cap is enforced (always for hard; soft: while others want it)
+ *   VGPU_LIM_HOLD_UNTIL  soft: keep enforcing at least until then (ns)
+ *   VGPU_LIM_PROBE_AT    soft, released: when to enforce again briefly to look for other tenants
+ *   VGPU_LIM_OTHERS_PPM  soft: the device utilization not explained by this claim, last seen
+ */
+#define VGPU_LIM_VCLOCK 0
+#define VGPU_LIM_BUSY_NS 1
+#define VGPU_LIM_CTL_AT 2
+#define VGPU_LIM_CTL_BUSY 3
+#define VGPU_LIM_GATE 4
+#define VGPU_LIM_HOLD_UNTIL 5
+#define VGPU_LIM_PROBE_AT 6
+#define VGPU_LIM_OTHERS_PPM 7
+
 /* Per claim and GPU. Counters are signed bytes and never negative. */
 struct vgpu_gpu {
     char uuid[VGPU_UUID_LEN];      /* "GPU-..." / "MIG-..." as in the claim config */
@@ -52,13 +76,13 @@ struct vgpu_gpu {
     int64_t peak_bytes;            /* highest used_bytes seen */
     int64_t rejected_allocs;       /* allocations refused by the wall */
     int64_t context_bytes;         /* part of used_bytes that is measured context footprint */
-    /* SM-core limiter (issue 4): reserved now so the layout does not change later. */
-    int32_t core_cap;              /* percent of SMs, 0 = no cap */
+    /* SM-core limiter */
+    int32_t core_cap;              /* percent of the GPU's time, 0 (or 100) = no cap */
     int32_t core_policy;           /* VGPU_POLICY_* */
-    int64_t measured_share_ppm;    /* measured SM share, parts per million */
-    int64_t throttled_ns;          /* total time launches were held back */
+    int64_t measured_share_ppm;    /* the claim's measured share of device time, parts per million */
+    int64_t throttled_ns;          /* total time launches were held back, all processes */
     int64_t launches_delayed;      /* launches that waited at least once */
-    int64_t limiter_state[VGPU_LIMITER_WORDS];
+    int64_t limiter_state[VGPU_LIMITER_WORDS]; /* VGPU_LIM_* above */
     int64_t spare[8];
 };
 

@@ -21,7 +21,6 @@ struct vgpu_real_helpers vgpu_helper;
 int vgpu_mode;
 int vgpu_ready;
 void *vgpu_libcuda;
-int vgpu_limiter_active; /* issue 4 sets it when a core cap is active; 0 = launches go straight through */
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static __thread int t_in_init; /* dlsym calls made by the driver while we load it see raw results */
@@ -111,6 +110,8 @@ static void wire_accounts(void)
             a->proc_used = &reg->map->procs[reg->slot].used[idx];
             a->limit = lim->memory_bytes;
             a->region = reg;
+            a->cores = lim->cores;
+            a->policy = lim->policy;
             memcpy(vgpu_account_uuid[n], lim->uuid_bytes, 16);
             n++;
         }
@@ -132,6 +133,7 @@ static void atfork_child(void)
         }
     }
     wire_accounts();
+    vgpu_limiter_setup(1);
 }
 
 static const char *claims_root(void)
@@ -166,8 +168,10 @@ static void do_init(void)
             if (vgpu_region_attach(g_region_paths[c], &g_claims.claims[c], &g_regions[c], err, sizeof(err)) != 0)
                 vgpu_mode = VGPU_MODE_FAIL_CLOSED;
         }
-        if (vgpu_mode == VGPU_MODE_ENFORCE)
+        if (vgpu_mode == VGPU_MODE_ENFORCE) {
             wire_accounts();
+            vgpu_limiter_setup(0);
+        }
     }
     if (vgpu_mode == VGPU_MODE_FAIL_CLOSED)
         vgpu_log_once(&logged, "%s; CUDA is disabled in this process (fail closed)", err);

@@ -76,6 +76,8 @@ struct vgpu_account {
     int64_t *proc_used;               /* our slot's counter for this GPU */
     int64_t limit;                    /* from the root-owned config, never from the region */
     struct vgpu_attached_region *region;
+    int cores;                        /* SM-core cap in percent from the config, 0 = none */
+    int policy;                       /* VGPU_POLICY_* from the config */
 };
 
 /* Reserve bytes under the wall (CAS). 1 = admitted, 0 = refused (counted as rejected). */
@@ -201,7 +203,12 @@ struct vgpu_account *vgpu_account_current(CUdevice *dev, CUresult *err);
       (CUDA_ARRAY_MEMORY_REQUIREMENTS * req, CUmipmappedArray arr, CUdevice dev), (req, arr, dev))    \
     X(cuCtxGetCurrent, (CUcontext * pctx), (pctx))                                                    \
     X(cuCtxPushCurrent_v2, (CUcontext ctx), (ctx))                                                    \
-    X(cuCtxPopCurrent_v2, (CUcontext * pctx), (pctx))
+    X(cuCtxPopCurrent_v2, (CUcontext * pctx), (pctx))                                                \
+    X(cuEventCreate, (CUevent * ev, unsigned int flags), (ev, flags))                                 \
+    X(cuEventDestroy_v2, (CUevent ev), (ev))                                                          \
+    X(cuEventRecord, (CUevent ev, CUstream s), (ev, s))                                               \
+    X(cuEventQuery, (CUevent ev), (ev))                                                               \
+    X(cuEventElapsedTime, (float *ms, CUevent start, CUevent end), (ms, start, end))
 
 #define VGPU_DECLARE_PFN(name, params, args) typedef CUresult(*vgpu_pfn_##name) params;
 VGPU_CUDA_HOOKS(VGPU_DECLARE_PFN)
@@ -272,11 +279,65 @@ int vgpu_ptrmap_get(int kind, uint64_t key, int64_t *bytes, struct vgpu_account 
 int vgpu_ptrmap_take(int kind, uint64_t key, int64_t *bytes, struct vgpu_account **acct);
 void vgpu_ptrmap_clear(void); /* fork child: the parent's allocations are not ours */
 
-/* ---- limiter hook point (issue 4): launches ask it before going to the driver ---------------- */
+/* ---- limiter.c / limiter_monitor.c: the SM-core cap (docs/shim.md, "SM-core cap") ---------- */
 
-/* Nonzero while any GPU of this process has an active core cap; read relaxed on every launch. */
+/* Nonzero while any GPU of this process has a core cap; read relaxed on every launch. Written by
+ * loader.c at init (and in a fork child), read-only otherwise. */
 extern int vgpu_limiter_active;
-void vgpu_limiter_before_launch(void);
+
+/* What a launch is, for the estimate of the device time it will take. */
+enum vgpu_launch_kind { VGPU_LAUNCH_KERNEL = 0, VGPU_LAUNCH_GRAPH = 1 };
+
+/* One measured launch: its start/end events (a slot of the limiter's table) and what it was
+ * charged before it ran. Lives on the launching thread's stack between before and after. */
+struct vgpu_launch_ticket {
+    struct vgpu_limiter *lim; /* NULL: not limited (device in no capped claim) */
+    int slot;                 /* timing slot, -1 when unmeasured */
+    int kind;
+    int64_t charged_ns;       /* estimate charged to the virtual clock, 0 when the gate was open */
+};
+
+/* Called by every launch hook while vgpu_limiter_active: waits (bounded sleeps) until the claim
+ * may use the device, charges the launch's estimated device time and starts its timing. */
+void vgpu_limiter_before_launch(struct vgpu_launch_ticket *t, CUstream s, int per_thread_stream, int kind);
+/* After the driver call: finishes the timing (or refunds the estimate when the launch failed). */
+void vgpu_limiter_after_launch(struct vgpu_launch_ticket *t, CUstream s, int per_thread_stream, CUresult rc);
+/* loader.c, at init and in a fork child: the limiter of every account with a cap. */
+void vgpu_limiter_setup(int fork_child);
+
+/* Process-local state of one capped (claim, GPU); the shared part lives in the region. */
+#define VGPU_TIMING_SLOTS 256
+struct vgpu_timing_slot {
+    int state;                /* VGPU_SLOT_*; CAS-owned by a launcher, then by the monitor */
+    int kind;
+    CUevent start, end;       /* created by the first launch using the slot, in its context */
+    CUcontext ctx;            /* the context the events belong to */
+    int64_t charged_ns;
+};
+#define VGPU_SLOT_FREE 0
+#define VGPU_SLOT_LAUNCHING 1
+#define VGPU_SLOT_PENDING 2
+
+struct vgpu_limiter {
+    struct vgpu_gpu *gpu;     /* the claim's GPU entry in the region (shared state) */
+    int cap;                  /* 1..99 percent, from the root-owned config */
+    int policy;               /* VGPU_POLICY_* */
+    int64_t estimate_ns[2];   /* per vgpu_launch_kind: running mean of measured device time */
+    unsigned next_slot;       /* where launchers start looking for a free timing slot */
+    void *nvml_device;        /* monitor thread only: NVML handle, NULL until found */
+    int nvml_state;           /* monitor thread only: 0 unknown, 1 usable, -1 unavailable */
+    struct vgpu_timing_slot slots[VGPU_TIMING_SLOTS];
+};
+
+/* Owned by limiter.c: one per account with a cap (indexed like vgpu_accounts), set up at init. */
+extern struct vgpu_limiter *vgpu_limiters[VGPU_MAX_CLAIMS * VGPU_MAX_GPUS];
+int64_t vgpu_mono_ns(void);
+/* limiter_monitor.c: starts the monitor thread of this process (once; again in a fork child). */
+void vgpu_limiter_monitor_start(void);
+/* A fork child has no monitor thread: the next capped launch starts its own. */
+void vgpu_limiter_monitor_forget(void);
+/* limiter.c: charge (or refund, negative) device time to a claim's virtual clock. */
+void vgpu_limiter_charge(struct vgpu_limiter *lim, int64_t device_ns);
 
 /* hooks_ctx.c: a fork child creates its own contexts, to be charged again. */
 void vgpu_contexts_forget(void);

@@ -85,6 +85,6 @@ def test_dlsym_of_other_cu_prefixed_names_is_left_alone(claimed: Node) -> None:
 
 
 def test_every_launch_variant_passes_through(claimed: Node) -> None:
-    result = claimed.run("init", "launchall")
-    codes = {k: v for k, v in result.lines[1].items() if k.startswith("cu")}
+    result = claimed.run("init", "ctx", "0", "launchall")
+    codes = {k: v for k, v in result.lines[2].items() if k.startswith("cu")}
     assert len(codes) == 8 and set(codes.values()) == {"0"}

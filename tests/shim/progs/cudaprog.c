@@ -474,15 +474,24 @@ static int run_one(char **argv, int i, int argc, const char *self, const char *m
         return 2;
     }
     if (!strcmp(cmd, "launchall")) {
-        /* Every launch variant, as exported (dlsym RTLD_DEFAULT): their return codes. */
+        /* Every launch variant, as exported (dlsym RTLD_DEFAULT), with valid arguments (a 1-thread
+         * kernel, a graph of 1 us from the fake driver's test hook): their return codes. */
+        CUresult (*make_graph)(CUgraphExec *, long long) = dlsym(RTLD_DEFAULT, "fakeCudaGraphExecCreate");
+        CUgraphExec graph = NULL;
+        CUlaunchConfig config;
+        memset(&config, 0, sizeof(config));
+        config.gridDimX = config.gridDimY = config.gridDimZ = 1;
+        config.blockDimX = config.blockDimY = config.blockDimZ = 1;
+        if (make_graph)
+            make_graph(&graph, 1000);
         printf("launchall rc=0");
         for (unsigned k = 0; k < sizeof(launch_names) / sizeof(launch_names[0]); k++) {
             void *fn = dlsym(RTLD_DEFAULT, launch_names[k]);
             CUresult r;
             if (strstr(launch_names[k], "Graph"))
-                r = ((CUresult(*)(void *, void *))fn)(NULL, NULL);
+                r = ((CUresult(*)(void *, void *))fn)(graph, NULL);
             else if (strstr(launch_names[k], "Ex"))
-                r = ((CUresult(*)(void *, void *, void *, void *))fn)(NULL, NULL, NULL, NULL);
+                r = ((CUresult(*)(void *, void *, void *, void *))fn)(&config, NULL, NULL, NULL);
             else if (strstr(launch_names[k], "Cooperative"))
                 r = ((CUresult(*)(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
                                   void *, void *))fn)(NULL, 1, 1, 1, 1, 1, 1, 0, NULL, NULL);

@@ -1,0 +1,226 @@
+/*
+ * The SM-core limiter's feedback side: one thread per process that uses a capped GPU.
+ *
+ * Every POLL_NS it reads the timing events of this process's finished launches (device time =
+ * elapsed time between the start and end events around the launch on its stream), adds it to the
+ * claim's busy counter in the region, corrects the estimate that was charged, and updates the
+ * running estimate of a launch's device time. Every CONTROL_NS one process of the claim (elected
+ * by a CAS on VGPU_LIM_CTL_AT, so a dead process never blocks it) turns the busy counter into the
+ * measured share and, for the `soft` policy, decides whether the cap is enforced:
+ *
+ *   others = device utilization (NVML) - the claim's own share over the last period.
+ *   Enforced while others >= OTHERS_MIN, and HOLD_NS after they were last seen. Released
+ *   otherwise; a released claim cannot see other tenants while it fills the GPU itself (NVML
+ *   then reads 100 % and so does its own share), so every PROBE_EVERY_NS it enforces the cap for
+ *   HOLD_NS and looks again. Without a usable NVML, soft behaves like hard.
+ *
+ * The thread holds no lock, calls the driver only for event queries, blocks every signal (the
+ * application's handlers run on its own threads) and stops once the process is exiting.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <time.h>
+
+#include "glibc_compat.h"
+#include "vgpu_internal.h"
+
+#define POLL_NS 2000000LL              /* event polling period */
+#define CONTROL_NS 100000000LL         /* controller period, shared by the claim's processes */
+#define STALE_NS 2000000000LL          /* no update for this long: restart the share window */
+#define OTHERS_MIN_PPM 50000           /* 5 % of the device used by someone else = contention */
+#define HOLD_NS 500000000LL            /* soft: enforce at least this long once contention is seen */
+#define PROBE_EVERY_NS 3000000000LL    /* soft, released: enforce briefly this often to look again */
+#define SHARE_SMOOTHING 2              /* measured share: new = old + (window - old) / this */
+#define ESTIMATE_SMOOTHING 4           /* launch estimate: new = old + (measured - old) / this */
+
+/* 0 until this process (or fork child: reset by vgpu_limiter_setup's caller) started the thread. */
+static int g_started;
+
+/* ---- NVML device utilization (monitor thread only) ------------------------------------------ */
+
+typedef int (*nvml_init_fn)(void);
+typedef int (*nvml_by_uuid_fn)(const char *, void **);
+typedef struct {
+    unsigned int gpu, memory;
+} nvml_utilization;
+typedef int (*nvml_util_fn)(void *, nvml_utilization *);
+
+/* Resolved once by the monitor thread; read only by it. */
+static struct {
+    int state; /* 0 not tried, 1 ready, -1 unavailable */
+    nvml_by_uuid_fn by_uuid;
+    nvml_util_fn utilization;
+} g_nvml;
+
+static void nvml_load(void)
+{
+    void *h = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_NODELETE);
+    nvml_init_fn init;
+    g_nvml.state = -1;
+    if (!h)
+        return;
+    init = (nvml_init_fn)vgpu_real_dlsym(h, "nvmlInit_v2");
+    g_nvml.by_uuid = (nvml_by_uuid_fn)vgpu_real_dlsym(h, "nvmlDeviceGetHandleByUUID");
+    g_nvml.utilization = (nvml_util_fn)vgpu_real_dlsym(h, "nvmlDeviceGetUtilizationRates");
+    /* Initialised for the life of the process: NVML counts references, the application's own
+     * nvmlInit/nvmlShutdown pairs are unaffected. */
+    if (init && g_nvml.by_uuid && g_nvml.utilization && init() == 0)
+        g_nvml.state = 1;
+}
+
+/* Device utilization in ppm, or -1 when NVML cannot tell. */
+static int64_t device_utilization_ppm(struct vgpu_limiter *lim)
+{
+    nvml_utilization u;
+    if (g_nvml.state == 0)
+        nvml_load();
+    if (g_nvml.state < 0 || lim->nvml_state < 0)
+        return -1;
+    if (!lim->nvml_device) {
+        char uuid[VGPU_UUID_LEN];
+        memcpy(uuid, lim->gpu->uuid, sizeof(uuid));
+        uuid[sizeof(uuid) - 1] = '\0';
+        if (g_nvml.by_uuid(uuid, &lim->nvml_device) != 0) {
+            lim->nvml_state = -1;
+            return -1;
+        }
+        lim->nvml_state = 1;
+    }
+    if (g_nvml.utilization(lim->nvml_device, &u) != 0)
+        return -1;
+    return (int64_t)(u.gpu > 100 ? 100 : u.gpu) * 10000;
+}
+
+/* ---- measurement ---------------------------------------------------------------------------- */
+
+static void poll_events(struct vgpu_limiter *lim)
+{
+    for (int i = 0; i < VGPU_TIMING_SLOTS; i++) {
+        struct vgpu_timing_slot *slot = &lim->slots[i];
+        if (__atomic_load_n(&slot->state, __ATOMIC_ACQUIRE) != VGPU_SLOT_PENDING)
+            continue;
+        CUresult rc = vgpu_helper.cuEventQuery(slot->end);
+        if (rc == CUDA_ERROR_NOT_READY)
+            continue;
+        float ms = 0;
+        int64_t device_ns = -1;
+        if (rc == CUDA_SUCCESS && vgpu_helper.cuEventElapsedTime &&
+            vgpu_helper.cuEventElapsedTime(&ms, slot->start, slot->end) == CUDA_SUCCESS && ms >= 0)
+            device_ns = (int64_t)((double)ms * 1e6);
+        if (device_ns >= 0) {
+            int64_t *estimate = &lim->estimate_ns[slot->kind];
+            int64_t old = __atomic_load_n(estimate, __ATOMIC_RELAXED);
+            __atomic_store_n(estimate, old ? old + (device_ns - old) / ESTIMATE_SMOOTHING : device_ns,
+                             __ATOMIC_RELAXED);
+            __atomic_add_fetch(&lim->gpu->limiter_state[VGPU_LIM_BUSY_NS], device_ns, __ATOMIC_RELAXED);
+            if (slot->charged_ns)
+                vgpu_limiter_charge(lim, device_ns - slot->charged_ns);
+        } /* else an event error: the estimate charged stands for the launch */
+        __atomic_store_n(&slot->state, VGPU_SLOT_FREE, __ATOMIC_RELEASE);
+    }
+}
+
+/* ---- control -------------------------------------------------------------------------------- */
+
+static void enforce(struct vgpu_limiter *lim, int64_t now)
+{
+    int64_t *st = lim->gpu->limiter_state;
+    __atomic_store_n(&st[VGPU_LIM_HOLD_UNTIL], now + HOLD_NS, __ATOMIC_RELAXED);
+    if (__atomic_exchange_n(&st[VGPU_LIM_GATE], 1, __ATOMIC_RELAXED) == 0)
+        __atomic_store_n(&st[VGPU_LIM_VCLOCK], now, __ATOMIC_RELAXED); /* start from a clean balance */
+}
+
+static void soft_decision(struct vgpu_limiter *lim, int64_t now, int64_t own_ppm)
+{
+    int64_t *st = lim->gpu->limiter_state;
+    int64_t device = device_utilization_ppm(lim);
+    if (device < 0) {
+        __atomic_store_n(&st[VGPU_LIM_OTHERS_PPM], -1, __ATOMIC_RELAXED);
+        enforce(lim, now); /* cannot see the others: keep the cap */
+        return;
+    }
+    int64_t others = device - own_ppm;
+    if (others < 0)
+        others = 0;
+    __atomic_store_n(&st[VGPU_LIM_OTHERS_PPM], others, __ATOMIC_RELAXED);
+    if (others >= OTHERS_MIN_PPM) {
+        enforce(lim, now);
+    } else if (__atomic_load_n(&st[VGPU_LIM_GATE], __ATOMIC_RELAXED)) {
+        if (now > __atomic_load_n(&st[VGPU_LIM_HOLD_UNTIL], __ATOMIC_RELAXED)) {
+            __atomic_store_n(&st[VGPU_LIM_PROBE_AT], now + PROBE_EVERY_NS, __ATOMIC_RELAXED);
+            __atomic_store_n(&st[VGPU_LIM_GATE], 0, __ATOMIC_RELAXED);
+        }
+    } else if (now >= __atomic_load_n(&st[VGPU_LIM_PROBE_AT], __ATOMIC_RELAXED)) {
+        enforce(lim, now);
+    }
+}
+
+static void control(struct vgpu_limiter *lim, int64_t now)
+{
+    int64_t *st = lim->gpu->limiter_state;
+    int64_t last = __atomic_load_n(&st[VGPU_LIM_CTL_AT], __ATOMIC_RELAXED);
+    if (now - last < CONTROL_NS && now >= last)
+        return;
+    if (!__atomic_compare_exchange_n(&st[VGPU_LIM_CTL_AT], &last, now, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        return; /* another process of the claim runs this period */
+    int64_t busy = __atomic_load_n(&st[VGPU_LIM_BUSY_NS], __ATOMIC_RELAXED);
+    int64_t prev = __atomic_exchange_n(&st[VGPU_LIM_CTL_BUSY], busy, __ATOMIC_RELAXED);
+    if (last == 0 || now - last > STALE_NS || now < last || busy < prev)
+        return; /* first period (or after a pause): only the baseline is taken */
+    int64_t window = (busy - prev) * 1000000 / (now - last);
+    if (window > 1000000)
+        window = 1000000; /* several streams side by side: the share is of the whole device */
+    int64_t shown = __atomic_load_n(&lim->gpu->measured_share_ppm, __ATOMIC_RELAXED);
+    __atomic_store_n(&lim->gpu->measured_share_ppm, shown + (window - shown) / SHARE_SMOOTHING, __ATOMIC_RELAXED);
+    if (lim->policy == VGPU_POLICY_HARD)
+        __atomic_store_n(&st[VGPU_LIM_GATE], 1, __ATOMIC_RELAXED);
+    else
+        soft_decision(lim, now, window);
+}
+
+static void *monitor(void *arg)
+{
+    struct timespec nap = {0, POLL_NS};
+    (void)arg;
+    while (__atomic_load_n(&vgpu_mode, __ATOMIC_RELAXED) == VGPU_MODE_ENFORCE) {
+        int64_t now = vgpu_mono_ns();
+        for (int i = 0; i < vgpu_account_count; i++) {
+            struct vgpu_limiter *lim = vgpu_limiters[i];
+            if (!lim)
+                continue;
+            poll_events(lim);
+            control(lim, now);
+        }
+        nanosleep(&nap, NULL);
+    }
+    return NULL;
+}
+
+void vgpu_limiter_monitor_start(void)
+{
+    pthread_t thread;
+    pthread_attr_t attr;
+    sigset_t all, old;
+    int expected = 0;
+    if (VGPU_LIKELY(__atomic_load_n(&g_started, __ATOMIC_RELAXED)))
+        return;
+    if (!__atomic_compare_exchange_n(&g_started, &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        return;
+    if (!vgpu_helper.cuEventQuery)
+        return; /* no event API: launches are still charged their estimates (of zero) */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
+    pthread_create(&thread, &attr, monitor, NULL);
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+void vgpu_limiter_monitor_forget(void)
+{
+    __atomic_store_n(&g_started, 0, __ATOMIC_RELAXED);
+}
