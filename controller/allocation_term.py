@@ -521,8 +521,9 @@ class AllocationTerm:
                     if uid in self._in_flight:
                         self._in_flight.discard(uid)
                         self._rebook(object_key(claim), uid)
-        log.info("allocated", pod=object_key(pod), node=placement.node,
-                 claims=[object_key(c) for c in pending], written=written)
+        if written:
+            log.info("allocated", pod=object_key(pod), node=placement.node,
+                     claims=[object_key(c) for c in pending], written=written)
         if rejected is not None:
             claim, error = rejected
             self._refuse(pod, [claim], f"the API server rejected the allocation of claim {claim_label(claim)} "
