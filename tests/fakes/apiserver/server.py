@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 import traceback
-import select
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,20 +22,16 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from . import events_view
-from .errors import ApiError, bad_request, invalid, not_found
+from .discovery import discovery_response
+from .errors import ApiError, bad_request, invalid
 from .hooks import DROP_CONNECTION, WRITE_VERBS, AuditLog, AuditRecord, FaultInjector
-from .resources import RESOURCE_TYPES, ResourceType, group_versions, resource_for_path, resource_named
+from .patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from .resources import RESOURCE_TYPES, ResourceType, resource_for_path, resource_named
 from .schema_validation import SchemaRegistry, default_openapi_dir
 from .selectors import Predicate, SelectorError, parse_field_selector, parse_label_selector
-from .patch import PatchError, json_patch, merge_patch, strategic_merge_patch
-from .store import Observer, Store, WatchEvent
+from .store import Observer, Store
+from .watch_stream import WatchRequest, WatchStream
 
-SERVER_VERSION = {
-    "major": "1", "minor": "36", "emulationMajor": "1", "emulationMinor": "36",
-    "minCompatibilityMajor": "1", "minCompatibilityMinor": "35", "gitVersion": "v1.36.3",
-    "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
-    "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.25.0", "compiler": "gc", "platform": "linux/amd64",
-}
 USER_HEADER = "X-Fake-User"
 
 _shared_registries: dict[Path, SchemaRegistry] = {}
@@ -97,18 +92,6 @@ def _delete_options(body: Any, query: dict[str, str]) -> dict[str, Any]:
     return options
 
 
-def _peer_closed(sock: socket.socket) -> bool:
-    """Whether the client closed its end (readable with nothing to read). A watch client sends
-    nothing after its request, so readability means EOF or a reset."""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
-            return False
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except (OSError, ValueError):
-        return True
-
-
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -158,9 +141,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.fake._dispatch(self, "DELETE")
 
     def send_json(self, code: int, body: Any, extra_headers: dict[str, str] | None = None) -> None:
+        self.send_body(code, "application/json", body, extra_headers)
+
+    def send_body(self, code: int, content_type: str, body: Any, extra_headers: dict[str, str] | None = None) -> None:
         data = body if isinstance(body, bytes) else _json_bytes(body)
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for k, v in (extra_headers or {}).items():
             self.send_header(k, v)
@@ -370,8 +356,11 @@ class FakeApiServer:
         route: _Route | None = None
         verb = method.lower()
         try:
-            if method == "GET" and self._serve_discovery(handler, segs):
-                return
+            if method == "GET":
+                found = discovery_response(segs, f"127.0.0.1:{self.port}", self.schemas.directory)
+                if found is not None:
+                    handler.send_body(200, found[0], found[1])
+                    return
             route = self._route(segs)
             if route is None:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -601,174 +590,17 @@ class FakeApiServer:
 
     def _serve_watch(self, handler: _Handler, route: _Route, query: dict[str, str],
                      fault_410: ApiError | None = None) -> None:
-        rt, ns = route.rt, route.namespace
+        rt = route.rt
         storage = resource_named(rt.stored_as) if rt.stored_as else rt
-        predicate = self._predicate(rt, query)
-        if route.name:
-            by_name = lambda o: o["metadata"]["name"] == route.name  # noqa: E731
-            predicate = (lambda o, p=predicate: by_name(o) and p(o)) if predicate else by_name
-
-        def matches(obj: dict[str, Any] | None) -> bool:
-            if obj is None:
-                return False
-            if ns is not None and obj["metadata"].get("namespace") != ns:
-                return False
-            return predicate is None or predicate(obj)
-
-        filtered = ns is not None or predicate is not None
-
-        def line(ev: WatchEvent, event_type: str | None = None) -> bytes:
-            if storage is rt:
-                return ev.line(event_type)
-            return _json_bytes({"type": event_type or ev.type, "object": events_view.to_view(ev.obj)}) + b"\n"
-
-        rv_text = query.get("resourceVersion") or ""
-        send_initial = query.get("sendInitialEvents") == "true"
-        bookmarks = query.get("allowWatchBookmarks") in ("1", "true")
-        timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
-        end_time = time.monotonic() + timeout if timeout else float("inf")
-
+        request = WatchRequest.from_query(rt, storage, route.namespace, route.name, self._predicate(rt, query), query,
+                                          events_view.to_view if rt.stored_as else None)
         handler.send_response(200)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Transfer-Encoding", "chunked")
         handler.end_headers()
         handler.close_connection = True
-
-        def write(data: bytes) -> None:
-            handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-
-        def bookmark(extra_annotations: dict[str, str] | None = None) -> bytes:
-            meta: dict[str, Any] = {"resourceVersion": str(self.store.resource_version)}
-            if extra_annotations:
-                meta["annotations"] = extra_annotations
-            return _json_bytes({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version,
-                                                                "metadata": meta}}) + b"\n"
-
-        epoch = self.store.watch_epoch
-        try:
-            if fault_410 is not None:
-                write(_json_bytes({"type": "ERROR", "object": fault_410.status()}) + b"\n")
-                handler.wfile.write(b"0\r\n\r\n")
-                return
-            try:
-                if not rv_text.isdigit() and rv_text != "":
-                    raise bad_request(f"invalid resourceVersion {rv_text!r}")
-                rv = int(rv_text) if rv_text else None
-                start_rv = None if (rv in (None, 0) or send_initial) else rv
-                position, initial = self.store.watch_start(storage, start_rv)
-            except ApiError as exc:
-                write(_json_bytes({"type": "ERROR", "object": exc.status()}) + b"\n")
-                handler.wfile.write(b"0\r\n\r\n")
-                return
-            if initial is not None:
-                chunk = [line(WatchEvent(int(o["metadata"]["resourceVersion"]), "ADDED", o))
-                         for o in sorted(initial, key=lambda o: int(o["metadata"]["resourceVersion"])) if matches(o)]
-                if chunk:
-                    write(b"".join(chunk))
-                if send_initial and bookmarks:
-                    write(bookmark({"k8s.io/initial-events-end": "true"}))
-            next_bookmark = time.monotonic() + self.bookmark_interval_s
-            while not self.store.closed and self.store.watch_epoch == epoch:
-                now = time.monotonic()
-                if now >= end_time:
-                    break
-                deadline = min(end_time, next_bookmark) if bookmarks else end_time
-                if _peer_closed(handler.connection):
-                    return
-                try:
-                    # Wake at least every second to notice a client that went away while idle.
-                    batch, position = self.store.wait_events(storage, position, min(deadline, now + 1.0), epoch)
-                except ApiError as exc:
-                    write(_json_bytes({"type": "ERROR", "object": exc.status()}) + b"\n")
-                    break
-                lines = []
-                for ev in batch:
-                    if not filtered:
-                        lines.append(line(ev))
-                        continue
-                    new_ok = matches(ev.obj)
-                    if ev.type == "MODIFIED":
-                        old_ok = matches(ev.old)
-                        if new_ok:
-                            lines.append(line(ev) if old_ok else line(ev, "ADDED"))
-                        elif old_ok:
-                            lines.append(line(ev, "DELETED"))
-                    elif new_ok:
-                        lines.append(line(ev))
-                if lines:
-                    write(b"".join(lines))
-                if bookmarks and time.monotonic() >= next_bookmark:
-                    write(bookmark())
-                    next_bookmark = time.monotonic() + self.bookmark_interval_s
-            handler.wfile.write(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError, OSError):
-            return
-
-    # --- discovery ------------------------------------------------------------------------
-
-    def _serve_discovery(self, handler: _Handler, segs: list[str]) -> bool:
-        gvs = group_versions()
-        if segs == ["version"]:
-            handler.send_json(200, SERVER_VERSION)
-        elif segs in (["healthz"], ["readyz"], ["livez"]):
-            data = b"ok"
-            handler.send_response(200)
-            handler.send_header("Content-Type", "text/plain")
-            handler.send_header("Content-Length", str(len(data)))
-            handler.end_headers()
-            handler.wfile.write(data)
-        elif segs == ["api"]:
-            handler.send_json(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
-                {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{self.port}"}]})
-        elif segs == ["apis"]:
-            handler.send_json(200, {"kind": "APIGroupList", "apiVersion": "v1",
-                                    "groups": [self._api_group(g) for g in self._groups(gvs)]})
-        elif len(segs) == 2 and segs[0] == "apis" and segs[1] in self._groups(gvs):
-            handler.send_json(200, {"kind": "APIGroup", "apiVersion": "v1", **self._api_group(segs[1])})
-        elif segs == ["api", "v1"] or (len(segs) == 3 and segs[0] == "apis" and f"{segs[1]}/{segs[2]}" in gvs):
-            gv = "v1" if segs[0] == "api" else f"{segs[1]}/{segs[2]}"
-            handler.send_json(200, self._resource_list(gv, gvs[gv]))
-        elif segs[:2] == ["openapi", "v3"]:
-            self._serve_openapi(handler, segs[2:])
+        stream = WatchStream(self.store, request, handler.wfile, handler.connection, self.bookmark_interval_s)
+        if fault_410 is not None:
+            stream.error(fault_410)  # the watch cache tells a watcher in-stream
         else:
-            return False
-        return True
-
-    @staticmethod
-    def _groups(gvs: dict[str, list[ResourceType]]) -> list[str]:
-        return sorted({gv.split("/")[0] for gv in gvs if "/" in gv})
-
-    @staticmethod
-    def _api_group(group: str) -> dict[str, Any]:
-        versions = sorted({rt.version for rt in RESOURCE_TYPES if rt.group == group})
-        entries = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
-        return {"name": group, "versions": entries, "preferredVersion": entries[0]}
-
-    @staticmethod
-    def _resource_list(gv: str, types: list[ResourceType]) -> dict[str, Any]:
-        resources: list[dict[str, Any]] = []
-        for rt in types:
-            resources.append({"name": rt.plural, "singularName": rt.kind.lower(), "namespaced": rt.namespaced,
-                              "kind": rt.kind, "verbs": list(rt.verbs), "shortNames": list(rt.short_names)})
-            if rt.status_subresource:
-                resources.append({"name": f"{rt.plural}/status", "singularName": "", "namespaced": rt.namespaced,
-                                  "kind": rt.kind, "verbs": ["get", "patch", "update"]})
-            if rt.kind == "Pod":
-                resources.append({"name": "pods/binding", "singularName": "", "namespaced": True,
-                                  "kind": "Binding", "verbs": ["create"]})
-        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
-
-    def _serve_openapi(self, handler: _Handler, rest: list[str]) -> None:
-        directory = self.schemas.directory
-        if not rest:
-            paths = {}
-            for f in sorted(directory.glob("*.json")):
-                path = f.stem.replace("_", "/")
-                paths[path] = {"serverRelativeURL": f"/openapi/v3/{path}"}
-            handler.send_json(200, {"paths": paths})
-            return
-        name = "_".join(rest) + ".json"
-        f = directory / name
-        if not f.exists():
-            raise not_found("openapi", "", "/".join(rest))
-        handler.send_json(200, f.read_bytes())
+            stream.run()
