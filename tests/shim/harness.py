@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vgpu_dra.driver.claimconfig import ClaimConfig, GpuLimit, render
+from vgpu_dra.driver.claimconfig import ClaimConfig, GpuLimit, Policy, render
 from vgpu_dra.driver.region import RegionSnapshot, read_region
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,6 +19,7 @@ TEST_SHIM = SHIM_OUT / "libvgpu-test.so"
 PROD_SHIM = SHIM_OUT / "libvgpu.so"
 CUDAPROG = FAKES_OUT / "progs" / "cudaprog"
 PLAIN = FAKES_OUT / "progs" / "plain"
+LAUNCHLOOP = FAKES_OUT / "progs" / "launchloop"
 
 GPU0 = "GPU-00000000-0000-0000-0000-000000000000"
 GPU_A = "GPU-aaaaaaaa-1111-2222-3333-444444444444"
@@ -79,13 +80,13 @@ class Node:
     def state_file(self) -> Path:
         return self.shared_state or self.root / "fake-cuda.state"
 
-    def add_claim(self, uid: str, limits: dict[str, int], cores: int = 0) -> Path:
+    def add_claim(self, uid: str, limits: dict[str, int], cores: int = 0, policy: Policy = "soft") -> Path:
         """Write a claim dir (config + region) the way the kubelet plugin does; return the region."""
         from vgpu_dra.driver.region import create_region
 
         directory = self.claims_root / uid
         directory.mkdir(parents=True, exist_ok=True)
-        config = ClaimConfig(uid, tuple(GpuLimit(u, m, cores, "soft") for u, m in limits.items()))
+        config = ClaimConfig(uid, tuple(GpuLimit(u, m, cores, policy) for u, m in limits.items()))
         (directory / "config").write_text(render(config))
         create_region(directory / "region", config)
         return directory / "region"
@@ -128,6 +129,27 @@ class Node:
             text=True,
             start_new_session=True,  # its own process group: stop() also ends fork children
         )
+
+    def start_loop(self, *args: str, **extra: str) -> subprocess.Popen[str]:
+        """Start the busy-loop program (tests/shim/progs/launchloop.c) with options args."""
+        return subprocess.Popen(
+            [str(LAUNCHLOOP), *args],
+            env=self.env(**extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def write_nvml_inventory(self) -> Path:
+        """A fake NVML inventory with this node's devices; their utilization follows the fake driver."""
+        lines = ["fake-nvml-inventory 1", "driver_version 550.54.15", "cuda_driver_version 12040"]
+        for index, (uuid, size) in enumerate(self.devices.items()):
+            lines += ["gpu", f"uuid {uuid}", "name NVIDIA Fake", f"pci_bus_id 00000000:{index + 1:02x}:00.0",
+                      f"memory_total {size}"]
+        path = self.root / "nvml-inventory.txt"
+        path.write_text("\n".join(lines) + "\n")
+        return path
 
     def fake_device_peak(self, device: int = 0) -> int:
         """Device-wide peak usage of live processes the fake driver saw (struct fake_state)."""
