@@ -22,6 +22,8 @@ def test_objects_returns_copies_of_the_store(kube_client: client.ApiClient, fake
     stored["metadata"]["labels"] = {"mutated": "locally"}
     assert "labels" not in fake_apiserver.objects("resourceclaims")[0]["metadata"]
     assert fake_apiserver.get("ResourceClaim", "c1", "default")["metadata"]["name"] == "c1"
+    [shared] = fake_apiserver.objects("ResourceClaim", copies=False)
+    assert shared is fake_apiserver.objects("ResourceClaim", copies=False)[0]  # no copy: for observers
     assert fake_apiserver.get("ResourceClaim", "missing", "default") is None
 
 

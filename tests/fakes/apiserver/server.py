@@ -243,13 +243,16 @@ class FakeApiServer:
         """The latest resourceVersion."""
         return self.store.resource_version
 
-    def objects(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        """Deep copies of the stored objects of `kind` ("ResourceClaim", "pods", "Event.events.k8s.io")."""
+    def objects(self, kind: str, namespace: str | None = None, *, copies: bool = True) -> list[dict[str, Any]]:
+        """The stored objects of `kind` ("ResourceClaim", "pods", "Event.events.k8s.io"), as deep
+        copies. `copies=False` hands out the stored objects themselves, read-only: for observers
+        that look at the whole store on every write (copying it each time would be quadratic)."""
         rt = resource_named(kind)
         storage = resource_named(rt.stored_as) if rt.stored_as else rt
         convert = events_view.to_view if rt.stored_as else (lambda o: o)
-        return [copy.deepcopy(convert(o)) for o in self.store.snapshot(storage)
-                if namespace is None or o["metadata"].get("namespace") == namespace]
+        found = [convert(o) for o in self.store.snapshot(storage)
+                 if namespace is None or o["metadata"].get("namespace") == namespace]
+        return [copy.deepcopy(o) for o in found] if copies else found
 
     def get(self, kind: str, name: str, namespace: str = "") -> dict[str, Any] | None:
         """A deep copy of one stored object, or None."""
