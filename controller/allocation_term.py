@@ -27,7 +27,7 @@ from vgpu_dra.driver.allocator import Placement, PodRequest, Refusal, allocate
 from vgpu_dra.driver.ledger import Ledger
 from vgpu_dra.driver.placement_policy import PlacementPolicy
 
-from .claim_model import (EXCLUSIVE_MEMORY_BYTES, ClaimRejected, allocated_node, allocation, allocation_status,
+from vgpu_dra.driver.claim_model import (EXCLUSIVE_MEMORY_BYTES, ClaimRejected, allocated_node, allocation, allocation_status,
                           booked_consumptions, claim_label, claim_policy, claim_request, has_finalizer, is_ours, meta,
                           reserved_for)
 from .events import EventRecorder
@@ -35,7 +35,7 @@ from .informer import Informer, object_key
 from .kubeapi import DEVICE_CLASSES, NODES, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES, ApiError, JsonObject, KubeApi
 from .metrics import ClaimView, ControllerMetrics, GpuView
 from .node_fit import pod_fits_node
-from .published_gpus import gpus_by_node
+from vgpu_dra.driver.published_gpus import gpus_by_node
 from .workqueue import WorkQueue
 
 log = structlog.get_logger(__name__)

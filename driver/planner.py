@@ -3,7 +3,7 @@
 It does what the allocation controller would do with the same objects, in file order:
 
 1. every ResourceClaim and ResourceClaimTemplate is turned into the allocator's terms once, with
-   the controller's own rules (`vgpu_dra.controller.claim_model.claim_request`: DeviceClass
+   the controller's own rules (`vgpu_dra.driver.claim_model.claim_request`: DeviceClass
    config < claim config < capacity requests, CEL selectors compiled), so a claim the controller
    would reject is an input error here too;
 2. workloads expand into pods (``replicas`` / ``parallelism``); each pod gets its own claim from
@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vgpu_dra.controller.claim_model import ClaimRejected, claim_policy, claim_request
-from vgpu_dra.controller.published_gpus import SliceDeviceError, gpu_from_device
+from vgpu_dra.driver.claim_model import ClaimRejected, claim_policy, claim_request
+from vgpu_dra.driver.published_gpus import SliceDeviceError, gpu_from_device
 from vgpu_dra.driver.allocator import (ClaimRequest, Placement, PlacementPolicy, PodRequest, Refusal, RefusalKind,
                                        allocate)
 from vgpu_dra.driver.devices import publishable_gpus, to_device

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vgpu_dra.api.quantity import parse_bytes
-from vgpu_dra.controller.published_gpus import gpus_by_node
+from vgpu_dra.driver.published_gpus import gpus_by_node
 
 
 @dataclass

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from vgpu_dra.controller.claim_model import (EXCLUSIVE_MEMORY_BYTES, ClaimRejected, booked_consumptions,
+from vgpu_dra.driver.claim_model import (EXCLUSIVE_MEMORY_BYTES, ClaimRejected, booked_consumptions,
                                              claim_request)
 from vgpu_dra.controller.node_fit import pod_fits_node
-from vgpu_dra.controller.published_gpus import gpus_by_node
+from vgpu_dra.driver.published_gpus import gpus_by_node
 from vgpu_dra.driver.devices import build_slices
 from vgpu_dra.driver.inventory import NodeInventory
 from vgpu_dra.driver.ledger import Version
