@@ -169,9 +169,11 @@ def test_chart_classes_match_the_example_device_classes():
         chart_class = rendered[example["metadata"]["name"]]
         assert example["metadata"]["labels"].items() <= chart_class["metadata"]["labels"].items()
         assert example["spec"].get("config") == chart_class["spec"].get("config")
+        assert _selectors(example) == _selectors(chart_class)
         for device_class in (example, chart_class):
             assert compile_selectors(_selectors(device_class))(PublishedGpu())
             assert not any(_as_scheduler_sees(s) for s in _selectors(device_class))
+            assert not any(_as_scheduler_sees(s, OtherDriversGpu()) for s in _selectors(device_class))
 
 
 def test_scheduler_mode_has_one_plain_class_that_kube_scheduler_allocates():
