@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
-import sys
 import threading
 from typing import Any
 
 import structlog
+
+from .kube_client import api_client
+from .logging_setup import add_log_format_argument, configure_logging
 
 
 def register(subparsers: Any) -> None:
@@ -32,36 +33,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--lease-duration", type=float, default=15.0, help="seconds a Lease lasts unrenewed")
     parser.add_argument("--retry-refused-after", type=float, default=30.0,
                         help="seconds before a refused pod is retried even if nothing changed")
-    parser.add_argument("--log-format", choices=("json", "console"), default=None,
-                        help="log format (default: console on a terminal, else json)")
+    add_log_format_argument(parser)
     parser.set_defaults(handler=run)
 
 
-def configure_logging(log_format: str | None) -> None:
-    """structlog: JSON in clusters, key=value on a terminal."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    as_json = log_format == "json" or (log_format is None and not sys.stderr.isatty())
-    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
-    structlog.configure(processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"),
-                                    structlog.processors.format_exc_info, renderer],
-                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 
-def _api_client(kubeconfig: str | None, workers: int) -> Any:
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    else:
-        try:
-            config.load_incluster_config(client_configuration=configuration)
-        except config.ConfigException:
-            config.load_kube_config(client_configuration=configuration)
-    # Five watches hold connections for their whole life; workers, events and the Lease need their
-    # own, or urllib3 opens and discards a connection per request.
-    configuration.connection_pool_maxsize = max(16, 2 * workers + 8)
-    return client.ApiClient(configuration)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,7 +58,11 @@ def run(args: argparse.Namespace) -> int:
                             renew_deadline_s=min(10.0, args.lease_duration * 2 / 3),
                             retry_period_s=min(2.0, args.lease_duration / 5),
                             **({"identity": args.identity} if args.identity else {}))
-    service = ControllerService(_api_client(args.kubeconfig, args.workers), settings, leader)
+    service = ControllerService(api_client(
+        args.kubeconfig,
+        # Five watches hold connections for their whole life; workers, events and the Lease need
+        # their own, or urllib3 opens and discards a connection per request.
+        connection_pool_maxsize=max(16, 2 * args.workers + 8)), settings, leader)
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=service.metrics.registry)
     stop = threading.Event()

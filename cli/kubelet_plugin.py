@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import structlog
+
+from .kube_client import api_client
+from .logging_setup import add_log_format_argument, configure_logging
 
 
 def register(subparsers: Any) -> None:
@@ -47,30 +48,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--resync-seconds", type=float, default=60.0,
                         help="period of inventory and claim-pod refresh (default: 60)")
     parser.add_argument("--no-slices", action="store_true", help="do not publish ResourceSlices")
-    parser.add_argument("--log-format", choices=("json", "console"), default=None,
-                        help="log format (default: console on a terminal, else json)")
+    add_log_format_argument(parser)
     parser.set_defaults(handler=run)
 
 
-def _configure_logging(log_format: str | None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    as_json = log_format == "json" or (log_format is None and not sys.stderr.isatty())
-    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
-    structlog.configure(processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"),
-                                    structlog.processors.format_exc_info, renderer],
-                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 
-def _api_client(kubeconfig: str | None) -> Any:
-    from kubernetes import client, config
-
-    if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
-    try:
-        config.load_incluster_config()
-        return client.ApiClient()
-    except config.ConfigException:
-        return config.new_client_from_config()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from vgpu_dra.kubeletplugin.plugin import KubeletPlugin
     from vgpu_dra.kubeletplugin.settings import DEFAULT_NVIDIA_CDI_DIRS, PluginSettings
 
-    _configure_logging(args.log_format)
+    configure_logging(args.log_format)
     log = structlog.get_logger("vgpu_dra.kubeletplugin")
     try:
         settings = PluginSettings(
@@ -87,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             state_dir=args.state_dir, shim_source=args.shim, dev_dir=args.dev_dir, boot_id_path=args.boot_id_file,
             pod_uid=args.pod_uid, metrics_address=args.metrics_address,
             metrics_port=None if args.metrics_port < 0 else args.metrics_port, resync_seconds=args.resync_seconds)
-        plugin = KubeletPlugin(settings, _api_client(args.kubeconfig), publish_slices=not args.no_slices)
+        plugin = KubeletPlugin(settings, api_client(args.kubeconfig), publish_slices=not args.no_slices)
         return plugin.run_until_signal()
     except Exception as exc:  # noqa: BLE001 - one clear line, then a non-zero exit for the DaemonSet
         log.error("kubelet plugin failed", error=str(exc), exc_info=True)
