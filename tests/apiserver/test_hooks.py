@@ -172,3 +172,27 @@ def test_dropped_connection_fault(kube_client: client.ApiClient, fake_apiserver:
     assert not isinstance(exc.value, client.ApiException)  # no HTTP answer, a transport error
     assert fake_apiserver.objects("Pod") == []
     client.CoreV1Api(kube_client).create_namespaced_pod("default", pod("p"))  # next request is fine
+
+
+def test_dependents_of_absent_owners_are_collected(kube_client: client.ApiClient,
+                                                   fake_apiserver: FakeApiServer) -> None:
+    """A slice owned by a Node uid that no longer exists (the node re-registered) is deleted by the
+    garbage collector right after it is written; one owned by the live Node stays."""
+    old_node = fake_apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}})
+    fake_apiserver.delete("Node", "node-1")
+    node = fake_apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}})
+
+    def slice_owned_by(uid: str, name: str) -> dict:
+        return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+                "metadata": {"name": name, "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Node", "name": "node-1", "uid": uid, "controller": True}]},
+                "spec": {"driver": "vgpu.dra.dev", "nodeName": "node-1",
+                         "pool": {"name": "node-1", "generation": 1, "resourceSliceCount": 1}, "devices": []}}
+
+    stale = request(kube_client, "POST", "/apis/resource.k8s.io/v1/resourceslices",
+                    slice_owned_by(old_node["metadata"]["uid"], "stale"))
+    assert stale.status == 201
+    live = request(kube_client, "POST", "/apis/resource.k8s.io/v1/resourceslices",
+                   slice_owned_by(node["metadata"]["uid"], "live"))
+    assert live.status == 201
+    assert [s["metadata"]["name"] for s in fake_apiserver.objects("ResourceSlice")] == ["live"]

@@ -279,6 +279,7 @@ class Store:
                 meta["generation"] = 1
             meta["resourceVersion"] = self._next_rv()
             self._commit(rt, key, "ADDED", obj, None, user)
+            self._collect_if_orphaned(rt, key, obj)
             return obj
 
     def update(self, rt: ResourceType, namespace: str, name: str, body: Any, subresource: str = "",
@@ -334,6 +335,8 @@ class Store:
             self._collect_garbage(meta["uid"], user)
         else:
             self._commit(rt, key, "MODIFIED", obj, old, user)
+            if meta.get("ownerReferences") != old_meta.get("ownerReferences"):
+                self._collect_if_orphaned(rt, key, obj)
         return obj
 
     def patch(self, rt: ResourceType, namespace: str, name: str, patch_type: str, patch: Any,
@@ -410,6 +413,15 @@ class Store:
                          if r.get("uid") != owner_uid and r.get("uid") in self._uids]
             if not remaining:
                 self.delete(dep_rt, dep_key[0], dep_key[1], user="garbage-collector")
+
+    def _collect_if_orphaned(self, rt: ResourceType, key: Key, obj: dict[str, Any]) -> None:
+        """The garbage collector deletes an object whose owners are all gone (no object with the
+        owner's uid), soon after it is written: a dependent written with a stale owner uid (say,
+        of a Node since re-registered) disappears, on a cluster and here. The write itself
+        succeeds; the deletion follows as its own event."""
+        refs = obj["metadata"].get("ownerReferences") or []
+        if refs and not any(r.get("uid") in self._uids for r in refs):
+            self.delete(rt, key[0], key[1], user="garbage-collector")
 
     def bind_pod(self, rt: ResourceType, namespace: str, name: str, body: Any, user: str = "") -> dict[str, Any]:
         """POST pods/<name>/binding: set spec.nodeName once (what kube-scheduler does)."""
