@@ -2,8 +2,9 @@
 
 Builds the shim and the fake libcuda.so.1, compiles one timing loop, then runs that same binary
 alternately without and with the shim preloaded (an enforcing claim with a large limit, no core
-cap), and reports medians, the difference and the ratio against the no-shim baseline measured in
-the same run. The test build of the shim is used because only it can be pointed at a temporary
+cap; and a claim with a hard 50 % core cap that the loop's tiny kernels stay under, so launches are
+charged and timed but never held back), and reports medians, the difference and the ratio against
+the no-shim baseline measured in the same run. The test build of the shim is used because only it can be pointed at a temporary
 claims root; its hot path is compiled from the same sources as the production build.
 
     .venv/bin/python bench/shim_overhead.py [--rounds 15] [--iters 200000]
@@ -28,6 +29,8 @@ from vgpu_dra.driver.region import create_region  # noqa: E402
 GPU = "GPU-00000000-0000-0000-0000-000000000000"
 TARGET_ALLOC_FREE_NS = 150.0
 TARGET_LAUNCH_NS = 20.0
+TARGET_CAPPED_LAUNCH_NS = 200.0
+CAP = 50
 
 
 def build(work: Path) -> Path:
@@ -84,11 +87,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         loop = build(work)
-        claim = work / "claims" / "bench"
-        claim.mkdir(parents=True)
-        config = ClaimConfig("bench", (GpuLimit(GPU, 1 << 40, 0, "soft"),))
-        (claim / "config").write_text(render(config))
-        create_region(claim / "region", config)
+        for root, cores in (("claims", 0), ("capped", CAP)):
+            claim = work / root / "bench"
+            claim.mkdir(parents=True)
+            config = ClaimConfig("bench", (GpuLimit(GPU, 1 << 40, cores, "hard"),))
+            (claim / "config").write_text(render(config))
+            create_region(claim / "region", config)
         base_env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LD_LIBRARY_PATH": str(REPO / "tests" / "fakes" / "out"),
@@ -99,13 +103,16 @@ def main() -> int:
             "LD_PRELOAD": str(REPO / "shim" / "out" / "libvgpu-test.so"),
             "VGPU_CLAIMS_ROOT": str(work / "claims"),
         }
+        capped_env = {**shim_env, "VGPU_CLAIMS_ROOT": str(work / "capped")}
         base: list[tuple[float, float]] = []
         shim: list[tuple[float, float]] = []
+        capped: list[tuple[float, float]] = []
         base_conc: list[float] = []
         shim_conc: list[float] = []
         for _ in range(args.rounds):
             base.append(run_round(loop, base_env, args.iters))
             shim.append(run_round(loop, shim_env, args.iters))
+            capped.append(run_round(loop, capped_env, args.iters))
             base_conc.append(run_concurrent(loop, base_env, args.iters, args.processes))
             shim_conc.append(run_concurrent(loop, shim_env, args.iters, args.processes))
     rows = []
@@ -114,6 +121,11 @@ def main() -> int:
         with_shim = statistics.median(s[index] for s in shim)
         added = with_shim - without
         rows.append((name, without, with_shim, added, with_shim / without, target))
+    # A launch of a claim with a core cap that it stays under: charged, timed, never delayed.
+    without = statistics.median(b[1] for b in base)
+    with_cap = statistics.median(c[1] for c in capped)
+    rows.append((f"cuLaunchKernel, cap {CAP} %", without, with_cap, with_cap - without, with_cap / without,
+                 TARGET_CAPPED_LAUNCH_NS))
     print(f"fake driver, {args.rounds} alternating runs x {args.iters} calls, medians of per-run best-of-2")
     print(f"{'call':28} {'no shim ns':>11} {'shim ns':>9} {'added ns':>9} {'ratio':>6} {'target':>7}")
     ok = True

@@ -87,8 +87,8 @@ static void sleep_ns(int64_t ns)
     nanosleep(&ts, NULL);
 }
 
-/* Waits until the claim's clock allows a launch, then charges it. Returns the estimate charged. */
-static int64_t wait_and_charge(struct vgpu_limiter *lim, int kind)
+/* Waits until the claim's clock allows a launch, then charges it the estimate. */
+static void wait_and_charge(struct vgpu_limiter *lim, int64_t estimate)
 {
     int64_t *vclock = &lim->gpu->limiter_state[VGPU_LIM_VCLOCK];
     int64_t now = vgpu_mono_ns(), waited = 0, v;
@@ -110,7 +110,6 @@ static int64_t wait_and_charge(struct vgpu_limiter *lim, int kind)
         __atomic_add_fetch(&lim->gpu->throttled_ns, waited, __ATOMIC_RELAXED);
         __atomic_add_fetch(&lim->gpu->launches_delayed, 1, __ATOMIC_RELAXED);
     }
-    int64_t estimate = __atomic_load_n(&lim->estimate_ns[kind], __ATOMIC_RELAXED);
     int64_t cost = estimate * 100 / lim->cap;
     /* Unused entitlement is kept for at most CREDIT_NS: an idle claim cannot bank a long burst. */
     for (;;) {
@@ -118,7 +117,6 @@ static int64_t wait_and_charge(struct vgpu_limiter *lim, int kind)
         if (__atomic_compare_exchange_n(vclock, &v, base + cost, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
             break;
     }
-    return estimate;
 }
 
 static CUstream timing_stream(CUstream s, int per_thread_stream)
@@ -169,16 +167,27 @@ void vgpu_limiter_before_launch(struct vgpu_launch_ticket *t, CUstream s, int pe
     t->lim = NULL;
     t->slot = -1;
     t->kind = kind;
+    t->estimate_ns = 0;
     t->charged_ns = 0;
     if (!acct)
         return; /* no context or a device in no claim: the driver answers the launch itself */
     struct vgpu_limiter *lim = vgpu_limiters[acct - vgpu_accounts];
     if (!lim)
         return;
+    /* A launch into a stream being captured only records a graph node: nothing runs now (the
+     * graph's launch is what gets limited), and an event recorded here would join the graph. */
+    int capturing = 0;
+    if (vgpu_helper.cuStreamIsCapturing &&
+        (vgpu_helper.cuStreamIsCapturing(timing_stream(s, per_thread_stream), &capturing) != CUDA_SUCCESS ||
+         capturing != 0))
+        return;
     t->lim = lim;
     vgpu_limiter_monitor_start();
-    if (gate_closed_for_others(lim))
-        t->charged_ns = wait_and_charge(lim, kind);
+    t->estimate_ns = __atomic_load_n(&lim->estimate_ns[kind], __ATOMIC_RELAXED);
+    if (gate_closed_for_others(lim)) {
+        wait_and_charge(lim, t->estimate_ns);
+        t->charged_ns = t->estimate_ns;
+    }
     t->slot = start_timing(lim, timing_stream(s, per_thread_stream));
 }
 
@@ -193,14 +202,18 @@ void vgpu_limiter_after_launch(struct vgpu_launch_ticket *t, CUstream s, int per
             __atomic_store_n(&lim->slots[t->slot].state, VGPU_SLOT_FREE, __ATOMIC_RELEASE);
         return;
     }
-    if (t->slot < 0)
-        return;
-    struct vgpu_timing_slot *slot = &lim->slots[t->slot];
-    if (vgpu_helper.cuEventRecord(slot->end, timing_stream(s, per_thread_stream)) != CUDA_SUCCESS) {
-        __atomic_store_n(&slot->state, VGPU_SLOT_FREE, __ATOMIC_RELEASE); /* the estimate stands */
-        return;
+    if (t->slot >= 0) {
+        struct vgpu_timing_slot *slot = &lim->slots[t->slot];
+        if (vgpu_helper.cuEventRecord(slot->end, timing_stream(s, per_thread_stream)) == CUDA_SUCCESS) {
+            slot->kind = t->kind;
+            slot->charged_ns = t->charged_ns;
+            __atomic_store_n(&slot->state, VGPU_SLOT_PENDING, __ATOMIC_RELEASE);
+            return;
+        }
+        __atomic_store_n(&slot->state, VGPU_SLOT_FREE, __ATOMIC_RELEASE);
     }
-    slot->kind = t->kind;
-    slot->charged_ns = t->charged_ns;
-    __atomic_store_n(&slot->state, VGPU_SLOT_PENDING, __ATOMIC_RELEASE);
+    /* Unmeasured (every timing slot busy: launches faster than they complete): the estimate
+     * stands for its device time, in the charge and in the claim's busy time. */
+    if (t->estimate_ns)
+        __atomic_add_fetch(&lim->gpu->limiter_state[VGPU_LIM_BUSY_NS], t->estimate_ns, __ATOMIC_RELAXED);
 }

@@ -95,12 +95,18 @@ static int64_t device_utilization_ppm(struct vgpu_limiter *lim)
 
 /* ---- measurement ---------------------------------------------------------------------------- */
 
+/* The context current on the monitor thread (it follows the events it reads). Monitor only. */
+static CUcontext g_monitor_ctx;
+
 static void poll_events(struct vgpu_limiter *lim)
 {
     for (int i = 0; i < VGPU_TIMING_SLOTS; i++) {
         struct vgpu_timing_slot *slot = &lim->slots[i];
         if (__atomic_load_n(&slot->state, __ATOMIC_ACQUIRE) != VGPU_SLOT_PENDING)
             continue;
+        if (slot->ctx != g_monitor_ctx && vgpu_helper.cuCtxSetCurrent &&
+            vgpu_helper.cuCtxSetCurrent(slot->ctx) == CUDA_SUCCESS)
+            g_monitor_ctx = slot->ctx;
         CUresult rc = vgpu_helper.cuEventQuery(slot->end);
         if (rc == CUDA_ERROR_NOT_READY)
             continue;
@@ -180,10 +186,17 @@ static void control(struct vgpu_limiter *lim, int64_t now)
         soft_decision(lim, now, window);
 }
 
+#define CU_STREAM_CAPTURE_MODE_RELAXED 2
+
 static void *monitor(void *arg)
 {
     struct timespec nap = {0, POLL_NS};
+    int mode = CU_STREAM_CAPTURE_MODE_RELAXED;
     (void)arg;
+    /* Event queries from this thread must never invalidate a graph capture another thread of the
+     * application runs in global mode (PyTorch and vLLM capture CUDA graphs). */
+    if (vgpu_helper.cuThreadExchangeStreamCaptureMode)
+        vgpu_helper.cuThreadExchangeStreamCaptureMode(&mode);
     while (__atomic_load_n(&vgpu_mode, __ATOMIC_RELAXED) == VGPU_MODE_ENFORCE) {
         int64_t now = vgpu_mono_ns();
         for (int i = 0; i < vgpu_account_count; i++) {

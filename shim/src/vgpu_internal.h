@@ -208,7 +208,10 @@ struct vgpu_account *vgpu_account_current(CUdevice *dev, CUresult *err);
     X(cuEventDestroy_v2, (CUevent ev), (ev))                                                          \
     X(cuEventRecord, (CUevent ev, CUstream s), (ev, s))                                               \
     X(cuEventQuery, (CUevent ev), (ev))                                                               \
-    X(cuEventElapsedTime, (float *ms, CUevent start, CUevent end), (ms, start, end))
+    X(cuEventElapsedTime, (float *ms, CUevent start, CUevent end), (ms, start, end))               \
+    X(cuCtxSetCurrent, (CUcontext ctx), (ctx))                                                        \
+    X(cuStreamIsCapturing, (CUstream s, int *status), (s, status))                                    \
+    X(cuThreadExchangeStreamCaptureMode, (int *mode), (mode))
 
 #define VGPU_DECLARE_PFN(name, params, args) typedef CUresult(*vgpu_pfn_##name) params;
 VGPU_CUDA_HOOKS(VGPU_DECLARE_PFN)
@@ -294,6 +297,7 @@ struct vgpu_launch_ticket {
     struct vgpu_limiter *lim; /* NULL: not limited (device in no capped claim) */
     int slot;                 /* timing slot, -1 when unmeasured */
     int kind;
+    int64_t estimate_ns;      /* the device time expected of this launch */
     int64_t charged_ns;       /* estimate charged to the virtual clock, 0 when the gate was open */
 };
 

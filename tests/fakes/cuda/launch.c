@@ -303,6 +303,24 @@ FAKE_EXPORT CUresult cuCtxSynchronize(void)
     return CUDA_SUCCESS;
 }
 
+/* Stream capture is not simulated: no stream is ever capturing. */
+FAKE_EXPORT CUresult cuStreamIsCapturing(CUstream s, int *status)
+{
+    (void)s;
+    if (!status)
+        return CUDA_ERROR_INVALID_VALUE;
+    *status = 0; /* CU_STREAM_CAPTURE_STATUS_NONE */
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuThreadExchangeStreamCaptureMode(int *mode)
+{
+    if (!mode)
+        return CUDA_ERROR_INVALID_VALUE;
+    *mode = 0; /* the previous mode: CU_STREAM_CAPTURE_MODE_GLOBAL */
+    return CUDA_SUCCESS;
+}
+
 /* ---- events: the time the stream's queued work completes ------------------------------------ */
 
 FAKE_EXPORT CUresult cuEventCreate(CUevent *out, unsigned int flags)

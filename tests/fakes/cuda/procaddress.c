@@ -21,7 +21,7 @@ F(cuMemPoolDestroy) F(cuDeviceGetMemPool) F(cuLaunchKernel)
 F(cuLaunchKernel_ptsz) F(cuLaunchKernelEx) F(cuLaunchKernelEx_ptsz) F(cuLaunchCooperativeKernel)
 F(cuLaunchCooperativeKernel_ptsz) F(cuGraphLaunch) F(cuGraphLaunch_ptsz) F(cuGraphExecDestroy) F(cuStreamCreate)
 F(cuStreamDestroy_v2) F(cuStreamSynchronize) F(cuStreamSynchronize_ptsz) F(cuCtxSynchronize) F(cuEventCreate)
-F(cuEventDestroy_v2) F(cuEventRecord) F(cuEventRecord_ptsz) F(cuEventQuery) F(cuEventSynchronize) F(cuEventElapsedTime)
+F(cuEventDestroy_v2) F(cuStreamIsCapturing) F(cuThreadExchangeStreamCaptureMode) F(cuEventRecord) F(cuEventRecord_ptsz) F(cuEventQuery) F(cuEventSynchronize) F(cuEventElapsedTime)
 #undef F
 
 CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags);
@@ -93,6 +93,8 @@ static const struct variant g_table[] = {
     {"cuStreamSynchronize", 2000, (void *)cuStreamSynchronize, (void *)cuStreamSynchronize_ptsz},
     {"cuCtxSynchronize", 2000, (void *)cuCtxSynchronize, 0},
     {"cuEventCreate", 2000, (void *)cuEventCreate, 0},
+    {"cuStreamIsCapturing", 10000, (void *)cuStreamIsCapturing, 0},
+    {"cuThreadExchangeStreamCaptureMode", 10010, (void *)cuThreadExchangeStreamCaptureMode, 0},
     {"cuEventDestroy", 4000, (void *)cuEventDestroy_v2, 0},
     {"cuEventRecord", 2000, (void *)cuEventRecord, (void *)cuEventRecord_ptsz},
     {"cuEventQuery", 2000, (void *)cuEventQuery, 0},
