@@ -43,14 +43,14 @@ COPY driver/ driver/
 COPY controller/ controller/
 COPY kubeletplugin/ kubeletplugin/
 COPY cli/ cli/
+# driver/vgpu_region.h is a symlink to the shim's header: the wheel carries the region layout
+# that driver/region.py reads.
+COPY shim/include/ shim/include/
 # The gRPC stubs are generated, not committed; the same makefile as a checkout's `make protos`.
 RUN make -f kubeletplugin/protos.mk PY=python \
  && python -m venv /opt/vgpu-dra \
  && /opt/vgpu-dra/bin/pip install --no-cache-dir . \
  && /opt/vgpu-dra/bin/vgpu-dra --help >/dev/null
-# The shim region reader (driver/region.py) reads the layout from the shim's header, found next
-# to the installed package.
-COPY shim/include/vgpu_region.h /opt/vgpu-dra/lib/python${PYTHON_VERSION}/site-packages/vgpu_dra/driver/vgpu_region.h
 RUN /opt/vgpu-dra/bin/python -c "import vgpu_dra.driver.region"
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+../shim/include/vgpu_region.h
