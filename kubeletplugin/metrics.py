@@ -148,7 +148,9 @@ class NodeMetrics(Collector):
                 limit.add_metric(labels, sum(d.memory_bytes for d in mine))
                 cores.add_metric(labels, min(100, sum(d.cores for d in mine)))
                 usage = _gpu_usage(snapshot, uuid)
-                used.add_metric(labels, usage.used_bytes if usage else 0)
+                # Bytes still booked to kill -9'd processes are already freed by the driver; the
+                # shim refunds them when the claim's next process attaches. Report what is held.
+                used.add_metric(labels, usage.used_bytes - usage.dead_process_bytes if usage else 0)
                 peak.add_metric(labels, usage.peak_bytes if usage else 0)
                 rejected.add_metric(labels, usage.rejected_allocations if usage else 0)
                 throttled.add_metric(labels, (usage.throttled_ns if usage else 0) / 1e9)

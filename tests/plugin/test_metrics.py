@@ -68,6 +68,24 @@ def test_usage_comes_from_the_claim_region(kubelet, claims, plugin, settings):
     assert _one(samples, "vgpu_dra_claim_rejected_allocations_total", claim_uid=claim.uid) == 3
 
 
+def test_memory_of_killed_processes_is_not_reported_as_used(kubelet, claims, plugin, settings):
+    """A kill -9'd process's booking stays in the region until the next attach; it is not in use."""
+    claim = claims.create([{"request": "gpu", "device": "gpu-0"}])
+    kubelet.prepare([claim.ref])
+    path = settings.claims_dir / claim.uid / "region"
+    with open(path, "r+b") as handle, mmap.mmap(handle.fileno(), region_layout.REGION_SIZE) as mem:
+        region = region_layout.ffi.from_buffer("struct vgpu_region *", mem)
+        region.gpus[0].used_bytes = 800 << 20
+        # Slot 0 says live but no process holds its lock: the shim's kill -9 signature.
+        region.procs[0].state = 1
+        region.procs[0].pid = 4242
+        region.procs[0].used[0] = 500 << 20
+        region.proc_high_water = 1
+        del region
+    samples = _scrape(plugin)
+    assert _one(samples, "vgpu_dra_claim_memory_used_bytes", claim_uid=claim.uid) == 300 << 20
+
+
 def test_per_gpu_nvml_series(plugin):
     samples = _scrape(plugin)
     totals = {s.labels["gpu"]: s.value for s in samples["vgpu_dra_gpu_memory_total_bytes"]}
