@@ -70,6 +70,7 @@ LOCK_INIT: int = _lib.VGPU_LOCK_INIT
 LOCK_SLOT_BASE: int = _lib.VGPU_LOCK_SLOT_BASE
 PROC_LIVE: int = _lib.VGPU_PROC_LIVE
 POLICY_HARD: int = _lib.VGPU_POLICY_HARD
+LIM_GATE: int = _lib.VGPU_LIM_GATE
 REGION_SIZE: int = ffi.sizeof("struct vgpu_region")
 
 
@@ -86,11 +87,22 @@ class GpuUsage:
     peak_bytes: int
     rejected_allocations: int
     context_bytes: int
-    core_cap: int
-    core_policy: str
-    measured_share_ppm: int
-    throttled_ns: int
-    launches_delayed: int
+    core_cap: int  # percent of the GPU's time, 0 = no cap
+    core_policy: str  # "soft" (enforced while other claims want the GPU) or "hard"
+    measured_share_ppm: int  # the claim's measured share of the GPU's time, parts per million
+    throttled_ns: int  # total time the claim's launches were held back by the cap
+    launches_delayed: int  # launches that had to wait at least once
+    core_cap_enforced: bool  # the cap is holding launches back now (hard: always once running)
+
+    @property
+    def measured_share_percent(self) -> float:
+        """The claim's measured share of the GPU's time, in percent (smoothed over ~0.2 s)."""
+        return self.measured_share_ppm / 1e4
+
+    @property
+    def throttled_seconds(self) -> float:
+        """Total time the claim's kernel launches waited for the SM-core cap, in seconds."""
+        return self.throttled_ns / 1e9
 
 
 @dataclass(frozen=True)
@@ -266,4 +278,5 @@ def _gpu_usage(entry: Any, uuid: str, dead_bytes: int) -> GpuUsage:
         measured_share_ppm=int(entry.measured_share_ppm),
         throttled_ns=int(entry.throttled_ns),
         launches_delayed=int(entry.launches_delayed),
+        core_cap_enforced=0 < int(entry.core_cap) < 100 and int(entry.limiter_state[LIM_GATE]) != 0,
     )

@@ -80,8 +80,11 @@ def test_a_busy_loop_converges_to_the_cap_within_5_seconds(outcomes: dict[str, O
         assert abs(achieved - scenario.cap) <= TOLERANCE_PP, (second, achieved)
     gpu = outcome.node.region("claim-a").gpu(GPU0)
     # The claim's own view (the metric users see) agrees with the device.
-    assert abs(gpu.measured_share_ppm / 1e4 - scenario.cap) <= TOLERANCE_PP
-    assert gpu.throttled_ns > 0 and gpu.launches_delayed > 0
+    assert abs(gpu.measured_share_percent - scenario.cap) <= TOLERANCE_PP
+    assert (gpu.core_cap, gpu.core_policy, gpu.core_cap_enforced) == (scenario.cap, scenario.policy, True)
+    # Throttling is visible: the loop spent most of its run waiting for its turn.
+    assert gpu.throttled_seconds > 0.5 * RUN_S * scenario.processes * (100 - scenario.cap) / 100
+    assert gpu.launches_delayed > 0
 
 
 def test_no_cap_adds_no_throttling(node: Node) -> None:
@@ -90,6 +93,7 @@ def test_no_cap_adds_no_throttling(node: Node) -> None:
     assert window([trace], 0.5, 1.5) >= 95.0  # one stream, back to back: the device is full
     gpu = node.region("claim-a").gpu(GPU0)
     assert (gpu.throttled_ns, gpu.launches_delayed, gpu.measured_share_ppm) == (0, 0, 0)
+    assert not gpu.core_cap_enforced
 
 
 def test_two_claims_on_one_gpu_each_get_their_cap(node: Node) -> None:
