@@ -293,3 +293,17 @@ def test_generation_bumps_on_spec_change_only(kube_client: client.ApiClient) -> 
     resp = request(kube_client, "PATCH", "/apis/resource.k8s.io/v1/deviceclasses/vgpu.dra.dev",
                    {"spec": {"selectors": [{"cel": {"expression": "true"}}]}}, MERGE)
     assert resp.body["metadata"]["generation"] == 2
+
+
+@pytest.mark.parametrize("field, value, expect", [
+    ("key", "metadata.nam", "matchFields[0].key"),
+    ("operator", "Exists", "matchFields[0].operator"),
+    ("values", ["node-1", "node-2"], "matchFields[0].values"),
+])
+def test_allocation_node_selector_is_validated(kube_client: client.ApiClient, field: str, value: object,
+                                               expect: str) -> None:
+    obj = create_claim(kube_client)
+    bad = allocation()
+    bad["nodeSelector"]["nodeSelectorTerms"][0]["matchFields"][0][field] = value
+    resp = request(kube_client, "PUT", f"{CLAIMS}/c1/status", obj | {"status": {"allocation": bad}})
+    assert resp.status == 422 and expect in resp.message, resp.message

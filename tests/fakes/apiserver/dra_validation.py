@@ -115,6 +115,49 @@ def _device_errors(device: dict[str, Any], path: str, allow_requests_policy: boo
     return errs
 
 
+def node_selector_errors(selector: dict[str, Any], path: str, exactly_one_term: bool = False) -> list[FieldError]:
+    """ValidateNodeSelector (core validation): term shapes, label keys, operator/value rules;
+    `matchFields` may only select `metadata.name` with In/NotIn and one value."""
+    terms = selector.get("nodeSelectorTerms") or []
+    errs: list[FieldError] = []
+    if not terms:
+        errs.append(_err(f"{path}.nodeSelectorTerms", "Required value: must have at least one node selector term",
+                         "FieldValueRequired"))
+    if exactly_one_term and len(terms) > 1:
+        errs.append(_err(f"{path}.nodeSelectorTerms", f"Invalid value: {len(terms)}: must have exactly one node "
+                         "selector term"))
+    for i, term in enumerate(terms):
+        tpath = f"{path}.nodeSelectorTerms[{i}]"
+        for j, req in enumerate(term.get("matchExpressions") or []):
+            rpath = f"{tpath}.matchExpressions[{j}]"
+            key, op, values = req.get("key", ""), req.get("operator"), req.get("values") or []
+            prefix, _, name = key.rpartition("/")
+            if not name or len(name) > 63 or not re.match(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$", name) or \
+                    (prefix and not _DNS_SUBDOMAIN.match(prefix)):
+                errs.append(_err(f"{rpath}.key", f"Invalid value: {key!r}: must be a valid label key"))
+            if op in ("In", "NotIn") and not values:
+                errs.append(_err(f"{rpath}.values", "Required value: must be specified when `operator` is 'In' or "
+                                 "'NotIn'", "FieldValueRequired"))
+            elif op in ("Exists", "DoesNotExist") and values:
+                errs.append(_err(f"{rpath}.values", "Forbidden: may not be specified when `operator` is 'Exists' "
+                                 "or 'DoesNotExist'", "FieldValueForbidden"))
+            elif op in ("Gt", "Lt") and (len(values) != 1 or not re.match(r"^-?\d+$", values[0])):
+                errs.append(_err(f"{rpath}.values", "Required value: must be specified single value when "
+                                 "`operator` is 'Lt' or 'Gt'"))
+        for j, req in enumerate(term.get("matchFields") or []):
+            rpath = f"{tpath}.matchFields[{j}]"
+            if req.get("key") != "metadata.name":
+                errs.append(_err(f"{rpath}.key", f"Invalid value: {req.get('key')!r}: not a valid field selector "
+                                 "key (only metadata.name)"))
+            if req.get("operator") not in ("In", "NotIn"):
+                errs.append(_err(f"{rpath}.operator", f"Invalid value: {req.get('operator')!r}: not a valid "
+                                 "selector operator (In or NotIn)"))
+            if len(req.get("values") or []) != 1:
+                errs.append(_err(f"{rpath}.values", "Required value: must be only one value when `operator` is "
+                                 "'In' or 'NotIn' for node field selector"))
+    return errs
+
+
 def resource_slice_errors(slice_obj: dict[str, Any]) -> list[FieldError]:
     """ValidateResourceSlice, for the fields drivers fill in."""
     spec = slice_obj.get("spec") or {}
@@ -132,6 +175,8 @@ def resource_slice_errors(slice_obj: dict[str, Any]) -> list[FieldError]:
     if len(scopes) != 1:
         errs.append(_err("spec", "Invalid value: exactly one of `nodeName`, `nodeSelector`, `allNodes`, "
                          f"`perDeviceNodeSelection` is required (found {scopes or 'none'})"))
+    if spec.get("nodeSelector"):
+        errs.extend(node_selector_errors(spec["nodeSelector"], "spec.nodeSelector", exactly_one_term=True))
     if spec.get("nodeName") and not _DNS_SUBDOMAIN.match(spec["nodeName"]):
         errs.append(_err("spec.nodeName", f"Invalid value: {spec['nodeName']!r}: must be a DNS subdomain"))
     devices = spec.get("devices") or []

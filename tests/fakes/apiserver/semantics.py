@@ -12,6 +12,7 @@ import re
 import uuid
 from typing import Any
 
+from .dra_validation import node_selector_errors
 from .resources import ResourceType
 from .schema_validation import FieldError
 
@@ -232,6 +233,8 @@ def _allocation_errors(claim: dict[str, Any], allocation: dict[str, Any]) -> lis
     for req in requests:
         names[req.get("name", "")] = {s.get("name", "") for s in req.get("firstAvailable") or []}
     errs: list[FieldError] = []
+    if allocation.get("nodeSelector"):
+        errs.extend(node_selector_errors(allocation["nodeSelector"], "status.allocation.nodeSelector"))
     for i, result in enumerate(((allocation.get("devices") or {}).get("results")) or []):
         path = f"status.allocation.devices.results[{i}]"
         request = result.get("request", "")
