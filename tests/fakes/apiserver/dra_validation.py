@@ -20,12 +20,14 @@ from .schema_validation import FieldError
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
 _DNS_LABEL_RE = re.compile(rf"^{_DNS_LABEL}$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _C_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
     r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$")
 
+MAX_RESERVED_FOR = 256
 MAX_DEVICES_PER_SLICE = 128
 MAX_DEVICES_PER_SLICE_WITH_TAINTS_OR_COUNTERS = 64
 MAX_ATTRIBUTES_AND_CAPACITIES = 32
@@ -327,6 +329,74 @@ def device_class_errors(obj: dict[str, Any], stored: frozenset[str] = frozenset(
         errs.append(_too_many("spec.config", len(configs), MAX_CONFIGS))
     for i, cfg in enumerate(configs):
         errs.extend(_opaque_errors(cfg.get("opaque"), f"spec.config[{i}].opaque"))
+    return errs
+
+
+def claim_status_errors(claim: dict[str, Any], old: dict[str, Any] | None) -> list[FieldError]:
+    """ValidateResourceClaimStatusUpdate: allocation set once, reservedFor rules, device status."""
+    status = claim.get("status") or {}
+    old_status = (old or {}).get("status") or {}
+    errs: list[FieldError] = []
+    allocation = status.get("allocation")
+    old_allocation = old_status.get("allocation")
+    if allocation is not None and old_allocation is not None and allocation != old_allocation:
+        errs.append(FieldError("status.allocation", "Invalid value: field is immutable"))
+    reserved = status.get("reservedFor") or []
+    if reserved and allocation is None:
+        errs.append(FieldError("status.reservedFor", "Forbidden: may not be specified when `allocated` is not set",
+                               "FieldValueForbidden"))
+    if len(reserved) > MAX_RESERVED_FOR:
+        errs.append(FieldError("status.reservedFor", f"Too many: {len(reserved)}: must have at most "
+                               f"{MAX_RESERVED_FOR} items", "FieldValueTooMany"))
+    if (claim.get("metadata") or {}).get("deletionTimestamp"):
+        old_uids = {r.get("uid") for r in old_status.get("reservedFor") or []}
+        for i, ref in enumerate(reserved):
+            if ref.get("uid") not in old_uids:
+                errs.append(FieldError(f"status.reservedFor[{i}]", "Forbidden: new entries may not be added "
+                                       "while `deallocationRequested` or `deletionTimestamp` are set",
+                                       "FieldValueForbidden"))
+    for i, ref in enumerate(reserved):
+        if ref.get("resource") in (None, ""):
+            errs.append(FieldError(f"status.reservedFor[{i}].resource", "Required value", "FieldValueRequired"))
+    if allocation is not None and allocation != old_allocation:
+        errs.extend(_allocation_errors(claim, allocation))
+    allocated = {(r.get("driver"), r.get("pool"), r.get("device"), r.get("shareID"))
+                 for r in ((allocation or {}).get("devices") or {}).get("results") or []}
+    for i, dev in enumerate(status.get("devices") or []):
+        if (dev.get("driver"), dev.get("pool"), dev.get("device"), dev.get("shareID")) not in allocated:
+            errs.append(FieldError(f"status.devices[{i}]", "Invalid value: must be an allocated device in the claim"))
+    return errs
+
+
+def _allocation_errors(claim: dict[str, Any], allocation: dict[str, Any]) -> list[FieldError]:
+    requests = ((claim.get("spec") or {}).get("devices") or {}).get("requests") or []
+    names: dict[str, set[str]] = {}
+    for req in requests:
+        names[req.get("name", "")] = {s.get("name", "") for s in req.get("firstAvailable") or []}
+    errs: list[FieldError] = []
+    if allocation.get("nodeSelector"):
+        errs.extend(node_selector_errors(allocation["nodeSelector"], "status.allocation.nodeSelector"))
+    for i, result in enumerate(((allocation.get("devices") or {}).get("results")) or []):
+        path = f"status.allocation.devices.results[{i}]"
+        request = result.get("request", "")
+        main, _, sub = request.partition("/")
+        if main not in names or (sub and sub not in names[main]) or (not sub and names.get(main)):
+            errs.append(FieldError(f"{path}.request", f"Invalid value: {request!r}: must be the name of a request "
+                                   "in the claim or, when the request uses firstAvailable, <request>/<subrequest>"))
+        driver = result.get("driver", "")
+        if len(driver) > 63 or not _DNS_SUBDOMAIN.match(driver or "-"):
+            errs.append(FieldError(f"{path}.driver", f"Invalid value: {driver!r}: must be a DNS subdomain"))
+        for part in (result.get("pool") or "").split("/"):
+            if not _DNS_SUBDOMAIN.match(part or "-"):
+                errs.append(FieldError(f"{path}.pool", f"Invalid value: {result.get('pool')!r}: each part must "
+                                       "be a DNS subdomain"))
+                break
+        if not _DNS_LABEL_RE.match(result.get("device") or "-"):
+            errs.append(FieldError(f"{path}.device", f"Invalid value: {result.get('device')!r}: must be a DNS label"))
+        share = result.get("shareID")
+        if share is not None and not _UUID.match(share):
+            errs.append(FieldError(f"{path}.shareID", f"Invalid value: {share!r}: must be a lowercase UUID "
+                                   "in 8-4-4-4-12 form"))
     return errs
 
 
