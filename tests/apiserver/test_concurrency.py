@@ -6,6 +6,7 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
 from kubernetes import client, config
 
 from tests.apiserver.raw_requests import request
@@ -102,4 +103,62 @@ def test_kubeconfig_file_works_with_load_kube_config(fake_apiserver: FakeApiServ
     api = config.new_client_from_config(config_file=str(path))
     client.CoreV1Api(api).create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "two"}})
     assert [(r.verb, r.name) for r in fake_apiserver.writes_by("replica-1")] == [("create", "two")]
+    api.close()
+
+
+@pytest.mark.slow
+def test_many_writers_and_watchers_agree_with_the_store(fake_apiserver: FakeApiServer) -> None:
+    """8 writers churn pods across 4 nodes while 6 watchers (all pods, per node, per label) follow;
+    each watcher's replay of its events must equal the store's final state for its selector."""
+    selectors = ["", "fieldSelector=spec.nodeName%3Dn0", "fieldSelector=spec.nodeName%3Dn3",
+                 "labelSelector=tier%3Da", "labelSelector=tier%3Db", "labelSelector=tier"]
+    api = api_client_for(fake_apiserver)
+    rv = request(api, "GET", "/api/v1/pods").body["metadata"]["resourceVersion"]
+    streams = [api_client_for(fake_apiserver).call_api(
+        "GET", f"{fake_apiserver.url}/api/v1/pods?watch=1&resourceVersion={rv}&{sel}", {}, None) for sel in selectors]
+
+    def writer(idx: int) -> None:
+        w = api_client_for(fake_apiserver, f"writer-{idx}")
+        core = client.CoreV1Api(w)
+        for i in range(60):
+            name = f"w{idx}-{i}"
+            core.create_namespaced_pod("default", {"apiVersion": "v1", "kind": "Pod",
+                                                   "metadata": {"name": name, "labels": {"tier": "ab"[i % 2]}},
+                                                   "spec": {"containers": [{"name": "c", "image": "x"}]}})
+            if i % 4 != 3:
+                request(w, "POST", f"/api/v1/namespaces/default/pods/{name}/binding",
+                        {"target": {"kind": "Node", "name": f"n{(idx + i) % 4}"}, "metadata": {"name": name}})
+            if i % 5 == 0:
+                request(w, "PATCH", f"/api/v1/namespaces/default/pods/{name}",
+                        {"metadata": {"labels": {"tier": "ba"[i % 2]}}}, "application/merge-patch+json")
+            if i % 7 == 0:
+                core.delete_namespaced_pod(name, "default")
+        w.close()
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    fake_apiserver.end_watches()  # close the streams so they can be read to the end
+    everything = fake_apiserver.objects("Pod", copies=False)
+    for sel, resp in zip(selectors, streams):
+        state: dict[str, str] = {}
+        for line in resp.response.read().decode().splitlines():
+            ev = json.loads(line)
+            meta = ev["object"]["metadata"]
+            if ev["type"] == "DELETED":
+                state.pop(meta["name"], None)
+            else:
+                state[meta["name"]] = meta["resourceVersion"]
+        field, _, value = sel.partition("=")
+        if field == "fieldSelector":
+            node = value.split("%3D")[1]
+            expected = [p for p in everything if p["spec"].get("nodeName") == node]
+        elif field == "labelSelector" and "%3D" in value:
+            tier = value.split("%3D")[1]
+            expected = [p for p in everything if p["metadata"]["labels"].get("tier") == tier]
+        else:
+            expected = everything
+        assert state == {p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in expected}, sel
     api.close()
