@@ -196,3 +196,16 @@ def test_dependents_of_absent_owners_are_collected(kube_client: client.ApiClient
                    slice_owned_by(node["metadata"]["uid"], "live"))
     assert live.status == 201
     assert [s["metadata"]["name"] for s in fake_apiserver.objects("ResourceSlice")] == ["live"]
+
+
+def test_wait_until_wakes_on_writes(kube_client: client.ApiClient, fake_apiserver: FakeApiServer) -> None:
+    def later() -> None:
+        time.sleep(0.2)
+        request(kube_client, "POST", CLAIMS, claim("c1"))
+
+    threading.Thread(target=later).start()
+    # objects() takes the store lock: waiting must not hold anything a writer needs.
+    found = fake_apiserver.wait_until(lambda s: next(iter(s.objects("ResourceClaim")), None), what="claim c1")
+    assert found["metadata"]["name"] == "c1"
+    with pytest.raises(TimeoutError, match="claim c2"):
+        fake_apiserver.wait_until(lambda s: s.get("ResourceClaim", "c2", "default"), timeout=0.3, what="claim c2")

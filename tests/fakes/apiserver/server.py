@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from . import events_view
@@ -32,6 +32,7 @@ from .selectors import Predicate, SelectorError, parse_field_selector, parse_lab
 from .store import Observer, Store
 from .watch_stream import WatchRequest, WatchStream
 
+T = TypeVar("T")
 USER_HEADER = "X-Fake-User"
 
 _shared_registries: dict[Path, SchemaRegistry] = {}
@@ -311,6 +312,37 @@ class FakeApiServer:
     def enable_feature(self, gate: str) -> None:
         """Undo `disable_feature`."""
         self.store.set_feature(gate, enabled=True)
+
+    def wait_until(self, check: Callable[["FakeApiServer"], T | None], timeout: float = 10.0, what: str = "") -> T:
+        """Block until `check(server)` returns something truthy, re-checking after every write
+        (no polling interval to tune); returns that value. TimeoutError names `what`."""
+        changed = threading.Condition()
+        writes = [0]
+
+        # Runs under the store lock: only bump and notify. `check` runs without `changed` held,
+        # so a check that reads the store cannot deadlock with a writer.
+        def on_write(_: Any) -> None:
+            with changed:
+                writes[0] += 1
+                changed.notify_all()
+
+        self.add_observer(on_write)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                with changed:
+                    seen = writes[0]
+                result = check(self)
+                if result:
+                    return result
+                with changed:
+                    while writes[0] == seen:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise TimeoutError(f"timed out after {timeout}s waiting for {what or check}")
+                        changed.wait(remaining)
+        finally:
+            self.remove_observer(on_write)
 
     def add_observer(self, observer: Observer) -> None:
         """See `Store.add_observer`: called with a WriteRecord after every committed write."""

@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from . import dra_validation, semantics
-from .feature_gates import KNOWN_GATES, drop_disabled_fields
 from .errors import ApiError, already_exists, bad_request, conflict, gone, invalid, not_found
+from .feature_gates import KNOWN_GATES, drop_disabled_fields
 from .patch import PatchConflict, PatchError, json_patch, merge_patch, strategic_merge_patch
 from .resources import RESOURCE_TYPES, ResourceType
 from .schema_validation import FieldError, SchemaRegistry
