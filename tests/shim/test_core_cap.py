@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,7 @@ def test_two_claims_on_one_gpu_each_get_their_cap(node: Node) -> None:
         assert abs(window([tb], second, second + 1) - 60) <= TOLERANCE_PP
 
 
-def soft_and_hard_against_a_tenant_that_stops(root: Path, policy: str) -> BusyTrace:
+def start_against_a_tenant_that_stops(root: Path, policy: str) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
     """Claim A (cap 30) runs 9 s; claim B (no cap) on the same GPU runs 3 s, then idles."""
     node = Node(root=root)
     node.add_claim("claim-a", {GPU0: 64 * MiB}, cores=30, policy=policy)  # type: ignore[arg-type]
@@ -118,16 +119,25 @@ def soft_and_hard_against_a_tenant_that_stops(root: Path, policy: str) -> BusyTr
     nvml = str(node.write_nvml_inventory())
     a = node.start_loop("--seconds", "9", FAKE_NVML_INVENTORY=nvml)
     b = other.start_loop("--seconds", "3", "--linger", "6", FAKE_NVML_INVENTORY=nvml)
-    trace = collect(a, timeout=30)
-    collect(b, timeout=30)
-    return trace
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def against_a_tenant_that_stops(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BusyTrace]:
+    """Both policies side by side (each on its own fake GPU): claim A's trace per policy."""
+    started = {p: start_against_a_tenant_that_stops(tmp_path_factory.mktemp(p), p) for p in ("soft", "hard")}
+    traces = {}
+    for policy, (a, b) in started.items():
+        traces[policy] = collect(a, timeout=30)
+        collect(b, timeout=30)
+    return traces
 
 
 @pytest.mark.parametrize("policy", ["soft", "hard"])
 def test_soft_releases_the_cap_when_the_other_claim_goes_idle_and_hard_does_not(
-    tmp_path: Path, policy: str
+    against_a_tenant_that_stops: dict[str, BusyTrace], policy: str
 ) -> None:
-    trace = soft_and_hard_against_a_tenant_that_stops(tmp_path, policy)
+    trace = against_a_tenant_that_stops[policy]
     # While the other claim is busy, both policies hold the cap.
     assert abs(window([trace], 1.5, 3.0) - 30) <= TOLERANCE_PP
     later = [window([trace], s / 2, s / 2 + 0.5) for s in range(10, 18)]  # 5.0 .. 9.0 s
