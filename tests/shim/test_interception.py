@@ -41,6 +41,11 @@ def test_wall_holds_whichever_way_the_api_was_obtained(claimed: Node, mode: str)
         ("cuLaunchKernel", 12000, 2, "cuLaunchKernel_ptsz"),
         ("cuLaunchKernel", 12000, 1, "cuLaunchKernel"),  # legacy stream asked explicitly
         ("cuGraphLaunch", 12000, 2, "cuGraphLaunch_ptsz"),
+        ("cuGraphLaunch", 12000, 0, "cuGraphLaunch"),
+        ("cuLaunchKernelEx", 12000, 0, "cuLaunchKernelEx"),
+        ("cuLaunchKernelEx", 12000, 2, "cuLaunchKernelEx_ptsz"),
+        ("cuLaunchCooperativeKernel", 12000, 0, "cuLaunchCooperativeKernel"),
+        ("cuLaunchCooperativeKernel", 12000, 2, "cuLaunchCooperativeKernel_ptsz"),
         ("cuGetProcAddress", 11030, 0, "cuGetProcAddress"),
         ("cuGetProcAddress", 12000, 0, "cuGetProcAddress_v2"),  # nested lookups stay hooked
         ("cuMemCreate", 12000, 0, "cuMemCreate"),
@@ -82,6 +87,18 @@ def test_dlsym_of_other_cu_prefixed_names_is_left_alone(claimed: Node) -> None:
     # Lower-case after "cu" (cublas*, curl_*) is not the driver API: never wrapped, never looked at.
     result = claimed.run("dlsymname", "cuda_nonexistent_symbol")
     assert result.lines[0] == {"cmd": "dlsymname", "rc": "500"}
+
+
+LAUNCH_NAMES = [
+    "cuLaunchKernel", "cuLaunchKernel_ptsz", "cuLaunchKernelEx", "cuLaunchKernelEx_ptsz",
+    "cuLaunchCooperativeKernel", "cuLaunchCooperativeKernel_ptsz", "cuGraphLaunch", "cuGraphLaunch_ptsz",
+]
+
+
+@pytest.mark.parametrize("name", LAUNCH_NAMES)
+def test_dlsym_of_every_launch_variant_leads_to_the_limiter(claimed: Node, name: str) -> None:
+    result = claimed.run("init", "dlsymname", name)
+    assert (result.lines[1]["lib"], result.lines[1]["sym"]) == ("libvgpu-test.so", name)
 
 
 def test_every_launch_variant_passes_through(claimed: Node) -> None:
