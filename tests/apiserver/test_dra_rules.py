@@ -55,6 +55,23 @@ def test_bad_devices_are_rejected(kube_client: client.ApiClient, device: dict, f
     assert resp.status == 422 and field in resp.message, resp.message
 
 
+@pytest.mark.parametrize("policy, field", [
+    ({"default": "81Gi", "validRange": {"min": "1Mi"}}, "requestPolicy.default"),
+    ({"default": "80Gi", "validRange": {"min": "81Gi"}}, "validRange.min"),
+    ({"default": "80Gi", "validRange": {"min": "1Gi", "max": "96Gi"}}, "validRange.max"),
+    ({"default": "512Mi", "validRange": {"min": "1Gi"}}, "requestPolicy.default"),
+    ({"default": "8Gi", "validValues": ["16Gi", "8Gi"]}, "validValues[1]"),
+    ({"default": "4Gi", "validValues": ["8Gi", "16Gi"]}, "requestPolicy.default"),
+    ({"default": "8Gi", "validValues": ["8Gi"], "validRange": {"min": "1Gi"}}, "exactly one policy"),
+])
+def test_request_policies_are_checked_against_the_capacity(kube_client: client.ApiClient, policy: dict,
+                                                           field: str) -> None:
+    device = gpu(0)
+    device["capacity"]["vgpu.dra.dev/memory"]["requestPolicy"] = policy
+    resp = request(kube_client, "POST", SLICES, slice_body([device]))
+    assert resp.status == 422 and field in resp.message, resp.message
+
+
 def test_duplicate_device_names_are_rejected(kube_client: client.ApiClient) -> None:
     resp = request(kube_client, "POST", SLICES, slice_body([gpu(0), gpu(0)]))
     assert resp.status == 422 and "Duplicate" in resp.message

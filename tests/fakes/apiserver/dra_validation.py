@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
 import celpy
 
+from .quantity import QuantityError
+from .quantity import parse as parse_quantity
 from .schema_validation import FieldError
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -72,6 +75,66 @@ def _qualified_name_errors(name: str, path: str, require_domain: bool = False) -
     return errs
 
 
+def _quantity(value: Any) -> Fraction | None:
+    try:
+        return parse_quantity(str(value))[0]
+    except QuantityError:
+        return None  # the schema check reports it
+
+
+def _request_policy_errors(cap: dict[str, Any], path: str) -> list[FieldError]:
+    """validateRequestPolicy: one policy form; values, range and default within the capacity;
+    validValues ascending and holding the default."""
+    policy = cap["requestPolicy"]
+    capacity = _quantity(cap.get("value"))
+    errs: list[FieldError] = []
+    valid = policy.get("validValues") or []
+    rng = policy.get("validRange")
+    default = _quantity(policy["default"]) if policy.get("default") is not None else None
+    if capacity is None:
+        return errs
+    if default is not None and default > capacity:
+        errs.append(_err(f"{path}.default", f"Invalid value: {policy['default']!r}: default value cannot exceed the "
+                         "capacity value"))
+    if valid and rng:
+        errs.append(_err(path, "Forbidden: exactly one policy can be specified, cannot specify `validValues` and "
+                         "`validRange` at the same time", "FieldValueForbidden"))
+    elif valid:
+        if len(valid) > MAX_VALID_VALUES:
+            errs.append(_too_many(f"{path}.validValues", len(valid), MAX_VALID_VALUES))
+        values = [_quantity(v) for v in valid]
+        for i, v in enumerate(values):
+            if v is not None and v > capacity:
+                errs.append(_err(f"{path}.validValues[{i}]", f"Invalid value: {valid[i]!r}: option is larger than "
+                                 "the capacity value"))
+            if i and v is not None and values[i - 1] is not None and v <= values[i - 1]:
+                errs.append(_err(f"{path}.validValues[{i}]", f"Invalid value: {valid[i]!r}: values must be unique "
+                                 "and sorted in ascending order"))
+        if default is not None and default not in values:
+            errs.append(_err(f"{path}.default", f"Invalid value: {policy['default']!r}: default value must be one "
+                             "of the valid values"))
+    elif rng:
+        low = _quantity(rng.get("min")) if rng.get("min") is not None else None
+        high = _quantity(rng.get("max")) if rng.get("max") is not None else None
+        if low is None:
+            errs.append(_err(f"{path}.validRange.min", "Required value", "FieldValueRequired"))
+        elif low > capacity:
+            errs.append(_err(f"{path}.validRange.min", f"Invalid value: {rng['min']!r}: min cannot exceed the "
+                             "capacity value"))
+        if high is not None and high > capacity:
+            errs.append(_err(f"{path}.validRange.max", f"Invalid value: {rng['max']!r}: max cannot exceed the "
+                             "capacity value"))
+        if high is not None and low is not None and low > high:
+            errs.append(_err(f"{path}.validRange.max", f"Invalid value: {rng['max']!r}: max cannot be less than min"))
+        if default is not None and low is not None and (default < low or (high is not None and default > high)):
+            errs.append(_err(f"{path}.default", f"Invalid value: {policy['default']!r}: default value must be "
+                             "within the valid range"))
+        step = _quantity(rng.get("step")) if rng.get("step") is not None else None
+        if step is not None and step <= 0:
+            errs.append(_err(f"{path}.validRange.step", f"Invalid value: {rng['step']!r}: step must be positive"))
+    return errs
+
+
 def _device_errors(device: dict[str, Any], path: str, allow_requests_policy: bool) -> list[FieldError]:
     errs: list[FieldError] = []
     name = device.get("name", "")
@@ -105,12 +168,7 @@ def _device_errors(device: dict[str, Any], path: str, allow_requests_policy: boo
             if not allow_requests_policy:
                 errs.append(_err(f"{cpath}.requestPolicy", "Forbidden: allowMultipleAllocations must be true",
                                  "FieldValueForbidden"))
-            valid = policy.get("validValues") or []
-            if len(valid) > MAX_VALID_VALUES:
-                errs.append(_too_many(f"{cpath}.requestPolicy.validValues", len(valid), MAX_VALID_VALUES))
-            if valid and policy.get("validRange"):
-                errs.append(_err(f"{cpath}.requestPolicy", "Invalid value: exactly one of validValues or "
-                                 "validRange may be set"))
+            errs.extend(_request_policy_errors(cap, f"{cpath}.requestPolicy"))
     taints = device.get("taints") or []
     if len(taints) > MAX_TAINTS:
         errs.append(_too_many(f"{path}.taints", len(taints), MAX_TAINTS))
