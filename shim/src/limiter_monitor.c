@@ -26,7 +26,8 @@
 #include "glibc_compat.h"
 #include "vgpu_internal.h"
 
-#define POLL_NS 2000000LL              /* event polling period */
+#define POLL_NS 2000000LL              /* event polling period while launches are in flight */
+#define IDLE_POLL_NS 20000000LL        /* ... and while none is */
 #define CONTROL_NS 100000000LL         /* controller period, shared by the claim's processes */
 #define STALE_NS 2000000000LL          /* no update for this long: restart the share window */
 #define OTHERS_MIN_PPM 50000           /* 5 % of the device used by someone else = contention */
@@ -98,8 +99,10 @@ static int64_t device_utilization_ppm(struct vgpu_limiter *lim)
 /* The context current on the monitor thread (it follows the events it reads). Monitor only. */
 static CUcontext g_monitor_ctx;
 
-static void poll_events(struct vgpu_limiter *lim)
+/* Reads the finished launches' timings; returns how many launches are still in flight. */
+static int poll_events(struct vgpu_limiter *lim)
 {
+    int in_flight = 0;
     for (int i = 0; i < VGPU_TIMING_SLOTS; i++) {
         struct vgpu_timing_slot *slot = &lim->slots[i];
         if (__atomic_load_n(&slot->state, __ATOMIC_ACQUIRE) != VGPU_SLOT_PENDING)
@@ -108,8 +111,10 @@ static void poll_events(struct vgpu_limiter *lim)
             vgpu_helper.cuCtxSetCurrent(slot->ctx) == CUDA_SUCCESS)
             g_monitor_ctx = slot->ctx;
         CUresult rc = vgpu_helper.cuEventQuery(slot->end);
-        if (rc == CUDA_ERROR_NOT_READY)
+        if (rc == CUDA_ERROR_NOT_READY) {
+            in_flight++;
             continue;
+        }
         float ms = 0;
         int64_t device_ns = -1;
         if (rc == CUDA_SUCCESS && vgpu_helper.cuEventElapsedTime &&
@@ -126,6 +131,7 @@ static void poll_events(struct vgpu_limiter *lim)
         } /* else an event error: the estimate charged stands for the launch */
         __atomic_store_n(&slot->state, VGPU_SLOT_FREE, __ATOMIC_RELEASE);
     }
+    return in_flight;
 }
 
 /* ---- control -------------------------------------------------------------------------------- */
@@ -190,7 +196,6 @@ static void control(struct vgpu_limiter *lim, int64_t now)
 
 static void *monitor(void *arg)
 {
-    struct timespec nap = {0, POLL_NS};
     int mode = CU_STREAM_CAPTURE_MODE_RELAXED;
     (void)arg;
     /* Event queries from this thread must never invalidate a graph capture another thread of the
@@ -199,13 +204,15 @@ static void *monitor(void *arg)
         vgpu_helper.cuThreadExchangeStreamCaptureMode(&mode);
     while (__atomic_load_n(&vgpu_mode, __ATOMIC_RELAXED) == VGPU_MODE_ENFORCE) {
         int64_t now = vgpu_mono_ns();
+        int in_flight = 0;
         for (int i = 0; i < vgpu_account_count; i++) {
             struct vgpu_limiter *lim = vgpu_limiters[i];
             if (!lim)
                 continue;
-            poll_events(lim);
+            in_flight += poll_events(lim);
             control(lim, now);
         }
+        struct timespec nap = {0, in_flight ? POLL_NS : IDLE_POLL_NS};
         nanosleep(&nap, NULL);
     }
     return NULL;
