@@ -170,3 +170,13 @@ def test_no_deadlock_with_8_threads_on_4_streams_while_processes_of_the_claim_ar
     after = collect(node.start_loop("--seconds", "2"), timeout=20)
     assert abs(window([after], 1.0, 2.0) - 50) <= TOLERANCE_PP
     stop(worker)
+
+
+def test_a_fork_child_is_capped_with_the_claim(node: Node) -> None:
+    node.add_claim("claim-a", {GPU0: 64 * MiB}, cores=40, policy="hard")
+    # The parent launches first (its monitor thread and timing slots exist), then forks; the
+    # child has neither and must set up its own.
+    result = node.run("init", "ctx", "0", "busy", "600", "1000", "fork", "busy", "2000", "1000", timeout=30)
+    busy = [line for line in result.lines if line["cmd"] == "busy"]
+    assert [line["rc"] for line in busy] == ["0", "0"], result
+    assert abs(float(busy[1]["share"]) - 40) <= TOLERANCE_PP, busy

@@ -13,7 +13,9 @@
  *   init | ctx D | ctxcreate D | alloc N | alloc1 N | managed N | pitch W H | array W H |
  *   array3d W H Z | mipmap W H LEVELS | vmm D N | vmmhost N | async N | pool N | free I |
  *   info | info1 | infonull | total D | launch K | resolve NAME VER FLAGS | fork CMDS... |
- *   exec CMDS... | hold | sleep MS | fill N (alloc N-byte blocks until refused; prints count)
+ *   exec CMDS... | hold | sleep MS | fill N (alloc N-byte blocks until refused; prints count) |
+ *   busy MS US (launch US-microsecond kernels back to back for MS ms; prints the share of the
+ *   device its kernels used over the second half, from the fake driver's fakeCudaBusyNs)
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -22,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vgpu_cuda.h"
@@ -502,6 +505,27 @@ static int run_one(char **argv, int i, int argc, const char *self, const char *m
         }
         printf("\n");
         return 1;
+    }
+    if (!strcmp(cmd, "busy")) {
+        NEED(2);
+        long long (*busy_ns)(int) = (long long (*)(int))dlsym(RTLD_DEFAULT, "fakeCudaBusyNs");
+        long long ms = (long long)num(argv[i + 1]), us = (long long)num(argv[i + 2]);
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        long long start = ts.tv_sec * 1000000000LL + ts.tv_nsec, mid_t = 0, mid_b = 0, now = start;
+        rc = CUDA_SUCCESS;
+        while (rc == CUDA_SUCCESS && now - start < ms * 1000000LL) {
+            rc = api.cuLaunchKernel(NULL, (unsigned)us, 1, 1, 1000, 1, 1, 0, NULL, NULL, NULL);
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            now = ts.tv_sec * 1000000000LL + ts.tv_nsec;
+            if (!mid_t && now - start >= ms * 500000LL) {
+                mid_t = now;
+                mid_b = busy_ns(0);
+            }
+        }
+        double share = mid_t && now > mid_t ? 100.0 * (double)(busy_ns(0) - mid_b) / (double)(now - mid_t) : -1;
+        printf("busy rc=%d share=%.1f\n", rc, share);
+        return 3;
     }
     if (!strcmp(cmd, "sleep")) {
         NEED(1);
