@@ -11,7 +11,9 @@ from kubernetes import client, config
 
 from tests.apiserver.raw_requests import request
 from tests.apiserver.test_crud import CLAIMS, claim
+from tests.apiserver.test_dra_rules import gpu, slice_body
 from tests.fakes.apiserver import FakeApiServer
+from tests.fakes.apiserver.schema_validation import SchemaRegistry, default_openapi_dir
 from tests.fakes.kubeconfig import api_client_for, write_kubeconfig
 
 WRITERS = 6
@@ -162,3 +164,27 @@ def test_many_writers_and_watchers_agree_with_the_store(fake_apiserver: FakeApiS
             expected = everything
         assert state == {p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in expected}, sel
     api.close()
+
+
+def test_first_use_of_a_schema_from_many_threads_is_consistent() -> None:
+    """Compiled checkers are published only when complete: concurrent first requests for a kind
+    all get the full validation and stored form, never a half-built one."""
+    key = ("resource.k8s.io/v1", "io.k8s.api.resource.v1.ResourceSlice")
+    body = slice_body([gpu(i) for i in range(2)])
+    body["spec"]["devices"][0]["capacity"]["vgpu.dra.dev/memory"]["value"] = "1024Mi"
+    body["spec"]["devices"][1]["capacty"] = {}
+    for _ in range(3):
+        registry = SchemaRegistry(default_openapi_dir())  # fresh: nothing compiled yet
+        results: list[tuple[list[str], str]] = []
+
+        def use() -> None:
+            errors = [e.field for e in registry.validate(body, *key)]
+            stored = registry.stored_form(body, *key)
+            results.append((errors, stored["spec"]["devices"][0]["capacity"]["vgpu.dra.dev/memory"]["value"]))
+
+        threads = [threading.Thread(target=use) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [(["spec.devices[1].capacty"], "1Gi")] * 12

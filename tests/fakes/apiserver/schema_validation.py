@@ -101,16 +101,15 @@ class OpenAPIDocument:
         if found is not None:
             return found
         with self._lock:
-            if key not in self._compiled:
-                if key not in self._schemas:
-                    raise KeyError(f"schema {key!r} is not in this OpenAPI document")
-                # Placeholder first, so a recursive $ref resolves to a late-bound call.
-                holder: list[Checker] = []
-                self._compiled[key] = lambda v, p, e: holder[0](v, p, e)
-                compiled = self._compile(self._schemas[key])
-                holder.append(compiled)
-                self._compiled[key] = compiled
-            return self._compiled[key]
+            if key in self._compiled:
+                return self._compiled[key]
+            if key not in self._schemas:
+                raise KeyError(f"schema {key!r} is not in this OpenAPI document")
+            # Published only when complete, so a concurrent first request waits on the lock
+            # instead of calling a half-built checker; references inside bind late (`_ref`).
+            compiled = self._compile(self._schemas[key])
+            self._compiled[key] = compiled
+            return compiled
 
     def stored_form(self, key: str) -> Normalizer | None:
         """obj → the form the real server stores it in (see stored_form.py), or None when

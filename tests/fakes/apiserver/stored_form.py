@@ -52,14 +52,13 @@ class StoredFormCompiler:
         if key in self._compiled:
             return self._compiled[key]
         with self._lock:
-            if key not in self._compiled:
-                # Recursion guard: a self-referencing schema sees a late-bound call.
-                cell: list[Transform | None] = []
-                self._compiled[key] = lambda v: cell[0](v) if cell and cell[0] else v
-                compiled = self._compile(self._doc.schema(key))
-                cell.append(compiled)
-                self._compiled[key] = compiled
-            return self._compiled[key]
+            if key in self._compiled:
+                return self._compiled[key]
+            # Published only when complete; references inside bind late, so a schema that refers
+            # to itself needs no placeholder.
+            compiled = self._compile(self._doc.schema(key))
+            self._compiled[key] = compiled
+            return compiled
 
     def _resolve(self, node: dict[str, Any]) -> dict[str, Any]:
         """The node a property's schema stands for (through $ref and single-entry allOf)."""
