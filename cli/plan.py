@@ -1,6 +1,6 @@
 """`vgpu-dra plan`: where would these workloads land, and what would not fit? No cluster needed.
 
-    vgpu-dra plan                                  # examples/ on the built-in RTX 3080 inventory
+    vgpu-dra plan                                  # the seed's two workers on the built-in RTX 3080
     vgpu-dra plan my-app/ --inventory nodes/       # your manifests on your nodes
     vgpu-dra plan my-app/ -o json --node-policy spread
 
@@ -27,6 +27,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO_ROOT / "examples"
 BUILTIN_INVENTORY = EXAMPLES / "inventory" / "rtx3080.yaml"
 BUILTIN_DEVICE_CLASSES = EXAMPLES / "deviceclasses"
+# Without PATHs: the seed's two workers. The other examples (multi-GPU, sized classes, the sharing
+# demo …) are scenarios of their own that together would not fit the one built-in GPU.
+DEMO_PATHS = (EXAMPLES / "claims", EXAMPLES / "workloads")
 
 EXIT_FITS, EXIT_REFUSED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -38,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                         help="Kubernetes YAML files or folders: DeviceClasses, ResourceClaimTemplates, "
-                             "ResourceClaims, Pods, Deployments, StatefulSets, Jobs (default: examples/)")
+                             "ResourceClaims, Pods, Deployments, StatefulSets, Jobs (default: examples/claims and "
+                             "examples/workloads, the seed's two workers)")
     parser.add_argument("--inventory", action="append", type=Path, metavar="FILE",
                         help="a NodeInventory file, or a folder of them (repeatable; default: NodeInventory "
                              "documents among PATHs, else the built-in RTX 3080 node)")
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
               "run it from a source checkout or name your manifests", file=err)
         return EXIT_BAD_INPUT
     try:
-        manifests = load_manifests(args.paths or [EXAMPLES])
+        manifests = load_manifests(args.paths or list(DEMO_PATHS))
         inventories = _inventories(args.inventory, manifests)
         default_classes = _builtin_classes()
         result = plan(manifests, inventories, PlacementPolicy.parse(args.node_policy, args.gpu_policy),
