@@ -152,6 +152,10 @@ static int start_timing(struct vgpu_limiter *lim, CUstream s)
             slot->ctx = ctx;
         }
         if (vgpu_helper.cuEventRecord(slot->start, s) != CUDA_SUCCESS) {
+            /* Events of a destroyed context (whose address a new context may reuse) fail for
+             * good: forget them, the next use of the slot creates fresh ones. */
+            slot->start = slot->end = NULL;
+            slot->ctx = NULL;
             __atomic_store_n(&slot->state, VGPU_SLOT_FREE, __ATOMIC_RELEASE);
             return -1;
         }
