@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vgpu_dra.api.quantity import format_bytes, humanize_bytes
+from vgpu_dra.cli.table_format import format_table
 from vgpu_dra.driver.inventory import InventoryError, NodeInventory
 from vgpu_dra.driver.inventory_file import load_inventories, parse_inventory
 from vgpu_dra.driver.manifests import MANIFEST_SUFFIXES, ManifestError, Manifests, load_manifests
@@ -133,13 +134,6 @@ def plan_json(result: Plan) -> dict[str, Any]:
     }
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
-             for row in (header, *rows)]
-    return "\n".join(lines) + "\n"
-
-
 def _percent(part: int, whole: int) -> str:
     return f"{100 * part // whole} %" if whole else "-"
 
@@ -155,7 +149,7 @@ def render_table(result: Plan, inventories: Sequence[NodeInventory]) -> str:
                          f"{humanize_bytes(gpu.memory_free_bytes)} of {humanize_bytes(gpu.memory_bytes)}",
                          f"{gpu.cores_used} %", f"{gpu.cores_free} %", ", ".join(pods) or "-"])
     sections.append(f"GPUs (node policy {result.policy.node.value}, GPU policy {result.policy.gpu.value})\n"
-                    + _table(["NODE", "GPU", "PRODUCT", "MEMORY USED", "MEMORY FREE", "CORES USED", "CORES FREE",
+                    + format_table(["NODE", "GPU", "PRODUCT", "MEMORY USED", "MEMORY FREE", "CORES USED", "CORES FREE",
                               "PODS"], gpu_rows))
     share_rows = []
     for gpu in result.gpus:
@@ -164,11 +158,11 @@ def render_table(result: Plan, inventories: Sequence[NodeInventory]) -> str:
                                share.claim, share.request, gpu.node, gpu.device, format_bytes(share.memory_bytes),
                                f"{share.cores} %" if share.cores else "no cap"])
     if share_rows:
-        sections.append("Shares\n" + _table(["PODS", "WORKLOAD", "CLAIM", "REQUEST", "NODE", "GPU", "MEMORY", "CORES"],
+        sections.append("Shares\n" + format_table(["PODS", "WORKLOAD", "CLAIM", "REQUEST", "NODE", "GPU", "MEMORY", "CORES"],
                                             share_rows))
     refused = result.refused
     if refused:
-        sections.append("Refused\n" + _table(["POD", "WORKLOAD", "WHY"],
+        sections.append("Refused\n" + format_table(["POD", "WORKLOAD", "WHY"],
                                              [[pod.name, pod.workload, pod.refusal.reason if pod.refusal else ""]
                                               for pod in refused]))
     placed = len(result.pods) - len(refused)

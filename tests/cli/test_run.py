@@ -1,0 +1,208 @@
+"""`vgpu-dra run`: the production libvgpu.so over the fake driver, in a private claims root."""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import CUDAPROG, HOMELAB_GPU, PROD_SHIM, vgpu_dra
+from vgpu_dra.api.names import CONTAINER_CLAIMS_ROOT
+from vgpu_dra.cli.run import child_environment, enter_private_claims_root
+from vgpu_dra.driver.inventory import GpuInfo
+
+MiB = 1 << 20
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 and not Path(CONTAINER_CLAIMS_ROOT).is_dir(),
+                                reason="needs root, or the claims root created once by root")
+
+
+def reports(stderr: str) -> dict[str, dict]:
+    """The start and exit reports of `-o json` (one JSON object per stderr line)."""
+    found = {}
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            report = json.loads(line)
+            found[report["event"]] = report
+    return found
+
+
+def run_json(env: dict[str, str], *command: str, memory: str = "64Mi", extra: tuple[str, ...] = ()):
+    return vgpu_dra("run", "--memory", memory, "--shim", str(PROD_SHIM), "-o", "json", *extra, "--", *command,
+                    env=env)
+
+
+def test_the_wall_refuses_past_the_limit_and_the_summary_reports_it(machine_env: dict[str, str]) -> None:
+    result = run_json(machine_env, str(CUDAPROG), "link", "init", "ctx", "0",
+                      "alloc", str(32 * MiB), "alloc", str(32 * MiB), "alloc", "1", "info")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[2:5] == ["alloc rc=0 id=0", "alloc rc=0 id=1", "alloc rc=2 id=-1"]  # 2 = CUDA_ERROR_OUT_OF_MEMORY
+    assert lines[5] == f"info rc=0 free=0 total={64 * MiB}"  # the claim's view of the GPU
+    start, end = reports(result.stderr)["start"], reports(result.stderr)["exit"]
+    assert start["gpus"][0]["uuid"] == HOMELAB_GPU and start["gpus"][0]["memoryLimitBytes"] == 64 * MiB
+    assert end["gpus"][0]["rejectedAllocations"] == 1
+    assert end["gpus"][0]["peakBytes"] == 64 * MiB
+    assert end["exitStatus"] == 0
+
+
+def test_without_run_the_same_program_is_not_limited(machine_env: dict[str, str]) -> None:
+    # The baseline that makes the test above mean something: the fake driver alone has room.
+    env = dict(machine_env, LD_PRELOAD=str(PROD_SHIM))
+    proc = subprocess.run([str(CUDAPROG), "link", "init", "ctx", "0", "alloc", str(96 * MiB)],
+                          env=env, capture_output=True, text=True, check=False)
+    assert "alloc rc=0" in proc.stdout
+
+
+def test_the_table_report_names_limits_and_usage(machine_env: dict[str, str]) -> None:
+    result = vgpu_dra("run", "--memory", "64Mi", "--cores", "30", "--shim", str(PROD_SHIM), "--",
+                      str(CUDAPROG), "link", "init", "ctx", "0", "alloc", str(80 * MiB), env=machine_env)
+    assert result.returncode == 0
+    first, last = result.stderr.splitlines()[0], result.stderr.splitlines()[-1]
+    assert "memory wall 64Mi" in first and "30 % SMs (soft)" in first and HOMELAB_GPU in first
+    assert "exit status 0" in last and "1 allocation(s) refused" in last and "throttled 0.0 s" in last
+
+
+def test_the_command_sees_only_its_own_claim_and_it_is_removed_at_exit(machine_env: dict[str, str]) -> None:
+    result = run_json(machine_env, "sh", "-c", f"ls {CONTAINER_CLAIMS_ROOT}; cat {CONTAINER_CLAIMS_ROOT}/*/config")
+    assert result.returncode == 0, result.stderr
+    start = reports(result.stderr)["start"]
+    listed = result.stdout.splitlines()
+    assert listed[0] == start["claim"]
+    assert f"gpu uuid={HOMELAB_GPU} memory={64 * MiB} cores=0 policy=soft" in listed
+    assert not Path(start["claimDir"]).exists()
+    assert start["claim"] not in os.listdir(CONTAINER_CLAIMS_ROOT)  # the host's root never held it
+
+
+def test_two_runs_at_once_each_get_their_own_limit(machine_env: dict[str, str], tmp_path: Path) -> None:
+    procs = []
+    for memory in ("64Mi", "128Mi"):
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "vgpu_dra.cli.main", "run", "--memory", memory, "--shim", str(PROD_SHIM),
+             "--", str(CUDAPROG), "link", "init", "ctx", "0", "sleep", "300", "info"],
+            env=machine_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [proc.communicate(timeout=60) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    assert f"total={64 * MiB}" in outputs[0][0]
+    assert f"total={128 * MiB}" in outputs[1][0]
+
+
+def test_a_signal_to_run_reaches_the_command_and_the_claim_is_removed(machine_env: dict[str, str]) -> None:
+    # A Python child: its handler runs at once (a shell may defer a trap until its wait ends).
+    script = ("import signal, sys, time\n"
+              "def stop(*_): print('got-term', flush=True); sys.exit(42)\n"
+              "signal.signal(signal.SIGTERM, stop)\n"
+              "print('ready', flush=True)\n"
+              "time.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "vgpu_dra.cli.main", "run", "--memory", "1Gi", "-o", "json",
+                             "--shim", str(PROD_SHIM), "--", sys.executable, "-c", script],
+                            env=machine_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert stdout == "got-term\n"
+    assert proc.returncode == 42  # the command's own exit status
+    start = reports(stderr)["start"]
+    assert not Path(start["claimDir"]).parent.parent.exists()
+    assert reports(stderr)["exit"]["exitStatus"] == 42
+
+
+def test_a_command_killed_by_a_signal_exits_128_plus_it(machine_env: dict[str, str]) -> None:
+    result = run_json(machine_env, "sh", "-c", "kill -KILL $$")
+    assert result.returncode == 128 + signal.SIGKILL
+    assert reports(result.stderr)["exit"]["signal"] == "SIGKILL"
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (("--memory", "2X"), "--memory: '2X' is not a Kubernetes quantity"),
+    (("--memory", "0"), "--memory must be more than 0 bytes"),
+    (("--memory", "64Gi"), "--memory 64Gi is more than GPU 0 (NVIDIA GeForce RTX 3080) can give: 9997Mi usable"),
+    (("--memory", "1Gi", "--gpu", "3"), "--gpu 3: no such GPU on this machine; it has 0 (GPU-6b1f2c3d"),
+    (("--memory", "1Gi", "--gpu", "GPU-deadbeef"), "--gpu GPU-deadbeef: no such GPU"),
+    (("--memory", "1Gi", "--cores", "101"), "--cores 101 must be 0-100"),
+    (("--memory", "1Gi", "--shim", "/nonexistent/libvgpu.so"), "--shim /nonexistent/libvgpu.so: no such file"),
+])
+def test_bad_input_is_one_line_and_exit_2(machine_env: dict[str, str], options: tuple[str, ...], message: str) -> None:
+    result = vgpu_dra("run", *options, "--", "true", env=machine_env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("vgpu-dra run: error: ")
+    assert message in result.stderr
+
+
+def test_no_command_is_bad_input(machine_env: dict[str, str]) -> None:
+    result = vgpu_dra("run", "--memory", "1Gi", env=machine_env)
+    assert result.returncode == 2 and "no command given" in result.stderr
+
+
+def test_no_nvidia_driver_is_one_line(machine_env: dict[str, str]) -> None:
+    env = dict(machine_env)
+    env.pop("FAKE_NVML_INVENTORY")  # the fake then answers as a machine without the driver loaded
+    result = vgpu_dra("run", "--memory", "1Gi", "--", "true", env=env)
+    assert result.returncode == 2
+    ours = [line for line in result.stderr.splitlines() if line.startswith("vgpu-dra run")]
+    assert len(ours) == 1 and ours[0].startswith("vgpu-dra run: error: cannot list this machine's GPUs: ")
+    assert "driver not loaded" in ours[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_command_exits_127_without_leaving_a_claim(machine_env: dict[str, str]) -> None:
+    before = set(os.listdir("/run")) if os.access("/run", os.W_OK) else set()
+    result = vgpu_dra("run", "--memory", "1Gi", "--", "no-such-command-xyz", env=machine_env)
+    assert result.returncode == 127 and "no-such-command-xyz: command not found" in result.stderr
+    after = set(os.listdir("/run")) if os.access("/run", os.W_OK) else set()
+    assert not {name for name in after - before if name.startswith("vgpu-dra-run-")}
+
+
+def test_child_environment_puts_the_shim_first_and_names_the_gpu() -> None:
+    gpu = GpuInfo(uuid=HOMELAB_GPU, index=0, minor_number=0, product_name="x", brand="GeForce",
+                  architecture="Ampere", cuda_compute_capability="8.6", driver_version="550.54.15",
+                  cuda_driver_version="12.4", pci_bus_id="0000:01:00.0", numa_node=-1,
+                  memory_total_bytes=1 << 30, memory_reserved_bytes=0, mig_mode_enabled=False)
+    shim = Path("/opt/libvgpu.so")
+    env = child_environment(shim, [gpu], base={"LD_PRELOAD": "/x/libother.so:/opt/libvgpu.so"})
+    assert env["LD_PRELOAD"] == "/opt/libvgpu.so /x/libother.so"
+    assert env["CUDA_VISIBLE_DEVICES"] == HOMELAB_GPU
+    assert child_environment(shim, [gpu], base={"CUDA_VISIBLE_DEVICES": "1"})["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
+def test_an_unprivileged_user_gets_the_private_root_through_a_user_namespace() -> None:
+    # Not under tmp_path: pytest's base temp dir is private to root, the other user could not
+    # even reach the source.
+    base = Path(tempfile.mkdtemp(prefix="vgpu-dra-userns-"))
+    os.chmod(base, 0o755)
+    source, target = base / "source", base / "target"
+    (source / "claim-x").mkdir(parents=True)
+    target.mkdir()
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            # A real user's process is dumpable; one that changed its uid is not, until it says so
+            # (else its /proc/self files stay root's).
+            ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+            enter_private_claims_root(source, target, 65534, 65534)
+            os.write(writer, f"{os.getuid()} {sorted(os.listdir(target))}".encode())
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            os.write(writer, f"error {exc}".encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    try:
+        assert answer == "65534 ['claim-x']"  # the command keeps its own user and sees the claim
+        assert os.listdir(target) == []  # only inside that namespace
+    finally:
+        shutil.rmtree(base)
