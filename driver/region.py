@@ -257,13 +257,16 @@ def read_region(path: str | os.PathLike[str]) -> RegionSnapshot:
                 )
             )
         dead = [sum(p.used_bytes[uuids[g]] for p in processes if not p.alive) for g in range(gpu_count)]
-        gpus = tuple(_gpu_usage(copy.gpus[i], uuids[i], dead[i]) for i in range(gpu_count))
+        # The limiter updates the share only while a process of the claim runs: with none alive
+        # the claim uses nothing, whatever the last update said.
+        running = any(p.alive for p in processes)
+        gpus = tuple(_gpu_usage(copy.gpus[i], uuids[i], dead[i], running) for i in range(gpu_count))
         return RegionSnapshot(claim_uid=_cstr(copy.claim_uid), gpus=gpus, processes=tuple(processes))
     finally:
         os.close(fd)
 
 
-def _gpu_usage(entry: Any, uuid: str, dead_bytes: int) -> GpuUsage:
+def _gpu_usage(entry: Any, uuid: str, dead_bytes: int, running: bool) -> GpuUsage:
     used = max(0, int(entry.used_bytes))
     return GpuUsage(
         uuid=uuid,
@@ -275,8 +278,8 @@ def _gpu_usage(entry: Any, uuid: str, dead_bytes: int) -> GpuUsage:
         context_bytes=int(entry.context_bytes),
         core_cap=int(entry.core_cap),
         core_policy="hard" if entry.core_policy == POLICY_HARD else "soft",
-        measured_share_ppm=int(entry.measured_share_ppm),
+        measured_share_ppm=int(entry.measured_share_ppm) if running else 0,
         throttled_ns=int(entry.throttled_ns),
         launches_delayed=int(entry.launches_delayed),
-        core_cap_enforced=0 < int(entry.core_cap) < 100 and int(entry.limiter_state[LIM_GATE]) != 0,
+        core_cap_enforced=running and 0 < int(entry.core_cap) < 100 and int(entry.limiter_state[LIM_GATE]) != 0,
     )

@@ -18,6 +18,7 @@ import pytest
 
 from tests.shim.busy_trace import BusyTrace, collect, window
 from tests.shim.harness import GPU0, MiB, Node, stop
+from vgpu_dra.driver.region import GpuUsage
 
 TOLERANCE_PP = 5.0
 RUN_S = 5.0
@@ -50,7 +51,7 @@ SCENARIOS = [
 @dataclass(frozen=True)
 class Outcome:
     traces: list[BusyTrace]
-    node: Node
+    during: GpuUsage  # the claim's region read near the end of the run, its processes alive
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +65,11 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
             for _ in range(scenario.processes)
         ]
         started.append((scenario, node, procs))
+    time.sleep(RUN_S - 0.7)
+    during = {scenario.name: node.region("claim-a").gpu(GPU0) for scenario, node, _ in started}
     results = {}
     for scenario, node, procs in started:
-        results[scenario.name] = Outcome([collect(p, timeout=RUN_S + 20) for p in procs], node)
+        results[scenario.name] = Outcome([collect(p, timeout=RUN_S + 20) for p in procs], during[scenario.name])
     return results
 
 
@@ -79,20 +82,22 @@ def test_a_busy_loop_converges_to_the_cap_within_5_seconds(outcomes: dict[str, O
     for second in (2, 3, 4):
         achieved = window(outcome.traces, second, second + 1)
         assert abs(achieved - scenario.cap) <= TOLERANCE_PP, (second, achieved)
-    gpu = outcome.node.region("claim-a").gpu(GPU0)
+    gpu = outcome.during
     # The claim's own view (the metric users see) agrees with the device.
     assert abs(gpu.measured_share_percent - scenario.cap) <= TOLERANCE_PP
     assert (gpu.core_cap, gpu.core_policy, gpu.core_cap_enforced) == (scenario.cap, scenario.policy, True)
     # Throttling is visible: the loop spent most of its run waiting for its turn.
-    assert gpu.throttled_seconds > 0.5 * RUN_S * scenario.processes * (100 - scenario.cap) / 100
+    assert gpu.throttled_seconds > 0.5 * (RUN_S - 0.7) * scenario.processes * (100 - scenario.cap) / 100
     assert gpu.launches_delayed > 0
 
 
 def test_no_cap_adds_no_throttling(node: Node) -> None:
     node.add_claim("claim-a", {GPU0: 64 * MiB}, cores=0)
-    trace = collect(node.start_loop("--seconds", "1.5"), timeout=20)
-    assert window([trace], 0.5, 1.5) >= 95.0  # one stream, back to back: the device is full
+    loop = node.start_loop("--seconds", "1.5")
+    time.sleep(1.0)
     gpu = node.region("claim-a").gpu(GPU0)
+    trace = collect(loop, timeout=20)
+    assert window([trace], 0.5, 1.5) >= 95.0  # one stream, back to back: the device is full
     assert (gpu.throttled_ns, gpu.launches_delayed, gpu.measured_share_ppm) == (0, 0, 0)
     assert not gpu.core_cap_enforced
 
@@ -180,3 +185,11 @@ def test_a_fork_child_is_capped_with_the_claim(node: Node) -> None:
     busy = [line for line in result.lines if line["cmd"] == "busy"]
     assert [line["rc"] for line in busy] == ["0", "0"], result
     assert abs(float(busy[1]["share"]) - 40) <= TOLERANCE_PP, busy
+
+
+def test_a_claim_whose_processes_all_exited_shows_no_share(node: Node) -> None:
+    node.add_claim("claim-a", {GPU0: 64 * MiB}, cores=50, policy="hard")
+    collect(node.start_loop("--seconds", "1"), timeout=20)
+    gpu = node.region("claim-a").gpu(GPU0)
+    assert (gpu.measured_share_ppm, gpu.core_cap_enforced) == (0, False)
+    assert gpu.throttled_seconds > 0 and gpu.launches_delayed > 0  # the history stays
