@@ -65,3 +65,21 @@ def test_every_metric_the_code_exposes_is_documented_with_its_type_and_labels(me
 
 def test_the_docs_list_no_metric_the_code_lacks(metrics):
     assert set(documented()) - {as_queried(m) for m in metrics} == set()
+
+
+def test_the_alert_queries_in_the_docs_read_metrics_and_labels_the_code_exposes(metrics):
+    from tests.dashboard.promql import reads
+
+    blocks = re.findall(r"```promql\n(.*?)```", METRICS_DOC.read_text(), flags=re.S)
+    assert len(blocks) >= 5
+    by_series = {series: m for m in metrics for series in m.series}
+    for block in blocks:
+        expr = "\n".join(line for line in block.splitlines() if not line.startswith("#")).strip()
+        read = reads(expr)
+        labels_seen: set[str] = set()
+        for name, labels in read.selectors:
+            assert name in by_series, f"docs/metrics.md queries {name}, which the code does not expose"
+            own = set(by_series[name].labels) | ({"le"} if name.endswith("_bucket") else set())
+            assert labels <= own, f"{name} has no label(s) {sorted(labels - own)}"
+            labels_seen |= own
+        assert read.grouping <= labels_seen, f"groups by {sorted(read.grouping - labels_seen)}: {expr}"
