@@ -71,6 +71,7 @@ LOCK_SLOT_BASE: int = _lib.VGPU_LOCK_SLOT_BASE
 PROC_LIVE: int = _lib.VGPU_PROC_LIVE
 POLICY_HARD: int = _lib.VGPU_POLICY_HARD
 LIM_GATE: int = _lib.VGPU_LIM_GATE
+LIM_VCLOCK: int = _lib.VGPU_LIM_VCLOCK
 REGION_SIZE: int = ffi.sizeof("struct vgpu_region")
 
 

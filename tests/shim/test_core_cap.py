@@ -193,3 +193,19 @@ def test_a_claim_whose_processes_all_exited_shows_no_share(node: Node) -> None:
     gpu = node.region("claim-a").gpu(GPU0)
     assert (gpu.measured_share_ppm, gpu.core_cap_enforced) == (0, False)
     assert gpu.throttled_seconds > 0 and gpu.launches_delayed > 0  # the history stays
+
+
+def test_a_clock_pushed_far_ahead_in_the_region_cannot_stall_launches(node: Node) -> None:
+    import mmap
+
+    from vgpu_dra.driver.region import LIM_VCLOCK, ffi
+
+    region = node.add_claim("claim-a", {GPU0: 64 * MiB}, cores=50, policy="hard")
+    # A corrupted (or tampered) region: the claim's clock a century ahead.
+    with open(region, "r+b") as f, mmap.mmap(f.fileno(), 0) as mem:
+        view = ffi.from_buffer("struct vgpu_region *", mem)
+        view.gpus[0].limiter_state[LIM_VCLOCK] = 100 * 365 * 24 * 3600 * 10**9
+        del view
+    trace = collect(node.start_loop("--seconds", "2"), timeout=20)
+    assert trace.done["errors"] == "0"
+    assert abs(window([trace], 1.0, 2.0) - 50) <= TOLERANCE_PP
