@@ -166,3 +166,34 @@ def test_the_chart_renders_the_dashboard_into_a_configmap_for_grafanas_sidecar()
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(configmap["data"]["vgpu-dra.json"]) == json.loads(DASHBOARD.read_text())
     assert not render().of_kind("ConfigMap"), "dashboards are opt-in"
+
+
+CORE_PANEL_TYPES = {"row", "timeseries", "stat", "table", "bargauge", "gauge", "text", "heatmap"}
+
+
+def test_panels_use_core_panel_types_and_their_field_overrides_match_a_series(dashboard):
+    for panel in panels(dashboard):
+        assert panel["type"] in CORE_PANEL_TYPES, f"{panel['title']!r}: {panel['type']} needs a plugin"
+        if panel["type"] == "row":
+            continue
+        assert set(panel["fieldConfig"]) == {"defaults", "overrides"}, panel["title"]
+        legends = [re.sub(r"\{\{\w+\}\}", "x", t["legendFormat"]) for t in panel["targets"]]
+        for override in panel["fieldConfig"]["overrides"]:
+            matcher = override["matcher"]
+            if matcher["id"] == "byRegexp" and panel["type"] == "timeseries":
+                assert any(re.fullmatch(matcher["options"], legend) for legend in legends), \
+                    f"{panel['title']!r}: override {matcher['options']!r} matches none of its series {legends}"
+
+
+def test_table_columns_name_the_queries_that_fill_them(dashboard):
+    for panel in panels(dashboard):
+        if panel["type"] != "table":
+            continue
+        ref_ids = {t["refId"] for t in panel["targets"]}
+        assert all(t.get("format") == "table" and t.get("instant") for t in panel["targets"]), panel["title"]
+        ids = [step["id"] for step in panel.get("transformations", [])]
+        assert ids[:1] == ["merge"], f"{panel['title']!r}: one row per series needs the merge transformation"
+        for step in panel["transformations"]:
+            for key in step["options"].get("renameByName", {}):
+                match = re.fullmatch(r"Value #(\w+)", key)
+                assert match is None or match[1] in ref_ids, f"{panel['title']!r}: {key} names no query"
