@@ -1,4 +1,5 @@
-"""examples/ stays true: every manifest is one a Kubernetes 1.36 API server accepts, every
+"""examples/ stays true: every manifest is one a Kubernetes 1.36 API server accepts (schema and
+DRA validation rules), every
 VgpuConfig parses, and each scenario lands where its comments say when planned with the
 controller's rules on a realistic node."""
 from __future__ import annotations
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from tests.deploy.chart import schema_key
+from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.openapi_schema import validate
 from vgpu_dra.api.config import parse_config
 from vgpu_dra.api.names import MEBIBYTE
@@ -73,6 +75,10 @@ def test_every_example_is_an_object_the_api_server_accepts(where, document):
         assert (document["apiVersion"], document["kind"]) in NOT_CORE_KINDS, f"{where}: no schema for {document['kind']}"
         return
     validate(document, key)
+    if document["apiVersion"].startswith("resource.k8s.io/") or document["kind"] == "Pod":
+        # Created as `kubectl apply` would: defaulting, then the rules the schema cannot express
+        # (CEL that compiles, qualified attribute names, config naming known requests …).
+        FakeApiServer().create(document)
 
 
 def test_every_vgpu_config_in_the_examples_parses():
