@@ -16,6 +16,9 @@ from vgpu_dra.driver.planner import Plan, PlanInputError, plan
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 RTX3080 = EXAMPLES / "inventory" / "rtx3080.yaml"
+# The seed's two workers; the other example folders are scenarios of their own (multi-GPU, sized
+# classes, the sharing demo) that do not all fit the one built-in GPU together.
+SEED_WORKERS = (EXAMPLES / "claims", EXAMPLES / "workloads")
 MIXED = REPO / "tests" / "fakes" / "inventories" / "mixed-node.yaml"
 
 
@@ -65,7 +68,7 @@ def deployment(tmp_path: Path, name: str, claim: str, replicas: int = 1) -> None
 
 def test_the_two_seed_workers_share_the_rtx_3080():
     usable = publishable_memory_bytes(load_inventory(RTX3080).gpus[0])
-    result = plan_paths(EXAMPLES)
+    result = plan_paths(*SEED_WORKERS)
     assert [(pod.name, pod.node) for pod in result.pods] == [("worker-a-0", "homelab"), ("worker-b-0", "homelab")]
     (gpu,) = result.gpus
     assert gpu.memory_bytes == usable == 9997 * MEBIBYTE
@@ -79,7 +82,7 @@ def test_the_two_seed_workers_share_the_rtx_3080():
 def test_a_third_worker_that_does_not_fit_is_refused_with_its_reason(tmp_path):
     template(tmp_path, "worker-c", "memoryPercent: 60, cores: 10")
     deployment(tmp_path, "worker-c", "worker-c")
-    result = plan_paths(EXAMPLES, tmp_path)
+    result = plan_paths(*SEED_WORKERS, tmp_path)
     (refused,) = result.refused
     assert refused.name == "worker-c-0"
     assert refused.refusal is not None
