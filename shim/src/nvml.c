@@ -1,6 +1,7 @@
 /*
  * NVML's view of a claimed GPU, consistent with cuMemGetInfo: memory info reports the claim's
- * limit and usage, process lists show only the claim's processes. Devices in no claim, and every
+ * limit and usage, process lists show only the claim's processes, and on a GPU with a core cap
+ * utilization reports the claim's own measured share (what its cap is compared with). Devices in no claim, and every
  * other NVML call, go to the real library untouched. Real functions are resolved by exact name
  * from dlopen("libnvidia-ml.so.1") the first time one of these hooks runs.
  */
@@ -33,6 +34,9 @@ typedef struct {
     unsigned long long usedGpuMemory;
 } nvmlProcessInfo_v1_t;
 typedef struct {
+    unsigned int gpu, memory;
+} nvmlUtilization_t;
+typedef struct {
     unsigned int pid;
     unsigned long long usedGpuMemory;
     unsigned int gpuInstanceId, computeInstanceId;
@@ -46,7 +50,8 @@ typedef struct {
     X(nvmlDeviceGetComputeRunningProcesses_v2, (nvmlDevice_t d, unsigned int *n, nvmlProcessInfo_t *p),     \
       (d, n, p))                                                                                      \
     X(nvmlDeviceGetComputeRunningProcesses_v3, (nvmlDevice_t d, unsigned int *n, nvmlProcessInfo_t *p),     \
-      (d, n, p))
+      (d, n, p))                                                                                      \
+    X(nvmlDeviceGetUtilizationRates, (nvmlDevice_t d, nvmlUtilization_t * u), (d, u))
 
 #define NVML_PFN(name, params, args) nvmlReturn_t(*name) params;
 /* Written once under g_nvml_once, read-only afterwards. */
@@ -233,4 +238,22 @@ VGPU_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d,
 {
     NVML_GATE(nvmlDeviceGetComputeRunningProcesses_v3, (d, n, p));
     return filtered_processes((list_fn)g_nvml.nvmlDeviceGetComputeRunningProcesses_v3, d, n, p, sizeof(*p));
+}
+
+/* GPU utilization as the claim sees it: with a core cap, the claim's measured share of the GPU's
+ * time (the limiter measures it only where a cap exists); memory utilization stays physical. */
+VGPU_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t *u)
+{
+    NVML_GATE(nvmlDeviceGetUtilizationRates, (d, u));
+    nvmlUtilization_t real;
+    nvmlReturn_t rc = g_nvml.nvmlDeviceGetUtilizationRates(d, u ? &real : NULL);
+    if (rc != NVML_SUCCESS || !u)
+        return rc;
+    struct vgpu_account *a = account_of(d);
+    if (a && a->cores > 0 && a->cores < 100) {
+        int64_t ppm = __atomic_load_n(&a->gpu->measured_share_ppm, __ATOMIC_RELAXED);
+        real.gpu = ppm <= 0 ? 0 : ppm >= 1000000 ? 100 : (unsigned int)((ppm + 5000) / 10000);
+    }
+    *u = real;
+    return NVML_SUCCESS;
 }

@@ -7,9 +7,11 @@ each on its own fake node (own claims root and device state), to keep the tier f
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,3 +211,38 @@ def test_a_clock_pushed_far_ahead_in_the_region_cannot_stall_launches(node: Node
     trace = collect(node.start_loop("--seconds", "2"), timeout=20)
     assert trace.done["errors"] == "0"
     assert abs(window([trace], 1.0, 2.0) - 50) <= TOLERANCE_PP
+
+
+UTILIZATION_PROBE = r"""
+import json, sys, time
+import pynvml as n
+n.nvmlInit()
+h = n.nvmlDeviceGetHandleByUUID(sys.argv[1].encode())
+n.nvmlDeviceGetUtilizationRates(h)
+time.sleep(0.3)  # NVML reports the last sample period
+print(json.dumps({"gpu": n.nvmlDeviceGetUtilizationRates(h).gpu}))
+"""
+
+
+def test_nvml_utilization_in_a_capped_claim_is_the_claims_share(node: Node) -> None:
+    node.add_claim("claim-a", {GPU0: 64 * MiB}, cores=30, policy="hard")
+    other = Node(root=node.root / "other", devices=node.devices, shared_state=node.state_file)
+    other.add_claim("claim-b", {GPU0: 64 * MiB}, cores=0)
+    nvml = str(node.write_nvml_inventory())
+    loops = [node.start_loop("--seconds", "4", FAKE_NVML_INVENTORY=nvml),
+             other.start_loop("--seconds", "4", FAKE_NVML_INVENTORY=nvml)]
+    try:
+        time.sleep(2.0)
+        seen = {}
+        for name, env in (("claim-a", node.env(FAKE_NVML_INVENTORY=nvml)),
+                          ("claim-b", other.env(FAKE_NVML_INVENTORY=nvml)),
+                          ("no shim", node.env(shim=None, FAKE_NVML_INVENTORY=nvml))):
+            probe = subprocess.run([sys.executable, "-c", UTILIZATION_PROBE, GPU0], env=env,
+                                   capture_output=True, text=True, timeout=60)
+            assert probe.returncode == 0, probe.stderr
+            seen[name] = json.loads(probe.stdout)["gpu"]
+    finally:
+        for loop in loops:
+            collect(loop, timeout=20)
+    assert abs(seen["claim-a"] - 30) <= TOLERANCE_PP, seen  # its own share, what its cap is held to
+    assert seen["claim-b"] == seen["no shim"] == 100, seen  # no cap: the physical GPU, fully busy
