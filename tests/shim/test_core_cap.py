@@ -129,15 +129,36 @@ def start_against_a_tenant_that_stops(root: Path, policy: str) -> tuple[subproce
     return a, b
 
 
+def start_before_a_newcomer(root: Path) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
+    """Claim A (soft, cap 30) runs 9 s alone at first; claim B (no cap) starts launching at 3 s."""
+    node = Node(root=root)
+    node.add_claim("claim-a", {GPU0: 64 * MiB}, cores=30, policy="soft")
+    other = Node(root=root / "other", devices=node.devices, shared_state=node.state_file)
+    other.add_claim("claim-b", {GPU0: 64 * MiB}, cores=0)
+    nvml = str(node.write_nvml_inventory())
+    a = node.start_loop("--seconds", "9", FAKE_NVML_INVENTORY=nvml)
+    b = other.start_loop("--delay", "3", "--seconds", "6", FAKE_NVML_INVENTORY=nvml)
+    return a, b
+
+
 @pytest.fixture(scope="module")
 def against_a_tenant_that_stops(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BusyTrace]:
-    """Both policies side by side (each on its own fake GPU): claim A's trace per policy."""
+    """Both policies, and soft before a newcomer, side by side (each on its own fake GPU)."""
     started = {p: start_against_a_tenant_that_stops(tmp_path_factory.mktemp(p), p) for p in ("soft", "hard")}
+    started["newcomer"] = start_before_a_newcomer(tmp_path_factory.mktemp("newcomer"))
     traces = {}
-    for policy, (a, b) in started.items():
-        traces[policy] = collect(a, timeout=30)
+    for name, (a, b) in started.items():
+        traces[name] = collect(a, timeout=30)
         collect(b, timeout=30)
     return traces
+
+
+def test_soft_caps_again_when_a_newcomer_wants_the_gpu(against_a_tenant_that_stops: dict[str, BusyTrace]) -> None:
+    trace = against_a_tenant_that_stops["newcomer"]
+    assert window([trace], 1.5, 3.0) >= 90.0  # alone: released
+    # The released claim cannot see the newcomer while it fills the GPU; its next probe (every
+    # 3 s) does, and the cap holds from then on.
+    assert abs(window([trace], 7.0, 9.0) - 30) <= TOLERANCE_PP
 
 
 @pytest.mark.parametrize("policy", ["soft", "hard"])

@@ -4,8 +4,9 @@
  * ground truth every 100 ms: the device time of this process's kernels that has completed, as the
  * fake driver simulates it (fakeCudaBusyNs), on the shared CLOCK_MONOTONIC timeline.
  *
- *   launchloop [--seconds S] [--linger S] [--kernel-us U] [--kind K] [--via V] [--threads T]
- *              [--streams N] [--dev D]
+ *   launchloop [--seconds S] [--linger S] [--delay S] [--kernel-us U] [--kind K] [--via V]
+ *              [--threads T] [--streams N] [--dev D]
+ *     --delay   wait this long (idle, CUDA initialised) before launching for --seconds
  *     --kind    kernel | ptsz | ex | ex_ptsz | coop | coop_ptsz | graph | graph_ptsz
  *     --via     link (exported symbols) | dlsym (dlsym on the libcuda handle, exact names) |
  *               procaddr (cuGetProcAddress_v2 at CUDA 12.8, per-thread flag for the _ptsz kinds)
@@ -37,7 +38,7 @@ typedef CUresult (*coop_fn)(CUfunction, unsigned, unsigned, unsigned, unsigned, 
 typedef CUresult (*ex_fn)(const CUlaunchConfig *, CUfunction, void **, void **);
 typedef CUresult (*graph_fn)(CUgraphExec, CUstream);
 
-static double g_seconds = 5, g_linger = 0;
+static double g_seconds = 5, g_linger = 0, g_delay = 0;
 static long long g_kernel_us = 1000;
 static const char *g_kind = "kernel", *g_via = "link";
 static int g_threads = 1, g_streams = 1, g_dev = 0;
@@ -110,6 +111,7 @@ int main(int argc, char **argv)
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--seconds")) g_seconds = atof(v);
         else if (!strcmp(k, "--linger")) g_linger = atof(v);
+        else if (!strcmp(k, "--delay")) g_delay = atof(v);
         else if (!strcmp(k, "--kernel-us")) g_kernel_us = atoll(v);
         else if (!strcmp(k, "--kind")) g_kind = v;
         else if (!strcmp(k, "--via")) g_via = v;
@@ -162,6 +164,8 @@ int main(int argc, char **argv)
         if (cuStreamCreate(&g_stream_list[k], 0) != CUDA_SUCCESS)
             return 2;
     pthread_t threads[64];
+    if (g_delay > 0)
+        usleep((useconds_t)(g_delay * 1e6));
     for (long t = 0; t < g_threads; t++)
         pthread_create(&threads[t], NULL, worker, (void *)t);
     long long start = now_ns(), end = start + (long long)(g_seconds * 1e9);
