@@ -28,6 +28,7 @@
 
 #define POLL_NS 2000000LL              /* event polling period while launches are in flight */
 #define IDLE_POLL_NS 20000000LL        /* ... and while none is */
+#define MAX_NOT_READY 32               /* event queries answered "not ready" per poll, at most */
 #define CONTROL_NS 100000000LL         /* controller period, shared by the claim's processes */
 #define STALE_NS 2000000000LL          /* no update for this long: restart the share window */
 #define OTHERS_MIN_PPM 50000           /* 5 % of the device used by someone else = contention */
@@ -103,8 +104,12 @@ static CUcontext g_monitor_ctx;
 static int poll_events(struct vgpu_limiter *lim)
 {
     int in_flight = 0;
-    for (int i = 0; i < VGPU_TIMING_SLOTS; i++) {
-        struct vgpu_timing_slot *slot = &lim->slots[i];
+    /* Slots are handed out round robin, so starting at the next one to be handed out visits the
+     * oldest launches first; once MAX_NOT_READY launches are still running the rest (younger)
+     * most likely are too, and a deep queue costs a bounded number of queries per period. */
+    unsigned first = __atomic_load_n(&lim->next_slot, __ATOMIC_RELAXED);
+    for (int k = 0; k < VGPU_TIMING_SLOTS && in_flight < MAX_NOT_READY; k++) {
+        struct vgpu_timing_slot *slot = &lim->slots[(first + (unsigned)k) % VGPU_TIMING_SLOTS];
         if (__atomic_load_n(&slot->state, __ATOMIC_ACQUIRE) != VGPU_SLOT_PENDING)
             continue;
         if (slot->ctx != g_monitor_ctx && vgpu_helper.cuCtxSetCurrent &&
