@@ -235,7 +235,7 @@ def _list(api: KubeApi, resource: Resource, what: str) -> list[dict[str, Any]]:
                                   "user") from None
             if exc.status == 0:
                 raise StatusError(f"cannot list {what}: no answer from the API server at "
-                                  f"{api.api_client.configuration.host} ({_root_cause(exc.message)})") from None
+                                  f"{api.api_client.configuration.host} ({root_cause(exc.message)})") from None
             raise StatusError(f"cannot list {what}: {exc}") from None
         items.extend(page.get("items") or [])
         token = (page.get("metadata") or {}).get("continue")
@@ -243,8 +243,8 @@ def _list(api: KubeApi, resource: Resource, what: str) -> list[dict[str, Any]]:
             return items
 
 
-def _root_cause(message: str) -> str:
-    """The last "[Errno …] …" clause of a urllib3 error chain, else the message."""
+def root_cause(message: str) -> str:
+    """The last "[Errno …] …" clause of a urllib3 error chain (what a user can act on), else the message."""
     marker = message.rfind("[Errno")
     return message[marker:].rstrip("\"')) ") if marker >= 0 else message
 
