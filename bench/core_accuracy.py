@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vgpu_dra.driver.claimconfig import ClaimConfig, GpuLimit, render  # noqa: E402
-from vgpu_dra.driver.region import create_region, read_region  # noqa: E402
+from vgpu_dra.driver.region import GpuUsage, create_region, read_region  # noqa: E402
 
 FAKE_GPU = "GPU-00000000-0000-0000-0000-000000000000"
 FAKES_OUT = REPO / "tests" / "fakes" / "out"
@@ -99,14 +100,17 @@ def run_fake(seconds: float) -> int:
                 for _ in range(scenario.processes)
             ]
             running.append((scenario, region, procs))
+        # The region's view is read while the loops still run (it reports no share without them).
+        time.sleep(max(0.0, seconds - 0.7))
+        during = [read_region(region).gpu(FAKE_GPU) for _, region, _ in running]
         rows = []
-        for scenario, region, procs in running:
+        for (scenario, region, procs), gpu in zip(running, during):
             traces = [parse_ticks(p.communicate(timeout=seconds + 30)[0]) for p in procs]
             origin = min(t[0][0] for t in traces)
             start, end = origin + int(2e9), origin + int(seconds * 1e9)
             achieved = sum(busy_at(t, end) - busy_at(t, start) for t in traces) * 100 / (end - start)
-            gpu = read_region(region).gpu(FAKE_GPU)
-            rows.append((scenario, achieved, gpu.measured_share_ppm / 1e4, gpu.throttled_ns / 1e9))
+            throttled = read_region(region).gpu(FAKE_GPU).throttled_seconds
+            rows.append((scenario, achieved, gpu.measured_share_percent, throttled))
     baseline = rows[0][1]
     print(f"fake driver, 1 ms kernels, share over [2 s, {seconds:g} s]; uncapped baseline in the same run: "
           f"{baseline:.1f} %")
@@ -166,6 +170,19 @@ def run_matmul(env: dict[str, str], seconds: float, size: int) -> float:
     return float(json.loads(out.strip().splitlines()[-1])["iters_per_s"])
 
 
+def run_matmul_watching(env: dict[str, str], seconds: float, size: int, region: Path,
+                        uuid: str) -> tuple[float, GpuUsage]:
+    """run_matmul, reading the claim's region near the end of the run (while it is alive)."""
+    proc = subprocess.Popen([sys.executable, "-c", MATMUL, str(seconds), str(size)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(seconds * 0.8)
+    gpu = read_region(region).gpu(uuid)
+    out, err = proc.communicate(timeout=seconds * 3 + 120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"matmul under the shim failed: {err[-2000:]}")
+    return float(json.loads(out.strip().splitlines()[-1])["iters_per_s"]), gpu
+
+
 def run_gpu(seconds: float, size: int) -> int:
     subprocess.run(["make", "-s", "-C", str(REPO / "shim")], check=True)
     uuid = gpu_uuid()
@@ -179,8 +196,7 @@ def run_gpu(seconds: float, size: int) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             region = write_claim(Path(tmp) / "claims", uuid, cap, 1 << 50)
             env = {**base_env, "LD_PRELOAD": str(TEST_SHIM), "VGPU_CLAIMS_ROOT": str(Path(tmp) / "claims")}
-            rate = run_matmul(env, seconds, size)
-            gpu = read_region(region).gpu(uuid)
+            rate, gpu = run_matmul_watching(env, seconds, size, region, uuid)
         share = 100 * rate / baseline
         if cap == 100:
             good = share >= 99.0  # limiter off: only the shim's own cost
@@ -188,7 +204,7 @@ def run_gpu(seconds: float, size: int) -> int:
             good = abs(share - cap) <= TOLERANCE_PP
         ok = ok and good
         print(f"{cap:5d} {rate:9.1f} {share:8.1f} {share / cap:6.3f} {share - cap:+8.1f} "
-              f"{gpu.measured_share_ppm / 1e4:7.1f} {gpu.throttled_ns / 1e9:11.2f}  {'ok' if good else 'OFF'}")
+              f"{gpu.measured_share_percent:7.1f} {gpu.throttled_seconds:11.2f}  {'ok' if good else 'OFF'}")
     return 0 if ok else 1
 
 
