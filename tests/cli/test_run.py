@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import shutil
@@ -9,12 +10,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.cli.conftest import CUDAPROG, HOMELAB_GPU, PROD_SHIM, vgpu_dra
+from tests.shim.harness import LAUNCHLOOP
 from vgpu_dra.api.names import CONTAINER_CLAIMS_ROOT
 from vgpu_dra.cli.run import child_environment, enter_private_claims_root
 from vgpu_dra.driver.inventory import GpuInfo
@@ -206,3 +209,45 @@ def test_an_unprivileged_user_gets_the_private_root_through_a_user_namespace() -
         assert os.listdir(target) == []  # only inside that namespace
     finally:
         shutil.rmtree(base)
+
+
+def test_a_hard_core_cap_throttles_and_the_summary_reports_it(machine_env: dict[str, str]) -> None:
+    result = run_json(machine_env, str(LAUNCHLOOP), "--seconds", "1.5", memory="1Gi",
+                      extra=("--cores", "20", "--core-policy", "hard"))
+    assert result.returncode == 0, result.stderr
+    gpu = reports(result.stderr)["exit"]["gpus"][0]
+    assert gpu["coreCap"] == 20
+    assert gpu["launchesDelayed"] > 0 and gpu["throttledSeconds"] > 0
+
+
+def test_ctrl_c_on_the_terminal_reaches_the_command_once(machine_env: dict[str, str]) -> None:
+    # The terminal sends SIGINT to the whole foreground process group, `run` included; forwarding
+    # it as well would interrupt the command twice.
+    script = ("import signal, sys, time\n"
+              "seen = []\n"
+              "signal.signal(signal.SIGINT, lambda *_: seen.append(1))\n"
+              "print('ready', flush=True)\n"
+              "while not seen: time.sleep(0.05)\n"
+              "time.sleep(1.0)\n"  # room for a second, forwarded SIGINT to arrive
+              "sys.exit(len(seen))\n")
+    controller, terminal = os.openpty()
+
+    def take_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([sys.executable, "-m", "vgpu_dra.cli.main", "run", "--memory", "1Gi",
+                             "--shim", str(PROD_SHIM), "--", sys.executable, "-c", script],
+                            env=machine_env, stdin=terminal, stdout=terminal, stderr=terminal,
+                            start_new_session=True, preexec_fn=take_terminal)
+    os.close(terminal)
+    seen = b""
+    try:
+        while b"ready" not in seen:
+            seen += os.read(controller, 4096)
+        os.write(controller, b"\x03")  # Ctrl-C
+        assert proc.wait(timeout=30) == 1  # one SIGINT, and `run` returned the command's status
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(controller)
