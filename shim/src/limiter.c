@@ -68,7 +68,7 @@ void vgpu_limiter_setup(int fork_child)
     __atomic_store_n(&vgpu_limiter_active, any, __ATOMIC_RELEASE);
 }
 
-static int gate_closed_for_others(const struct vgpu_limiter *lim)
+static int cap_enforced(const struct vgpu_limiter *lim)
 {
     return lim->policy == VGPU_POLICY_HARD ||
            __atomic_load_n(&lim->gpu->limiter_state[VGPU_LIM_GATE], __ATOMIC_RELAXED) != 0;
@@ -98,7 +98,7 @@ static void wait_and_charge(struct vgpu_limiter *lim, int64_t estimate)
             __atomic_compare_exchange_n(vclock, &v, now, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
             continue;
         }
-        if (v <= now + DEBT_NS || !gate_closed_for_others(lim))
+        if (v <= now + DEBT_NS || !cap_enforced(lim))
             break;
         int64_t nap = v - now - DEBT_NS;
         sleep_ns(nap < QUANTUM_NS ? nap : QUANTUM_NS);
@@ -188,7 +188,7 @@ void vgpu_limiter_before_launch(struct vgpu_launch_ticket *t, CUstream s, int pe
     t->lim = lim;
     vgpu_limiter_monitor_start();
     t->estimate_ns = __atomic_load_n(&lim->estimate_ns[kind], __ATOMIC_RELAXED);
-    if (gate_closed_for_others(lim)) {
+    if (cap_enforced(lim)) {
         wait_and_charge(lim, t->estimate_ns);
         t->charged_ns = t->estimate_ns;
     }
