@@ -328,6 +328,7 @@ struct vgpu_limiter {
     int policy;               /* VGPU_POLICY_* */
     int64_t estimate_ns[2];   /* per vgpu_launch_kind: running mean of measured device time */
     unsigned next_slot;       /* where launchers start looking for a free timing slot */
+    unsigned launch_seq;      /* launches so far, for sampling the timing when far under the cap */
     void *nvml_device;        /* monitor thread only: NVML handle, NULL until found */
     int nvml_state;           /* monitor thread only: 0 unknown, 1 usable, -1 unavailable */
     struct vgpu_timing_slot slots[VGPU_TIMING_SLOTS];
