@@ -201,6 +201,14 @@ def probe_private_claims_root(source: Path, target: Path) -> str | None:
     return None if answer == "ok" else answer or "the probe died"
 
 
+def _namespace_fix() -> str:
+    if os.geteuid() == 0:
+        return ("this process may not create mount namespaces (a container without CAP_SYS_ADMIN, or a seccomp "
+                "profile refusing unshare): run it on the host, or give the container CAP_SYS_ADMIN")
+    return ("run as root, or enable unprivileged user namespaces (user.max_user_namespaces > 0; Debian/Ubuntu: "
+            "kernel.unprivileged_userns_clone=1; Ubuntu 24.04: kernel.apparmor_restrict_unprivileged_userns=0)")
+
+
 def ensure_mount_point(target: Path) -> None:
     """The fixed claims root must exist to mount onto; root creates it (an empty dir is inert:
     the shim passes through when it finds no claim in it)."""
@@ -307,9 +315,7 @@ def run(args: argparse.Namespace, err: TextIO | None = None,
         claim = create_private_claim(gpus, request)
         problem = probe_private_claims_root(claim.claims_root, target)
         if problem is not None:
-            raise RunError(f"cannot give the command a private {target} ({problem}): run as root, or enable "
-                           "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 / "
-                           "user.max_user_namespaces > 0)")
+            raise RunError(f"cannot give the command a private {target} ({problem}): " + _namespace_fix())
         _report(err, args.output, _start_report(claim, gpus, shim, request))
         original_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {*FORWARDED_SIGNALS, signal.SIGCHLD})
         try:

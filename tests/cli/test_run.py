@@ -11,12 +11,12 @@ import subprocess
 import sys
 import tempfile
 import termios
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.cli.conftest import CUDAPROG, HOMELAB_GPU, PROD_SHIM, vgpu_dra
+from tests.fakes.nvml_env import FakeNvml
 from tests.shim.harness import LAUNCHLOOP
 from vgpu_dra.api.names import CONTAINER_CLAIMS_ROOT
 from vgpu_dra.cli.run import child_environment, enter_private_claims_root
@@ -251,3 +251,28 @@ def test_ctrl_c_on_the_terminal_reaches_the_command_once(machine_env: dict[str, 
             proc.kill()
             proc.wait()
         os.close(controller)
+
+
+MIXED = ("GPU-2f8e4d1a-7c3b-4e9f-a152-6d0c8b9e3f71", "GPU-9a4c7e2b-1d5f-4a8c-b3e6-0f2d9c1a7b84",
+         "GPU-c51e0b9d-3a7f-4d26-8e4b-7f1a2c6d9e03")
+
+
+def test_gpus_chosen_by_index_and_uuid_get_the_wall_and_the_others_refuse(
+        machine_env: dict[str, str], fake_nvml: FakeNvml) -> None:
+    env = dict(machine_env, FAKE_NVML_INVENTORY=fake_nvml.env("mixed-node")["FAKE_NVML_INVENTORY"],
+               FAKE_CUDA_DEVICES=",".join(f"{uuid}={16 << 30}" for uuid in MIXED))
+    result = run_json(env, str(CUDAPROG), "link", "init", "ctx", "2", "alloc", str(48 * MiB), "alloc", str(48 * MiB),
+                      "ctx", "1", "alloc", str(48 * MiB), "ctx", "0", "alloc", str(MiB),
+                      extra=("--gpu", "2", "--gpu", MIXED[1]))
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("alloc")] == [
+        "rc=0", "rc=2", "rc=0", "rc=2"]  # 64 MiB per claimed GPU; GPU 0 is in no claim of the command
+    start = reports(result.stderr)["start"]
+    assert [gpu["uuid"] for gpu in start["gpus"]] == [MIXED[2], MIXED[1]]
+    assert {gpu["uuid"]: gpu["rejectedAllocations"] for gpu in reports(result.stderr)["exit"]["gpus"]} == {
+        MIXED[2]: 1, MIXED[1]: 0}
+
+
+def test_the_same_gpu_twice_is_bad_input(machine_env: dict[str, str]) -> None:
+    result = vgpu_dra("run", "--memory", "1Gi", "--gpu", "0", "--gpu", HOMELAB_GPU, "--", "true", env=machine_env)
+    assert result.returncode == 2 and "GPU 0 named twice" in result.stderr

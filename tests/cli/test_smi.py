@@ -49,6 +49,7 @@ def test_a_live_process_shows_its_usage_against_the_limit(node: Node) -> None:
     holder = node.start("init", "ctx", "0", "alloc", str(40 * MiB), "alloc", str(40 * MiB), "sleep", "30000")
     try:
         read_until(holder, "alloc")
+        assert read_until(holder, "alloc")[-1]["rc"] == "2"  # the second one, refused at the wall
         out = io.StringIO()
         assert smi.run(smi_args(node.root, "-o", "json"), out=out) == 0
         rows = {row["claim"]: row for row in json.loads(out.getvalue())["claims"]}
