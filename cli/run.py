@@ -236,11 +236,46 @@ class PrivateClaim:
         return self.claims_root / self.config.claim_uid / "region"
 
 
+_BASE_PREFIX = "vgpu-dra-run-"
+_OWNER_FILE = "owner.pid"
+
+
+def private_claims_parent() -> Path:
+    """Where runs keep their claim directories: /run for root (a tmpfs, gone at reboot), else the
+    temporary directory."""
+    return Path("/run") if os.geteuid() == 0 and os.access("/run", os.W_OK) else Path(tempfile.gettempdir())
+
+
+def remove_stale_claims(parent: Path) -> list[Path]:
+    """Remove what runs killed with SIGKILL left behind: our directories whose owner is gone.
+    A reused PID keeps a directory until that process ends too (never removes a live one)."""
+    removed = []
+    for base in parent.glob(f"{_BASE_PREFIX}*"):
+        try:
+            if base.stat().st_uid != os.geteuid():
+                continue
+            pid = int((base / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's process
+        shutil.rmtree(base, ignore_errors=True)
+        removed.append(base)
+    return removed
+
+
 def create_private_claim(gpus: Sequence[GpuInfo], request: RunRequest) -> PrivateClaim:
     """Write config (read-only) and region, as the kubelet plugin does at Prepare."""
-    runtime = Path("/run") if os.geteuid() == 0 and os.access("/run", os.W_OK) else None
-    base = Path(tempfile.mkdtemp(prefix="vgpu-dra-run-", dir=runtime))
+    parent = private_claims_parent()
+    remove_stale_claims(parent)
+    base = Path(tempfile.mkdtemp(prefix=_BASE_PREFIX, dir=parent))
     os.chmod(base, 0o755)
+    (base / _OWNER_FILE).write_text(f"{os.getpid()}\n")
     config = ClaimConfig(
         claim_uid=f"run-{socket.gethostname().split('.')[0][:40] or 'host'}-{uuid.uuid4().hex[:12]}",
         gpus=tuple(GpuLimit(gpu.uuid, request.memory_bytes, request.cores, request.core_policy) for gpu in gpus))

@@ -276,3 +276,18 @@ def test_gpus_chosen_by_index_and_uuid_get_the_wall_and_the_others_refuse(
 def test_the_same_gpu_twice_is_bad_input(machine_env: dict[str, str]) -> None:
     result = vgpu_dra("run", "--memory", "1Gi", "--gpu", "0", "--gpu", HOMELAB_GPU, "--", "true", env=machine_env)
     assert result.returncode == 2 and "GPU 0 named twice" in result.stderr
+
+
+def test_a_claim_left_by_a_killed_run_is_removed_by_the_next(machine_env: dict[str, str]) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "vgpu_dra.cli.main", "run", "--memory", "1Gi", "-o", "json",
+                             "--shim", str(PROD_SHIM), "--", "sleep", "30"],
+                            env=machine_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stderr is not None
+    start = json.loads(proc.stderr.readline())
+    os.killpg(proc.pid, signal.SIGKILL)  # run and its command: no chance to clean up
+    proc.wait()
+    base = Path(start["claimDir"]).parent.parent
+    assert base.is_dir()
+    assert vgpu_dra("run", "--memory", "1Gi", "--shim", str(PROD_SHIM), "--", "true", env=machine_env).returncode == 0
+    assert not base.exists()
