@@ -190,9 +190,8 @@ def status_json(status: ClusterStatus) -> dict[str, Any]:
 
 def render_status(status: ClusterStatus) -> str:
     """The tables shown on a terminal."""
-    if not status.gpus and not status.pending:
-        return (f"No GPUs published by {DRIVER_NAME} and no claims for it: is the kubelet plugin "
-                "running on the GPU nodes? (vgpu-dra doctor checks a node)\n")
+    no_gpus = (f"No GPUs published by {DRIVER_NAME}: is the kubelet plugin running on the GPU nodes? "
+               "(vgpu-dra doctor checks a node)\n")
     rows = []
     for gpu in status.gpus:
         if gpu.memory_bytes is None:
@@ -203,7 +202,7 @@ def render_status(status: ClusterStatus) -> str:
         claims = ", ".join(f"{share.namespace}/{share.name}" + (" (whole GPU)" if share.exclusive else "")
                            for share in gpu.claims)
         rows.append([gpu.node, gpu.device, gpu.product or "-", memory, f"{gpu.cores_allocated} %", claims or "-"])
-    text = format_table(["NODE", "GPU", "PRODUCT", "MEMORY ALLOCATED", "CORES", "CLAIMS"], rows)
+    text = format_table(["NODE", "GPU", "PRODUCT", "MEMORY ALLOCATED", "CORES", "CLAIMS"], rows) if rows else no_gpus
     shares = [[f"{share.namespace}/{share.name}", ", ".join(share.pods) or "-", gpu.node, gpu.device,
                humanize_bytes(share.memory_bytes), f"{share.cores} %" if share.cores else "no cap"]
               for gpu in status.gpus for share in gpu.claims]

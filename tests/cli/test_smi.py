@@ -114,3 +114,29 @@ def test_watch_prints_again_until_interrupted(tmp_path: Path) -> None:
     documents = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [len(document["claims"]) for document in documents] == [1, 0]
     assert naps == [0.5, 0.5]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_watch_on_a_terminal_redraws_the_table_in_place(tmp_path: Path) -> None:
+    write_checkpoint(tmp_path, prepared("uid-1", "one", device(GPU0, 64 * MiB)))
+    naps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 2:
+            raise KeyboardInterrupt
+
+    out = Terminal()
+    assert smi.run(smi_args(tmp_path, "--watch"), out=out, sleep=sleep) == 0
+    frames = out.getvalue().split("\x1b[H\x1b[2J")[1:]  # each draw starts by clearing the screen
+    assert len(frames) == 2 and all("team-a/one" in frame and "every 2 s" in frame for frame in frames)
+    assert naps == [2.0, 2.0]
+
+
+def test_watch_needs_a_positive_interval(tmp_path: Path) -> None:
+    result = vgpu_dra("smi", "--state-dir", str(tmp_path), "--watch", "0")
+    assert result.returncode == 1 and "--watch SECONDS must be more than 0" in result.stderr

@@ -153,3 +153,17 @@ def test_kubectl_vgpu_is_a_console_script_of_the_package() -> None:
     scripts = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, function = scripts["kubectl-vgpu"].partition(":")
     assert getattr(importlib.import_module(module), function) is kubectl_main
+
+
+def test_a_pending_claim_without_events_says_so() -> None:
+    classes = [{"metadata": {"name": "vgpu.dra.dev", "labels": {"vgpu.dra.dev/allocator": "scheduler"}}}]
+    waiting = {"metadata": {"name": "new", "namespace": "ml", "uid": "u1"},
+               "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "vgpu.dra.dev"}}]}}}
+    other_driver = {"metadata": {"name": "nic", "namespace": "ml", "uid": "u2"},
+                    "spec": {"devices": {"requests": [{"name": "n", "exactly": {"deviceClassName": "sriov"}}]}}}
+    status = cluster_status([], [waiting, other_driver], classes, [])
+    assert [(p.name, p.reason) for p in status.pending] == [("new", None)]
+    text = render_status(status)
+    assert text.startswith("No GPUs published by vgpu.dra.dev")
+    assert "ml/new  (no event yet)" in text
+    assert render_status(cluster_status([], [], [], [])).startswith("No GPUs published")
