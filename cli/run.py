@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -328,8 +328,7 @@ def _wait_forwarding(child: subprocess.Popen[bytes]) -> int:
                 pass
 
 
-def run(args: argparse.Namespace, err: TextIO | None = None,
-        discover_inventory: Callable[[], NodeInventory] | None = None) -> int:
+def run(args: argparse.Namespace, err: TextIO | None = None) -> int:
     """Run the command under the claim; returns its exit status (2 on bad input)."""
     err = err or sys.stderr
     claim: PrivateClaim | None = None
@@ -337,7 +336,7 @@ def run(args: argparse.Namespace, err: TextIO | None = None,
         request = parse_request(args)
         shim = find_shim(args.shim)
         try:
-            inventory = (discover_inventory or (lambda: discover(socket.gethostname())))()
+            inventory = discover(socket.gethostname())
         except InventoryError as exc:
             raise RunError(f"cannot list this machine's GPUs: {exc}") from None
         gpus = select_gpus(inventory, request.gpu_selectors, request.memory_bytes)
