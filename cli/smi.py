@@ -15,7 +15,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -151,7 +151,14 @@ def render_rows(rows: list[ClaimGpuUsage]) -> str:
 
 def rows_json(rows: list[ClaimGpuUsage]) -> dict[str, Any]:
     """The JSON document of ``-o json``."""
-    return {"claims": [{**asdict(row), "pods": list(row.pods)} for row in rows]}
+    return {"claims": [{
+        "namespace": row.namespace, "claim": row.claim, "uid": row.uid, "state": row.state, "pods": list(row.pods),
+        "device": row.device, "gpuUUID": row.gpu_uuid, "memoryLimitBytes": row.memory_limit_bytes,
+        "coreCap": row.core_cap, "corePolicy": row.core_policy, "regionReadable": row.region_readable,
+        "memoryUsedBytes": row.memory_used_bytes, "memoryPeakBytes": row.memory_peak_bytes,
+        "rejectedAllocations": row.rejected_allocations, "measuredSharePercent": row.measured_share_percent,
+        "throttledSeconds": row.throttled_seconds, "liveProcesses": row.live_processes,
+    } for row in rows]}
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None,

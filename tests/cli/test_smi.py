@@ -54,11 +54,11 @@ def test_a_live_process_shows_its_usage_against_the_limit(node: Node) -> None:
         assert smi.run(smi_args(node.root, "-o", "json"), out=out) == 0
         rows = {row["claim"]: row for row in json.loads(out.getvalue())["claims"]}
         web = rows["web"]
-        assert (web["memory_limit_bytes"], web["memory_used_bytes"], web["memory_peak_bytes"]) == (
+        assert (web["memoryLimitBytes"], web["memoryUsedBytes"], web["memoryPeakBytes"]) == (
             64 * MiB, 40 * MiB, 40 * MiB)
-        assert web["rejected_allocations"] == 1
-        assert web["live_processes"] == 1 and web["core_cap"] == 25 and web["pods"] == ["web-1"]
-        assert rows["idle"]["region_readable"] is False  # its directory is gone: shown, not guessed
+        assert web["rejectedAllocations"] == 1
+        assert web["liveProcesses"] == 1 and web["coreCap"] == 25 and web["pods"] == ["web-1"]
+        assert rows["idle"]["regionReadable"] is False  # its directory is gone: shown, not guessed
 
         table = io.StringIO()
         assert smi.run(smi_args(node.root), out=table) == 0
@@ -74,7 +74,7 @@ def test_a_live_process_shows_its_usage_against_the_limit(node: Node) -> None:
     out = io.StringIO()
     smi.run(smi_args(node.root, "-o", "json"), out=out)
     web = next(row for row in json.loads(out.getvalue())["claims"] if row["claim"] == "web")
-    assert web["live_processes"] == 0 and web["memory_used_bytes"] == 0  # the killed process's bytes don't count
+    assert web["liveProcesses"] == 0 and web["memoryUsedBytes"] == 0  # the killed process's bytes don't count
 
 
 def test_no_prepared_claims(tmp_path: Path) -> None:
