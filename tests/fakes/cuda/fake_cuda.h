@@ -13,7 +13,8 @@
  *                       occupies its stream for gridX*gridY*gridZ * blockX*blockY*blockZ * this
  *   FAKE_CUDA_QUEUE_NS  how much work a stream may have queued before a launch blocks (default 20 ms)
  *
- * State file layout (read by tests/shim/fake_cuda_state.py): struct fake_state below.
+ * State file layout (the peak is read by tests/shim/harness.py, the occupancy by the fake NVML):
+ * struct fake_state below.
  */
 #ifndef FAKE_CUDA_H
 #define FAKE_CUDA_H
