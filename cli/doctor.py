@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -51,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--registrar-dir", type=Path, default=DEFAULT_REGISTRAR_DIR,
                         help=f"the kubelet's plugin registration directory (default: {DEFAULT_REGISTRAR_DIR})")
     parser.add_argument("--containerd-config", type=Path, default=DEFAULT_CONTAINERD_CONFIG)
+    parser.add_argument("--containerd-binary", default="containerd",
+                        help="asked for its version when the config alone does not tell (default: containerd on PATH)")
     parser.add_argument("--crio-config", type=Path, default=DEFAULT_CRIO_CONFIG,
                         help="CRI-O's config file; its crio.conf.d/ drop-ins are read too")
     parser.add_argument("--ld-so-preload", type=Path, default=DEFAULT_LD_SO_PRELOAD)
@@ -132,8 +135,20 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def cdi_verdict(containerd_config: Path, crio_config: Path) -> Verdict:
-    """Read the runtime configs and judge them."""
+def containerd_version(binary: str) -> tuple[int, int] | None:
+    """The version `containerd --version` reports, None when it is not here (e.g. in a pod)."""
+    path = shutil.which(binary)
+    if path is None:
+        return None
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return checks.parse_containerd_version(proc.stdout)
+
+
+def cdi_verdict(containerd_config: Path, crio_config: Path, containerd_binary: str = "containerd") -> Verdict:
+    """Read the runtime configs (and containerd's version, when its binary is here) and judge them."""
     crio_dropins = sorted((crio_config.parent / "crio.conf.d").glob("*.conf")) if crio_config.parent.is_dir() else []
     crio_texts = [text for text in (_read_text(p) for p in [crio_config, *crio_dropins]) if text is not None]
     crio_present = crio_config.is_file() or bool(crio_dropins)
@@ -142,8 +157,9 @@ def cdi_verdict(containerd_config: Path, crio_config: Path) -> Verdict:
     except OSError as exc:
         return Verdict(checks.CDI, Status.FAIL, f"cannot read {containerd_config}: {exc.strerror}",
                        "run doctor as root")
+    version = containerd_version(containerd_binary) if containerd_text is not None else None
     return checks.check_cdi_runtime(containerd_text, str(containerd_config), crio_texts, crio_present,
-                                    str(crio_config))
+                                    str(crio_config), version)
 
 
 def nvml_verdict() -> Verdict:
@@ -208,7 +224,7 @@ def shim_verdict(state_dir: Path) -> Verdict:
 
 def node_verdicts(args: argparse.Namespace) -> Iterator[Verdict]:
     """The checks of this node."""
-    yield cdi_verdict(args.containerd_config, args.crio_config)
+    yield cdi_verdict(args.containerd_config, args.crio_config, args.containerd_binary)
     yield nvml_verdict()
     yield registration_verdict(args.registrar_dir)
     yield shim_verdict(args.state_dir)

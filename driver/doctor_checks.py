@@ -134,9 +134,17 @@ def _find_key(tree: Any, key: str) -> list[Any]:
     return found
 
 
+def parse_containerd_version(text: str) -> tuple[int, int] | None:
+    """``containerd github.com/containerd/containerd/v2 v2.0.2 <commit>`` → (2, 0)."""
+    match = re.search(r"\sv?(\d+)\.(\d+)\.\d+", text or "")
+    return (int(match[1]), int(match[2])) if match else None
+
+
 def check_cdi_runtime(containerd_config: str | None, containerd_path: str, crio_configs: Sequence[str],
-                      crio_present: bool, crio_path: str) -> Verdict:
-    """CDI enabled in the container runtime: containerd (config text, None when absent) or CRI-O."""
+                      crio_present: bool, crio_path: str,
+                      containerd_version: tuple[int, int] | None = None) -> Verdict:
+    """CDI enabled in the container runtime: containerd (config text, None when absent; its version
+    when the binary answered) or CRI-O."""
     if containerd_config is not None:
         try:
             tree = tomllib.loads(containerd_config)
@@ -155,7 +163,12 @@ def check_cdi_runtime(containerd_config: str | None, containerd_path: str, crio_
             return _ok(CDI, f"containerd: enable_cdi = true in {containerd_path}")
         if isinstance(version, int) and version >= 3:
             return _ok(CDI, f"containerd 2.x config (version {version}): CDI is on by default")
-        return _fail(CDI, f"{containerd_path} (config version {version}, containerd 1.x) does not enable CDI",
+        if containerd_version is not None and containerd_version >= (2, 0):
+            shown = f"{containerd_version[0]}.{containerd_version[1]}"
+            return _ok(CDI, f"containerd {shown}: CDI is on by default (config version {version} is migrated)")
+        running = (f"containerd {containerd_version[0]}.{containerd_version[1]}" if containerd_version
+                   else "containerd 1.x, as far as this config tells")
+        return _fail(CDI, f"{containerd_path} (config version {version}, {running}) does not enable CDI",
                      "set enable_cdi = true under [plugins.\"io.containerd.grpc.v1.cri\"] (or upgrade to containerd "
                      "≥ 2.0, where CDI is on by default), then restart containerd")
     if crio_present:

@@ -123,7 +123,8 @@ CRI_1X = '[plugins."io.containerd.grpc.v1.cri"]\n  sandbox_image = "pause:3.9"\n
 ])
 def test_containerd_config(tmp_path: Path, text: str, status: Status, words: str) -> None:
     (tmp_path / "config.toml").write_text(text)
-    verdict = doctor.cdi_verdict(tmp_path / "config.toml", tmp_path / "crio" / "crio.conf")
+    verdict = doctor.cdi_verdict(tmp_path / "config.toml", tmp_path / "crio" / "crio.conf",
+                                 str(tmp_path / "no-containerd-binary"))  # as in the plugin pod
     assert verdict.status is status and words in verdict.message
 
 
@@ -340,3 +341,18 @@ def test_node_only_with_only_a_warning_exits_0(built: None, short_dir: Path, fak
         server.stop(None)
     assert result.returncode == 0
     assert "WARN  ld-so-preload" in result.stdout and "fix: remove /usr/lib/vgpu-dra/libvgpu.so" in result.stdout
+
+
+@pytest.mark.parametrize(("reported", "status"), [
+    ("containerd github.com/containerd/containerd/v2 v2.0.2 c507a0257ea6462fbd6f5ba4f5c74facb04021f4", Status.OK),
+    ("containerd containerd.io 1.7.22 7f7fdf5fed64eb6a7caf99b3e12efcf9d60e311c", Status.FAIL),
+])
+def test_a_version_2_config_is_judged_by_the_running_containerd(tmp_path: Path, reported: str,
+                                                                 status: Status) -> None:
+    (tmp_path / "config.toml").write_text("version = 2\n" + CRI_1X)
+    binary = tmp_path / "containerd"
+    binary.write_text(f"#!/bin/sh\necho '{reported}'\n")
+    binary.chmod(0o755)
+    verdict = doctor.cdi_verdict(tmp_path / "config.toml", tmp_path / "crio" / "crio.conf", str(binary))
+    assert verdict.status is status
+    assert ("containerd 2.0: CDI is on by default" if status is Status.OK else "containerd 1.7") in verdict.message
