@@ -130,6 +130,13 @@ class NodeMetrics(Collector):
         throttled = CounterMetricFamily("vgpu_dra_claim_sm_throttled_seconds",
                                         "Time a claim's kernel launches were delayed by the SM cap",
                                         labels=CLAIM_LABELS)
+        delayed = CounterMetricFamily("vgpu_dra_claim_launches_delayed",
+                                      "Kernel launches of a claim that waited for the SM cap at least once",
+                                      labels=CLAIM_LABELS)
+        share = gauge("vgpu_dra_claim_sm_share_percent",
+                      "A claim's measured share of a GPU's time (smoothed over about 0.2 s)")
+        enforced = gauge("vgpu_dra_claim_core_cap_enforced",
+                         "1 while the SM cap is holding the claim back (soft caps only when others want the GPU)")
         per_gpu_claims: dict[str, set[str]] = {}
         per_gpu_memory: dict[str, int] = {}
         per_gpu_cores: dict[str, int] = {}
@@ -154,9 +161,12 @@ class NodeMetrics(Collector):
                 peak.add_metric(labels, usage.peak_bytes if usage else 0)
                 rejected.add_metric(labels, usage.rejected_allocations if usage else 0)
                 throttled.add_metric(labels, (usage.throttled_ns if usage else 0) / 1e9)
+                delayed.add_metric(labels, usage.launches_delayed if usage else 0)
+                share.add_metric(labels, usage.measured_share_percent if usage else 0.0)
+                enforced.add_metric(labels, 1 if usage and usage.core_cap_enforced else 0)
                 alive = sum(1 for p in snapshot.processes if p.alive) if snapshot else 0
                 procs.add_metric(labels, alive)
-        yield from (limit, cores, used, peak, procs, rejected, throttled)
+        yield from (limit, cores, used, peak, procs, rejected, throttled, delayed, share, enforced)
         yield from self._gpu_families(per_gpu_claims, per_gpu_memory, per_gpu_cores, devices_by_uuid)
         prepared = GaugeMetricFamily("vgpu_dra_prepared_claims", "Claims prepared on this node", labels=["node"])
         prepared.add_metric([self.node_name], len(claims))

@@ -1,9 +1,13 @@
 """Node metrics over HTTP: claim series from Prepare on, region counters, NVML per-GPU series."""
 from __future__ import annotations
 
+import fcntl
 import mmap
+import os
+import struct
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from vgpu_dra.driver import region as region_layout
@@ -84,6 +88,39 @@ def test_memory_of_killed_processes_is_not_reported_as_used(kubelet, claims, plu
         del region
     samples = _scrape(plugin)
     assert _one(samples, "vgpu_dra_claim_memory_used_bytes", claim_uid=claim.uid) == 300 << 20
+
+
+def test_sm_cap_series_show_share_throttling_and_whether_the_cap_holds(kubelet, claims, plugin, settings):
+    claim = claims.create([{"request": "gpu", "device": "gpu-0"}])
+    kubelet.prepare([claim.ref])
+    path = settings.claims_dir / claim.uid / "region"
+    with open(path, "r+b") as handle, mmap.mmap(handle.fileno(), region_layout.REGION_SIZE) as mem:
+        region = region_layout.ffi.from_buffer("struct vgpu_region *", mem)
+        gpu = region.gpus[0]
+        gpu.core_cap = 30
+        gpu.measured_share_ppm = 312_000
+        gpu.throttled_ns = 2_500_000_000
+        gpu.launches_delayed = 41
+        gpu.limiter_state[region_layout.LIM_GATE] = 1
+        # A live process of the claim: its slot is marked live and its lock is held (by us).
+        region.procs[0].state = 1
+        region.proc_high_water = 1
+        del gpu, region
+        held = os.open(path, os.O_RDWR)
+        try:
+            fcntl.fcntl(held, getattr(fcntl, "F_OFD_SETLK", 37),
+                        struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, region_layout.LOCK_SLOT_BASE, 1, 0))
+            samples = _scrape(plugin)
+        finally:
+            os.close(held)
+    assert _one(samples, "vgpu_dra_claim_sm_share_percent", claim_uid=claim.uid) == pytest.approx(31.2)
+    assert _one(samples, "vgpu_dra_claim_sm_throttled_seconds_total", claim_uid=claim.uid) == pytest.approx(2.5)
+    assert _one(samples, "vgpu_dra_claim_launches_delayed_total", claim_uid=claim.uid) == 41
+    assert _one(samples, "vgpu_dra_claim_core_cap_enforced", claim_uid=claim.uid) == 1
+    # Once no process of the claim runs, nothing is being held back and there is no share.
+    after = _scrape(plugin)
+    assert _one(after, "vgpu_dra_claim_core_cap_enforced", claim_uid=claim.uid) == 0
+    assert _one(after, "vgpu_dra_claim_sm_share_percent", claim_uid=claim.uid) == 0
 
 
 def test_per_gpu_nvml_series(plugin):
