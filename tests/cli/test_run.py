@@ -19,12 +19,30 @@ from tests.cli.conftest import CUDAPROG, HOMELAB_GPU, PROD_SHIM, vgpu_dra
 from tests.fakes.nvml_env import FakeNvml
 from tests.shim.harness import LAUNCHLOOP
 from vgpu_dra.api.names import CONTAINER_CLAIMS_ROOT
-from vgpu_dra.cli.run import child_environment, enter_private_claims_root
+from vgpu_dra.cli.run import child_environment, enter_private_claims_root, probe_private_claims_root
 from vgpu_dra.driver.inventory import GpuInfo
 
 MiB = 1 << 20
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 and not Path(CONTAINER_CLAIMS_ROOT).is_dir(),
-                                reason="needs root, or the claims root created once by root")
+
+
+def _private_root_problem() -> str | None:
+    """Why this machine cannot give a command a private claims root (None: it can)."""
+    if os.geteuid() != 0 and not Path(CONTAINER_CLAIMS_ROOT).is_dir():
+        return f"{CONTAINER_CLAIMS_ROOT} is missing and only root can create it"
+    base = Path(tempfile.mkdtemp(prefix="vgpu-dra-probe-"))
+    try:
+        (base / "source").mkdir()
+        (base / "target").mkdir()
+        return probe_private_claims_root(base / "source", base / "target")
+    finally:
+        shutil.rmtree(base)
+
+
+# Where mount namespaces are refused (a container without CAP_SYS_ADMIN), `run` stops with an
+# error by design; the tests that run a command under it need a machine where it can work.
+PRIVATE_ROOT_PROBLEM = _private_root_problem()
+needs_private_root = pytest.mark.skipif(PRIVATE_ROOT_PROBLEM is not None,
+                                        reason=f"no private mount namespace here: {PRIVATE_ROOT_PROBLEM}")
 
 
 def reports(stderr: str) -> dict[str, dict]:
@@ -42,6 +60,7 @@ def run_json(env: dict[str, str], *command: str, memory: str = "64Mi", extra: tu
                     env=env)
 
 
+@needs_private_root
 def test_the_wall_refuses_past_the_limit_and_the_summary_reports_it(machine_env: dict[str, str]) -> None:
     result = run_json(machine_env, str(CUDAPROG), "link", "init", "ctx", "0",
                       "alloc", str(32 * MiB), "alloc", str(32 * MiB), "alloc", "1", "info")
@@ -64,6 +83,7 @@ def test_without_run_the_same_program_is_not_limited(machine_env: dict[str, str]
     assert "alloc rc=0" in proc.stdout
 
 
+@needs_private_root
 def test_the_table_report_names_limits_and_usage(machine_env: dict[str, str]) -> None:
     result = vgpu_dra("run", "--memory", "64Mi", "--cores", "30", "--shim", str(PROD_SHIM), "--",
                       str(CUDAPROG), "link", "init", "ctx", "0", "alloc", str(80 * MiB), env=machine_env)
@@ -73,6 +93,7 @@ def test_the_table_report_names_limits_and_usage(machine_env: dict[str, str]) ->
     assert "exit status 0" in last and "1 allocation(s) refused" in last and "throttled 0.0 s" in last
 
 
+@needs_private_root
 def test_the_command_sees_only_its_own_claim_and_it_is_removed_at_exit(machine_env: dict[str, str]) -> None:
     result = run_json(machine_env, "sh", "-c", f"ls {CONTAINER_CLAIMS_ROOT}; cat {CONTAINER_CLAIMS_ROOT}/*/config")
     assert result.returncode == 0, result.stderr
@@ -84,6 +105,7 @@ def test_the_command_sees_only_its_own_claim_and_it_is_removed_at_exit(machine_e
     assert start["claim"] not in os.listdir(CONTAINER_CLAIMS_ROOT)  # the host's root never held it
 
 
+@needs_private_root
 def test_two_runs_at_once_each_get_their_own_limit(machine_env: dict[str, str], tmp_path: Path) -> None:
     procs = []
     for memory in ("64Mi", "128Mi"):
@@ -97,6 +119,7 @@ def test_two_runs_at_once_each_get_their_own_limit(machine_env: dict[str, str], 
     assert f"total={128 * MiB}" in outputs[1][0]
 
 
+@needs_private_root
 def test_a_signal_to_run_reaches_the_command_and_the_claim_is_removed(machine_env: dict[str, str]) -> None:
     # A Python child: its handler runs at once (a shell may defer a trap until its wait ends).
     script = ("import signal, sys, time\n"
@@ -117,6 +140,7 @@ def test_a_signal_to_run_reaches_the_command_and_the_claim_is_removed(machine_en
     assert reports(stderr)["exit"]["exitStatus"] == 42
 
 
+@needs_private_root
 def test_a_command_killed_by_a_signal_exits_128_plus_it(machine_env: dict[str, str]) -> None:
     result = run_json(machine_env, "sh", "-c", "kill -KILL $$")
     assert result.returncode == 128 + signal.SIGKILL
@@ -176,6 +200,8 @@ def test_child_environment_puts_the_shim_first_and_names_the_gpu() -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
+@pytest.mark.skipif(Path("/proc/sys/user/max_user_namespaces").read_text().strip() == "0",
+                    reason="user namespaces are disabled on this kernel")
 def test_an_unprivileged_user_gets_the_private_root_through_a_user_namespace() -> None:
     # Not under tmp_path: pytest's base temp dir is private to root, the other user could not
     # even reach the source.
@@ -211,6 +237,7 @@ def test_an_unprivileged_user_gets_the_private_root_through_a_user_namespace() -
         shutil.rmtree(base)
 
 
+@needs_private_root
 def test_a_hard_core_cap_throttles_and_the_summary_reports_it(machine_env: dict[str, str]) -> None:
     result = run_json(machine_env, str(LAUNCHLOOP), "--seconds", "1.5", memory="1Gi",
                       extra=("--cores", "20", "--core-policy", "hard"))
@@ -220,6 +247,7 @@ def test_a_hard_core_cap_throttles_and_the_summary_reports_it(machine_env: dict[
     assert gpu["launchesDelayed"] > 0 and gpu["throttledSeconds"] > 0
 
 
+@needs_private_root
 def test_ctrl_c_on_the_terminal_reaches_the_command_once(machine_env: dict[str, str]) -> None:
     # The terminal sends SIGINT to the whole foreground process group, `run` included; forwarding
     # it as well would interrupt the command twice.
@@ -257,6 +285,7 @@ MIXED = ("GPU-2f8e4d1a-7c3b-4e9f-a152-6d0c8b9e3f71", "GPU-9a4c7e2b-1d5f-4a8c-b3e
          "GPU-c51e0b9d-3a7f-4d26-8e4b-7f1a2c6d9e03")
 
 
+@needs_private_root
 def test_gpus_chosen_by_index_and_uuid_get_the_wall_and_the_others_refuse(
         machine_env: dict[str, str], fake_nvml: FakeNvml) -> None:
     env = dict(machine_env, FAKE_NVML_INVENTORY=fake_nvml.env("mixed-node")["FAKE_NVML_INVENTORY"],
@@ -278,6 +307,7 @@ def test_the_same_gpu_twice_is_bad_input(machine_env: dict[str, str]) -> None:
     assert result.returncode == 2 and "GPU 0 named twice" in result.stderr
 
 
+@needs_private_root
 def test_a_claim_left_by_a_killed_run_is_removed_by_the_next(machine_env: dict[str, str]) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "vgpu_dra.cli.main", "run", "--memory", "1Gi", "-o", "json",
                              "--shim", str(PROD_SHIM), "--", "sleep", "30"],
@@ -291,3 +321,15 @@ def test_a_claim_left_by_a_killed_run_is_removed_by_the_next(machine_env: dict[s
     assert base.is_dir()
     assert vgpu_dra("run", "--memory", "1Gi", "--shim", str(PROD_SHIM), "--", "true", env=machine_env).returncode == 0
     assert not base.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="dropping CAP_SYS_ADMIN from a root process needs root and setpriv")
+def test_without_mount_namespaces_run_refuses_in_one_line(machine_env: dict[str, str]) -> None:
+    # Root without CAP_SYS_ADMIN: what `run` meets in a default container.
+    result = subprocess.run(["setpriv", "--bounding-set", "-sys_admin", sys.executable, "-m", "vgpu_dra.cli.main",
+                             "run", "--memory", "1Gi", "--shim", str(PROD_SHIM), "--", "true"],
+                            env=machine_env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"vgpu-dra run: error: cannot give the command a private {CONTAINER_CLAIMS_ROOT} (")
+    assert "give the container CAP_SYS_ADMIN" in result.stderr and result.stderr.count("\n") == 1
