@@ -209,6 +209,15 @@ def _namespace_fix() -> str:
             "kernel.unprivileged_userns_clone=1; Ubuntu 24.04: kernel.apparmor_restrict_unprivileged_userns=0)")
 
 
+def claims_in_force(root: Path) -> list[str]:
+    """Claim directories already under the fixed root: this process is inside a claimed container
+    (or another `run`), whose limits a private root would replace."""
+    try:
+        return sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    except OSError:
+        return []
+
+
 def ensure_mount_point(target: Path) -> None:
     """The fixed claims root must exist to mount onto; root creates it (an empty dir is inert:
     the shim passes through when it finds no claim in it)."""
@@ -334,6 +343,12 @@ def run(args: argparse.Namespace, err: TextIO | None = None) -> int:
     claim: PrivateClaim | None = None
     try:
         request = parse_request(args)
+        target = Path(CONTAINER_CLAIMS_ROOT)
+        # First: under a claim, even NVML answers with the claim's view of the GPU.
+        in_force = claims_in_force(target)
+        if in_force:
+            raise RunError(f"this process is already under vgpu-dra claim(s) {', '.join(in_force)} ({target}); "
+                           "run would replace their limits, so it refuses: run it outside that container or run")
         shim = find_shim(args.shim)
         try:
             inventory = discover(socket.gethostname())
@@ -344,7 +359,6 @@ def run(args: argparse.Namespace, err: TextIO | None = None) -> int:
         if shutil.which(request.argv[0], path=env.get("PATH")) is None:
             print(f"vgpu-dra run: error: {request.argv[0]}: command not found", file=err)
             return EXIT_NOT_FOUND
-        target = Path(CONTAINER_CLAIMS_ROOT)
         ensure_mount_point(target)
         claim = create_private_claim(gpus, request)
         problem = probe_private_claims_root(claim.claims_root, target)

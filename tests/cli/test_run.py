@@ -333,3 +333,14 @@ def test_without_mount_namespaces_run_refuses_in_one_line(machine_env: dict[str,
     assert result.returncode == 2
     assert result.stderr.startswith(f"vgpu-dra run: error: cannot give the command a private {CONTAINER_CLAIMS_ROOT} (")
     assert "give the container CAP_SYS_ADMIN" in result.stderr and result.stderr.count("\n") == 1
+
+
+@needs_private_root
+def test_run_inside_run_refuses_to_replace_the_outer_claim(machine_env: dict[str, str]) -> None:
+    # The same holds inside a pod with a claim: a private root would lift the pod's limits.
+    inner = f"{sys.executable} -m vgpu_dra.cli.main run --memory 8Gi --shim {PROD_SHIM} -- true; echo inner=$?"
+    result = run_json(machine_env, "sh", "-c", inner, memory="1Gi")
+    assert result.returncode == 0
+    assert "inner=2" in result.stdout
+    outer = reports(result.stderr)["start"]["claim"]
+    assert f"vgpu-dra run: error: this process is already under vgpu-dra claim(s) {outer}" in result.stderr
