@@ -218,13 +218,13 @@ def render_status(status: ClusterStatus) -> str:
 
 # --- I/O --------------------------------------------------------------------------------------------
 
-def _list(api: KubeApi, resource: Resource, what: str) -> list[dict[str, Any]]:
+def _list(api: KubeApi, resource: Resource, what: str, field_selector: str | None = None) -> list[dict[str, Any]]:
     """Every item of a cluster-wide list, page by page."""
     items: list[dict[str, Any]] = []
     token: str | None = None
     while True:
         try:
-            page = api.list(resource, limit=500, continue_token=token)
+            page = api.list(resource, limit=500, continue_token=token, field_selector=field_selector)
         except ApiError as exc:
             if exc.status == 404:
                 raise StatusError(f"the API server does not serve {what} ({resource.path()}): DRA "
@@ -255,7 +255,9 @@ def read_cluster(api_client: Any) -> ClusterStatus:
     claims = _list(api, RESOURCE_CLAIMS, "ResourceClaims")
     classes = _list(api, DEVICE_CLASSES, "DeviceClasses")
     pending_any = any(allocation(claim) is None for claim in claims)
-    events = _list(api, EVENTS, "Events") if pending_any else []
+    # Only the warnings about claims: a cluster's events are many.
+    events = (_list(api, EVENTS, "Events", field_selector="involvedObject.kind=ResourceClaim,type=Warning")
+              if pending_any else [])
     return cluster_status(slices, claims, classes, events)
 
 
