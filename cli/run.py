@@ -165,7 +165,9 @@ def _check(result: int, what: str) -> None:
 
 
 def enter_private_claims_root(source: Path, target: Path, uid: int, gid: int) -> None:
-    """In the calling (single-threaded, just forked) process: a new mount namespace where
+    """In the calling (single-threaded, just forked) process — a multithreaded one cannot enter a
+    user namespace, and grpc starts threads in forked children, so `run` must not load grpc: a new
+    mount namespace where
     ``source`` is bind-mounted onto ``target``. Not root: inside a user namespace that maps only
     ``uid``/``gid`` onto themselves, so the command keeps its identity and gains nothing."""
     libc = _libc()

@@ -1,7 +1,6 @@
 """`vgpu-dra run`: the production libvgpu.so over the fake driver, in a private claims root."""
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import json
 import os
@@ -19,7 +18,7 @@ from tests.cli.conftest import CUDAPROG, HOMELAB_GPU, PROD_SHIM, vgpu_dra
 from tests.fakes.nvml_env import FakeNvml
 from tests.shim.harness import LAUNCHLOOP
 from vgpu_dra.api.names import CONTAINER_CLAIMS_ROOT
-from vgpu_dra.cli.run import child_environment, enter_private_claims_root, probe_private_claims_root
+from vgpu_dra.cli.run import child_environment, probe_private_claims_root
 from vgpu_dra.driver.inventory import GpuInfo
 
 MiB = 1 << 20
@@ -210,31 +209,32 @@ def test_an_unprivileged_user_gets_the_private_root_through_a_user_namespace() -
     source, target = base / "source", base / "target"
     (source / "claim-x").mkdir(parents=True)
     target.mkdir()
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setresgid(65534, 65534, 65534)
-            os.setresuid(65534, 65534, 65534)
-            # A real user's process is dumpable; one that changed its uid is not, until it says so
-            # (else its /proc/self files stay root's).
-            ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
-            enter_private_claims_root(source, target, 65534, 65534)
-            os.write(writer, f"{os.getuid()} {sorted(os.listdir(target))}".encode())
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            os.write(writer, f"error {exc}".encode())
-        finally:
-            os._exit(0)
-    os.close(writer)
-    with os.fdopen(reader) as pipe:
-        answer = pipe.read()
-    os.waitpid(pid, 0)
+    # A fresh interpreter, as `vgpu-dra run` is: a process that loaded grpc gets threads in every
+    # forked child, and a multithreaded process cannot enter a user namespace. It starts as root
+    # (to load Python from wherever it lives) and becomes user 65534 before entering.
+    script = (
+        "import ctypes, os, sys\n"
+        "from pathlib import Path\n"
+        "from vgpu_dra.cli.run import enter_private_claims_root\n"
+        "os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)\n"
+        "ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, as a process that never changed uid\n"
+        "enter_private_claims_root(Path(sys.argv[1]), Path(sys.argv[2]), 65534, 65534)\n"
+        "print(os.getuid(), sorted(os.listdir(sys.argv[2])))\n")
     try:
-        assert answer == "65534 ['claim-x']"  # the command keeps its own user and sees the claim
+        result = subprocess.run([sys.executable, "-c", script, str(source), str(target)],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.stdout == "65534 ['claim-x']\n", result.stderr  # own user kept, the claim seen
         assert os.listdir(target) == []  # only inside that namespace
     finally:
         shutil.rmtree(base)
+
+
+def test_the_run_command_does_not_load_grpc() -> None:
+    # grpc starts threads in forked children; `run` forks the child that enters the namespaces.
+    script = ("import sys\nfrom vgpu_dra.cli.main import build_parser\nbuild_parser()\n"
+              "import vgpu_dra.cli.run\nprint('grpc' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout == "False\n"
 
 
 @needs_private_root
