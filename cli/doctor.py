@@ -57,8 +57,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--crio-config", type=Path, default=DEFAULT_CRIO_CONFIG,
                         help="CRI-O's config file; its crio.conf.d/ drop-ins are read too")
     parser.add_argument("--ld-so-preload", type=Path, default=DEFAULT_LD_SO_PRELOAD)
+    parser.add_argument("--host-root", type=Path, default=Path("/"),
+                        help="where the host's / is mounted (e.g. /host in a pod): the runtime configs and "
+                             "ld.so.preload above are read under it")
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
     parser.set_defaults(handler=run)
+
+
+def on_host(host_root: Path, path: Path) -> Path:
+    """``path`` of the host as this process sees it when the host's / is at ``host_root``."""
+    return host_root / path.relative_to(path.anchor) if path.is_absolute() else path
 
 
 # --- cluster checks ---------------------------------------------------------------------------------
@@ -224,17 +232,19 @@ def shim_verdict(state_dir: Path) -> Verdict:
 
 def node_verdicts(args: argparse.Namespace) -> Iterator[Verdict]:
     """The checks of this node."""
-    yield cdi_verdict(args.containerd_config, args.crio_config, args.containerd_binary)
+    yield cdi_verdict(on_host(args.host_root, args.containerd_config), on_host(args.host_root, args.crio_config),
+                      args.containerd_binary)
+    preload_path = on_host(args.host_root, args.ld_so_preload)
     yield nvml_verdict()
     yield registration_verdict(args.registrar_dir)
     yield shim_verdict(args.state_dir)
     try:
-        preload = _read_text(args.ld_so_preload)
+        preload = _read_text(preload_path)
     except OSError as exc:
-        yield Verdict(checks.PRELOAD, Status.WARN, f"cannot read {args.ld_so_preload}: {exc.strerror}",
+        yield Verdict(checks.PRELOAD, Status.WARN, f"cannot read {preload_path}: {exc.strerror}",
                       "run doctor as root")
     else:
-        yield checks.check_ld_so_preload(preload, str(args.ld_so_preload))
+        yield checks.check_ld_so_preload(preload, str(preload_path))
 
 
 # --- output -----------------------------------------------------------------------------------------

@@ -356,3 +356,17 @@ def test_a_version_2_config_is_judged_by_the_running_containerd(tmp_path: Path, 
     verdict = doctor.cdi_verdict(tmp_path / "config.toml", tmp_path / "crio" / "crio.conf", str(binary))
     assert verdict.status is status
     assert ("containerd 2.0: CDI is on by default" if status is Status.OK else "containerd 1.7") in verdict.message
+
+
+def test_host_root_reads_the_hosts_files_from_a_pod(built: None, short_dir: Path, fake_nvml: FakeNvml) -> None:
+    host = short_dir / "host"
+    (host / "etc" / "containerd").mkdir(parents=True)
+    (host / "etc" / "containerd" / "config.toml").write_text('version = 2\n[plugins."x"]\n  enable_cdi = false\n')
+    (host / "etc" / "ld.so.preload").write_text("/opt/libvgpu.so\n")
+    install(short_dir / "state", PROD_SHIM)
+    result = vgpu_dra("doctor", "--node-only", "--host-root", str(host), "--state-dir", str(short_dir / "state"),
+                      "--registrar-dir", str(short_dir / "registry"), "-o", "json", env=fake_nvml.env("mixed-node"))
+    verdicts = {check["check"]: check for check in json.loads(result.stdout)["checks"]}
+    assert verdicts["cdi-runtime"]["message"] == f"{host}/etc/containerd/config.toml sets enable_cdi = false"
+    assert verdicts["ld-so-preload"]["status"] == "warn" and str(host / "etc/ld.so.preload") in \
+        verdicts["ld-so-preload"]["message"]
