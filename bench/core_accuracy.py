@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from vgpu_dra.driver.claimconfig import ClaimConfig, GpuLimit, render  # noqa: E402
 from vgpu_dra.driver.region import GpuUsage, create_region, read_region  # noqa: E402
+from tests.gpu.workloads import MATMUL, gpu_uuid  # noqa: E402  (the same loop tests/gpu measures)
 
 FAKE_GPU = "GPU-00000000-0000-0000-0000-000000000000"
 FAKES_OUT = REPO / "tests" / "fakes" / "out"
@@ -128,40 +129,6 @@ def run_fake(seconds: float) -> int:
 
 
 # ---- real GPU ------------------------------------------------------------------------------------
-
-MATMUL = r"""
-import json, sys, time, torch
-seconds, size = float(sys.argv[1]), int(sys.argv[2])
-a = torch.randn(size, size, device="cuda", dtype=torch.float16)
-b = torch.randn(size, size, device="cuda", dtype=torch.float16)
-for _ in range(20):
-    a @ b
-torch.cuda.synchronize()
-iters, start = 0, time.perf_counter()
-warm_until = start + min(3.0, seconds / 4)  # the controller settles first
-counted_from, counted = None, 0
-while time.perf_counter() - start < seconds:
-    for _ in range(10):
-        a @ b
-    torch.cuda.synchronize()
-    iters += 10
-    now = time.perf_counter()
-    if counted_from is None and now >= warm_until:
-        counted_from, counted = now, iters
-elapsed = time.perf_counter() - counted_from
-print(json.dumps({"iters_per_s": (iters - counted) / elapsed}))
-"""
-
-
-def gpu_uuid() -> str:
-    import pynvml
-
-    pynvml.nvmlInit()
-    try:
-        uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
-        return uuid.decode() if isinstance(uuid, bytes) else str(uuid)
-    finally:
-        pynvml.nvmlShutdown()
 
 
 def run_matmul(env: dict[str, str], seconds: float, size: int) -> float:

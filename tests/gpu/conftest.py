@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from vgpu_dra.driver.claimconfig import ClaimConfig, GpuLimit, Policy, render
+from tests.gpu.workloads import gpu_uuid
 from vgpu_dra.driver.region import RegionSnapshot, create_region, read_region
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,16 +60,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def gpu_uuid() -> str:
-    """GPU 0's UUID as NVML and the claim config spell it ("GPU-...")."""
-    import pynvml
-
-    pynvml.nvmlInit()
-    try:
-        uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
-        return uuid.decode() if isinstance(uuid, bytes) else str(uuid)
-    finally:
-        pynvml.nvmlShutdown()
 
 
 @dataclass

@@ -71,3 +71,15 @@ while time.perf_counter() - start < seconds:
         counted_from, counted = now, iters
 print(json.dumps({"iters_per_s": (iters - counted) / (time.perf_counter() - counted_from)}))
 """
+
+
+def gpu_uuid() -> str:
+    """GPU 0's UUID as NVML and the claim config spell it ("GPU-...")."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
+        return uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+    finally:
+        pynvml.nvmlShutdown()
