@@ -1,7 +1,8 @@
 /*
  * Admission against the wall: reserve with a compare-and-swap on the claim's shared counter (never
  * above the limit from the config), refund with a clamped subtraction. No lock, no syscall on the
- * success path; a refusal first reclaims the slots of dead processes once.
+ * success path; a refusal first reclaims the slots of dead processes once. A GPU in several claims
+ * is a chain of accounts tried in claim-uid order, one whole allocation in one claim.
  */
 #include "vgpu_internal.h"
 
@@ -17,7 +18,8 @@ void vgpu_sub_clamped(int64_t *counter, int64_t bytes)
     }
 }
 
-int vgpu_admit(struct vgpu_account *a, int64_t bytes)
+/* count_rejection: 0 while trying the accounts of a chain (only the whole refusal counts). */
+static int admit(struct vgpu_account *a, int64_t bytes, int count_rejection)
 {
     int64_t *used = &a->gpu->used_bytes;
     int64_t cur, base;
@@ -33,7 +35,8 @@ int vgpu_admit(struct vgpu_account *a, int64_t bytes)
                 cur = __atomic_load_n(used, __ATOMIC_RELAXED);
                 continue;
             }
-            __atomic_add_fetch(&a->gpu->rejected_allocs, 1, __ATOMIC_RELAXED);
+            if (count_rejection)
+                __atomic_add_fetch(&a->gpu->rejected_allocs, 1, __ATOMIC_RELAXED);
             return 0;
         }
         if (__atomic_compare_exchange_n(used, &cur, base + bytes, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
@@ -47,6 +50,35 @@ int vgpu_admit(struct vgpu_account *a, int64_t bytes)
     /* A kill -9 between the CAS above and this add leaks the reservation (fails safe: never over). */
     __atomic_add_fetch(a->proc_used, bytes, __ATOMIC_RELAXED);
     return 1;
+}
+
+int vgpu_admit(struct vgpu_account *a, int64_t bytes)
+{
+    return admit(a, bytes, 1);
+}
+
+struct vgpu_account *vgpu_admit_chain(struct vgpu_account *head, int64_t bytes)
+{
+    if (VGPU_LIKELY(!head->next))
+        return admit(head, bytes, 1) ? head : NULL;
+    for (struct vgpu_account *a = head; a; a = a->next)
+        if (admit(a, bytes, 0))
+            return a;
+    __atomic_add_fetch(&head->gpu->rejected_allocs, 1, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+void vgpu_chain_totals(const struct vgpu_account *head, int64_t *limit, int64_t *used)
+{
+    int64_t l = 0, u = 0;
+    for (const struct vgpu_account *a = head; a; a = a->next) {
+        int64_t au = __atomic_load_n(&a->gpu->used_bytes, __ATOMIC_RELAXED);
+        l = a->limit > INT64_MAX - l ? INT64_MAX : l + a->limit;
+        if (au > 0)
+            u = au > INT64_MAX - u ? INT64_MAX : u + au;
+    }
+    *limit = l;
+    *used = u;
 }
 
 void vgpu_refund(struct vgpu_account *a, int64_t bytes)

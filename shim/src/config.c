@@ -310,6 +310,28 @@ static int read_small_file(const char *path, char *buf, unsigned cap, int *errno
     return 0;
 }
 
+/* readdir order is arbitrary; a GPU shared by several claims is charged to them in claim-uid order
+ * (docs/shim.md, "One GPU in several claims"), so the order must not depend on the directory. */
+static void sort_by_claim_uid(struct vgpu_claim_set *set)
+{
+    static struct vgpu_claim_config claim; /* only used under vgpu_init's once-guard */
+    static char dir[sizeof(set->dirs[0])];
+    for (int i = 1; i < set->count; i++) {
+        int j = i;
+        claim = set->claims[i];
+        memcpy(dir, set->dirs[i], sizeof(dir));
+        while (j > 0 && (strcmp(set->claims[j - 1].claim_uid, claim.claim_uid) > 0 ||
+                         (strcmp(set->claims[j - 1].claim_uid, claim.claim_uid) == 0 &&
+                          strcmp(set->dirs[j - 1], dir) > 0))) {
+            set->claims[j] = set->claims[j - 1];
+            memcpy(set->dirs[j], set->dirs[j - 1], sizeof(dir));
+            j--;
+        }
+        set->claims[j] = claim;
+        memcpy(set->dirs[j], dir, sizeof(dir));
+    }
+}
+
 enum vgpu_claims_status vgpu_claims_load(const char *root, struct vgpu_claim_set *out, char *err, unsigned err_len)
 {
     static char text[CONFIG_MAX_BYTES]; /* only used under vgpu_init's once-guard */
@@ -355,15 +377,6 @@ enum vgpu_claims_status vgpu_claims_load(const char *root, struct vgpu_claim_set
     closedir(dir);
     if (out->count == 0)
         return VGPU_CLAIMS_NONE;
-    /* One GPU in two claims would make admission ambiguous: refuse rather than guess. */
-    for (int a = 0; a < out->count; a++)
-        for (int b = a + 1; b < out->count; b++)
-            for (int i = 0; i < out->claims[a].gpu_count; i++)
-                for (int j = 0; j < out->claims[b].gpu_count; j++)
-                    if (strcmp(out->claims[a].gpus[i].uuid, out->claims[b].gpus[j].uuid) == 0) {
-                        fail(err, err_len, "gpu %s is in two claims (%s, %s)", out->claims[a].gpus[i].uuid,
-                             out->claims[a].claim_uid, out->claims[b].claim_uid);
-                        return VGPU_CLAIMS_INVALID;
-                    }
+    sort_by_claim_uid(out);
     return VGPU_CLAIMS_OK;
 }

@@ -145,11 +145,13 @@ static int measure_end(struct ctx_measure *m, CUresult rc, CUcontext ctx)
         __atomic_store_n(&g_ctx_charged[m->dev], 0, __ATOMIC_RELEASE);
         return 0;
     }
-    __atomic_store_n(&m->acct->gpu->context_bytes, footprint, __ATOMIC_RELAXED);
-    if (!vgpu_admit(m->acct, footprint)) {
+    /* A GPU in several claims: the footprint goes whole to the first claim (uid order) it fits in. */
+    struct vgpu_account *charged = vgpu_admit_chain(m->acct, footprint);
+    if (!charged) {
         __atomic_store_n(&g_ctx_charged[m->dev], 0, __ATOMIC_RELEASE);
         return -1;
     }
+    __atomic_store_n(&charged->gpu->context_bytes, footprint, __ATOMIC_RELAXED);
     return 0;
 }
 

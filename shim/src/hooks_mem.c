@@ -3,7 +3,9 @@
  * under the claim's limit), then calls the driver, then commits (remembers pointer -> bytes) or
  * rolls back. Every free refunds exactly what was charged. Where the size is only known after the
  * driver answered (pitch, arrays), the reservation is an estimate corrected right after the call,
- * and an allocation that would cross the wall after correction is undone.
+ * and an allocation that would cross the wall after correction is undone. A GPU in several claims
+ * charges each allocation whole to one of them (vgpu_admit_chain); the pointer map remembers which,
+ * and the correction and the free go to that same claim.
  */
 #include <string.h>
 
@@ -30,10 +32,11 @@ static int settle(struct vgpu_account *a, int64_t estimate, int64_t actual)
     struct vgpu_account *acct;                                                                        \
     do {                                                                                              \
         CUresult charge_err_ = CUDA_SUCCESS;                                                          \
-        acct = vgpu_account_current(NULL, &charge_err_);                                              \
-        if (!acct)                                                                                    \
+        struct vgpu_account *head_ = vgpu_account_current(NULL, &charge_err_);                        \
+        if (!head_)                                                                                   \
             return charge_err_;                                                                       \
-        if (!vgpu_admit(acct, (bytes)))                                                               \
+        acct = vgpu_admit_chain(head_, (bytes));                                                      \
+        if (!acct)                                                                                    \
             return CUDA_ERROR_OUT_OF_MEMORY;                                                          \
     } while (0)
 
@@ -264,11 +267,12 @@ static struct vgpu_account *pool_account(CUmemoryPool pool, CUresult *err)
         if (!dptr)                                                                                    \
             return real_call;                                                                         \
         CUresult err = CUDA_SUCCESS;                                                                  \
-        struct vgpu_account *a = pool_account(pool, &err);                                            \
-        if (!a)                                                                                       \
+        struct vgpu_account *head = pool_account(pool, &err);                                         \
+        if (!head)                                                                                    \
             return err;                                                                               \
         int64_t bytes = clamp_bytes(bytesize);                                                        \
-        if (!vgpu_admit(a, bytes))                                                                    \
+        struct vgpu_account *a = vgpu_admit_chain(head, bytes);                                       \
+        if (!a)                                                                                       \
             return CUDA_ERROR_OUT_OF_MEMORY;                                                          \
         CUresult rc = real_call;                                                                      \
         if (rc != CUDA_SUCCESS) {                                                                     \
@@ -314,11 +318,12 @@ VGPU_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t size, c
         return vgpu_real.cuMemCreate(h, size, prop, flags); /* host memory is not the wall's business */
     CUresult err = CUDA_SUCCESS;
     /* The device comes from the request, checked by UUID lookup: never an unchecked index. */
-    struct vgpu_account *a = vgpu_account_for_device(prop->location.id, &err);
-    if (!a)
+    struct vgpu_account *head = vgpu_account_for_device(prop->location.id, &err);
+    if (!head)
         return err == CUDA_ERROR_OUT_OF_MEMORY ? err : CUDA_ERROR_INVALID_DEVICE;
     int64_t bytes = clamp_bytes(size);
-    if (!vgpu_admit(a, bytes))
+    struct vgpu_account *a = vgpu_admit_chain(head, bytes);
+    if (!a)
         return CUDA_ERROR_OUT_OF_MEMORY;
     CUresult rc = vgpu_real.cuMemCreate(h, size, prop, flags);
     if (rc != CUDA_SUCCESS) {
@@ -408,11 +413,12 @@ VGPU_EXPORT CUresult cuArrayCreate_v2(CUarray *arr, const CUDA_ARRAY_DESCRIPTOR 
         return vgpu_real.cuArrayCreate_v2(arr, desc);
     CUresult err = CUDA_SUCCESS;
     CUdevice dev = 0;
-    struct vgpu_account *a = vgpu_account_current(&dev, &err);
-    if (!a)
+    struct vgpu_account *head = vgpu_account_current(&dev, &err);
+    if (!head)
         return err;
     int64_t estimate = array_bytes(desc->Width, desc->Height, 1, desc->Format, desc->NumChannels);
-    if (!vgpu_admit(a, estimate))
+    struct vgpu_account *a = vgpu_admit_chain(head, estimate);
+    if (!a)
         return CUDA_ERROR_OUT_OF_MEMORY;
     CUresult rc = vgpu_real.cuArrayCreate_v2(arr, desc);
     if (rc != CUDA_SUCCESS) {
@@ -429,11 +435,12 @@ VGPU_EXPORT CUresult cuArray3DCreate_v2(CUarray *arr, const CUDA_ARRAY3D_DESCRIP
         return vgpu_real.cuArray3DCreate_v2(arr, desc);
     CUresult err = CUDA_SUCCESS;
     CUdevice dev = 0;
-    struct vgpu_account *a = vgpu_account_current(&dev, &err);
-    if (!a)
+    struct vgpu_account *head = vgpu_account_current(&dev, &err);
+    if (!head)
         return err;
     int64_t estimate = array_bytes(desc->Width, desc->Height, desc->Depth, desc->Format, desc->NumChannels);
-    if (!vgpu_admit(a, estimate))
+    struct vgpu_account *a = vgpu_admit_chain(head, estimate);
+    if (!a)
         return CUDA_ERROR_OUT_OF_MEMORY;
     CUresult rc = vgpu_real.cuArray3DCreate_v2(arr, desc);
     if (rc != CUDA_SUCCESS) {
@@ -457,11 +464,12 @@ VGPU_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *h, const CUDA_ARRA
         return vgpu_real.cuMipmappedArrayCreate(h, desc, levels);
     CUresult err = CUDA_SUCCESS;
     CUdevice dev = 0;
-    struct vgpu_account *a = vgpu_account_current(&dev, &err);
-    if (!a)
+    struct vgpu_account *head = vgpu_account_current(&dev, &err);
+    if (!head)
         return err;
     int64_t estimate = mipmap_bytes(desc, levels);
-    if (!vgpu_admit(a, estimate))
+    struct vgpu_account *a = vgpu_admit_chain(head, estimate);
+    if (!a)
         return CUDA_ERROR_OUT_OF_MEMORY;
     CUresult rc = vgpu_real.cuMipmappedArrayCreate(h, desc, levels);
     if (rc != CUDA_SUCCESS) {

@@ -1,6 +1,7 @@
 /*
  * Memory queries answer the claim's view: total = min(limit, physical total), free = what the
- * claim may still allocate (limit - used, clamped to 0 and to the physical free memory). The
+ * claim may still allocate (limit - used, clamped to 0 and to the physical free memory). A GPU in
+ * several claims of this process shows their sums: the limits added up, the used bytes added up. The
  * real call runs first into our own variables, so its errors are preserved and NULL output
  * pointers never crash.
  */
@@ -11,11 +12,20 @@
 static void claim_view(const struct vgpu_account *a, size_t phys_free, size_t phys_total, size_t *free_out,
                        size_t *total_out)
 {
-    int64_t used = __atomic_load_n(&a->gpu->used_bytes, __ATOMIC_RELAXED);
-    unsigned long long total = (unsigned long long)a->limit < phys_total ? (unsigned long long)a->limit : phys_total;
+    int64_t used, limit;
+    vgpu_chain_totals(a, &limit, &used);
+    unsigned long long total = (unsigned long long)limit < phys_total ? (unsigned long long)limit : phys_total;
     unsigned long long room = used <= 0 ? total : (used >= (int64_t)total ? 0 : total - (unsigned long long)used);
     *total_out = (size_t)total;
     *free_out = (size_t)(room < phys_free ? room : phys_free);
+}
+
+/* min(sum of the GPU's claim limits, the card) */
+static size_t claimed_total(const struct vgpu_account *a, size_t phys_total)
+{
+    int64_t limit, used;
+    vgpu_chain_totals(a, &limit, &used);
+    return (unsigned long long)limit < phys_total ? (size_t)limit : phys_total;
 }
 
 VGPU_EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total)
@@ -71,8 +81,8 @@ VGPU_EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev)
         return rc;
     CUresult err = CUDA_SUCCESS;
     struct vgpu_account *a = vgpu_account_for_device(dev, &err);
-    if (a && (unsigned long long)a->limit < t)
-        t = (size_t)a->limit;
+    if (a)
+        t = claimed_total(a, t);
     if (bytes)
         *bytes = t;
     return CUDA_SUCCESS;
@@ -88,8 +98,8 @@ VGPU_EXPORT CUresult cuDeviceTotalMem(unsigned int *bytes, CUdevice dev)
     size_t t = t32;
     CUresult err = CUDA_SUCCESS;
     struct vgpu_account *a = vgpu_account_for_device(dev, &err);
-    if (a && (unsigned long long)a->limit < t)
-        t = (size_t)a->limit;
+    if (a)
+        t = claimed_total(a, t);
     if (bytes)
         *bytes = clamp_u32(t);
     return CUDA_SUCCESS;

@@ -40,14 +40,36 @@ int64_t vgpu_mono_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* Launches cannot be told apart by claim, so on a GPU in several claims one claim's limiter
+ * governs them all: the claim with the highest cap, an uncapped claim (0 or 100) above every cap,
+ * the first in claim-uid order on a tie. Its clock is shared with that claim's other processes,
+ * so the claim as a whole stays under its own cap (docs/shim.md, "One GPU in several claims"). */
+static struct vgpu_account *governing_account(struct vgpu_account *head)
+{
+    struct vgpu_account *best = head;
+    for (struct vgpu_account *a = head->next; a; a = a->next) {
+        int best_cap = best->cores <= 0 || best->cores >= 100 ? 100 : best->cores;
+        int cap = a->cores <= 0 || a->cores >= 100 ? 100 : a->cores;
+        if (cap > best_cap)
+            best = a;
+    }
+    return best;
+}
+
 void vgpu_limiter_setup(int fork_child)
 {
     int any = 0;
     if (fork_child)
         vgpu_limiter_monitor_forget();
+    unsigned char in_chain[VGPU_MAX_CLAIMS * VGPU_MAX_GPUS] = {0};
+    for (int i = 0; i < vgpu_account_count; i++)
+        if (vgpu_accounts[i].next)
+            in_chain[vgpu_accounts[i].next - vgpu_accounts] = 1;
     for (int i = 0; i < vgpu_account_count; i++) {
-        struct vgpu_account *a = &vgpu_accounts[i];
+        struct vgpu_account *a = governing_account(&vgpu_accounts[i]);
         struct vgpu_limiter *lim = vgpu_limiters[i];
+        if (in_chain[i])
+            continue; /* not a chain's head: launches never look it up (devices.c finds the head) */
         if (a->cores <= 0 || a->cores >= 100)
             continue; /* no cap (0) or the whole GPU (100): launches are never looked at */
         if (!lim) {

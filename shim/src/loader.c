@@ -99,6 +99,7 @@ static int find_gpu_index(const struct vgpu_region *r, const char *uuid)
 
 static void wire_accounts(void)
 {
+    const char *uuid_of[VGPU_MAX_CLAIMS * VGPU_MAX_GPUS]; /* from the root-owned config, not the region */
     int n = 0;
     for (int c = 0; c < g_claims.count; c++) {
         struct vgpu_attached_region *reg = &g_regions[c];
@@ -112,10 +113,20 @@ static void wire_accounts(void)
             a->region = reg;
             a->cores = lim->cores;
             a->policy = lim->policy;
+            a->next = NULL;
+            uuid_of[n] = lim->uuid;
             memcpy(vgpu_account_uuid[n], lim->uuid_bytes, 16);
             n++;
         }
     }
+    /* A GPU in several claims: chain its accounts in claim order (the claims are sorted by uid),
+     * so the first one, which every lookup finds, heads the chain (docs/shim.md). */
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++)
+            if (strcmp(uuid_of[i], uuid_of[j]) == 0) {
+                vgpu_accounts[i].next = &vgpu_accounts[j];
+                break;
+            }
     vgpu_account_count = n;
 }
 

@@ -112,8 +112,9 @@ static struct vgpu_account *account_of(nvmlDevice_t d)
 static void memory_view(const struct vgpu_account *a, unsigned long long phys_total, unsigned long long phys_free,
                         unsigned long long *total, unsigned long long *used, unsigned long long *free_out)
 {
-    int64_t u = __atomic_load_n(&a->gpu->used_bytes, __ATOMIC_RELAXED);
-    unsigned long long t = (unsigned long long)a->limit < phys_total ? (unsigned long long)a->limit : phys_total;
+    int64_t u, limit;
+    vgpu_chain_totals(a, &limit, &u); /* a GPU in several claims: their sums */
+    unsigned long long t = (unsigned long long)limit < phys_total ? (unsigned long long)limit : phys_total;
     unsigned long long uu = u <= 0 ? 0 : ((unsigned long long)u > t ? t : (unsigned long long)u);
     *total = t;
     *used = uu;
@@ -163,15 +164,17 @@ VGPU_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v
     return NVML_SUCCESS;
 }
 
-/* Is pid one of the live processes of the claim that owns account a? */
-static int claim_has_pid(const struct vgpu_account *a, unsigned int pid)
+/* Is pid one of the live processes of a claim this process holds on the GPU of account a? */
+static int claim_has_pid(const struct vgpu_account *head, unsigned int pid)
 {
-    const struct vgpu_region *r = a->region->map;
-    uint32_t hw = __atomic_load_n(&r->proc_high_water, __ATOMIC_ACQUIRE);
-    for (uint32_t i = 0; i < hw && i < VGPU_MAX_PROCS; i++)
-        if (__atomic_load_n(&r->procs[i].state, __ATOMIC_ACQUIRE) == VGPU_PROC_LIVE &&
-            (unsigned int)__atomic_load_n(&r->procs[i].pid, __ATOMIC_RELAXED) == pid)
-            return 1;
+    for (const struct vgpu_account *a = head; a; a = a->next) {
+        const struct vgpu_region *r = a->region->map;
+        uint32_t hw = __atomic_load_n(&r->proc_high_water, __ATOMIC_ACQUIRE);
+        for (uint32_t i = 0; i < hw && i < VGPU_MAX_PROCS; i++)
+            if (__atomic_load_n(&r->procs[i].state, __ATOMIC_ACQUIRE) == VGPU_PROC_LIVE &&
+                (unsigned int)__atomic_load_n(&r->procs[i].pid, __ATOMIC_RELAXED) == pid)
+                return 1;
+    }
     return 0;
 }
 
@@ -250,8 +253,10 @@ VGPU_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtili
     if (rc != NVML_SUCCESS || !u)
         return rc;
     struct vgpu_account *a = account_of(d);
-    if (a && a->cores > 0 && a->cores < 100) {
-        int64_t ppm = __atomic_load_n(&a->gpu->measured_share_ppm, __ATOMIC_RELAXED);
+    /* The limiter of the claim that governs this GPU's launches (several claims: limiter.c). */
+    struct vgpu_limiter *lim = a ? vgpu_limiters[a - vgpu_accounts] : NULL;
+    if (lim) {
+        int64_t ppm = __atomic_load_n(&lim->gpu->measured_share_ppm, __ATOMIC_RELAXED);
         real.gpu = ppm <= 0 ? 0 : ppm >= 1000000 ? 100 : (unsigned int)((ppm + 5000) / 10000);
     }
     *u = real;

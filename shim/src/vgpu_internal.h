@@ -40,7 +40,8 @@ int vgpu_config_parse(const char *text, struct vgpu_claim_config *out, char *err
 
 enum vgpu_claims_status { VGPU_CLAIMS_NONE, VGPU_CLAIMS_OK, VGPU_CLAIMS_INVALID };
 
-/* Reads every <root>/<claim>/config. NONE when the root is absent or has no claim directory. */
+/* Reads every <root>/<claim>/config, sorted by claim uid (then directory). NONE when the root is
+ * absent or has no claim directory. One GPU may be in several claims (docs/shim.md). */
 struct vgpu_claim_set {
     int count;
     struct vgpu_claim_config claims[VGPU_MAX_CLAIMS];
@@ -78,10 +79,19 @@ struct vgpu_account {
     struct vgpu_attached_region *region;
     int cores;                        /* SM-core cap in percent from the config, 0 = none */
     int policy;                       /* VGPU_POLICY_* from the config */
+    /* The same GPU in the next claim (claim-uid order), NULL in the common case of one claim per
+     * GPU. Only the first account of a GPU is ever returned by devices.c; it heads the chain. */
+    struct vgpu_account *next;
 };
 
 /* Reserve bytes under the wall (CAS). 1 = admitted, 0 = refused (counted as rejected). */
 int vgpu_admit(struct vgpu_account *acct, int64_t bytes);
+/* Reserve bytes in one account of head's chain: the first (claim-uid order) where they fit whole;
+ * an allocation is never split across claims. The account charged, or NULL when none has room
+ * (counted as one rejection, on head). Free/refund with vgpu_refund on the account returned. */
+struct vgpu_account *vgpu_admit_chain(struct vgpu_account *head, int64_t bytes);
+/* Limits and used bytes of head's whole chain (the process's view of the GPU). */
+void vgpu_chain_totals(const struct vgpu_account *head, int64_t *limit, int64_t *used);
 /* Give back bytes admitted earlier (a free, or the roll-back of a failed driver call). */
 void vgpu_refund(struct vgpu_account *acct, int64_t bytes);
 /* *counter -= bytes, atomically, never below zero. */

@@ -67,12 +67,25 @@ def test_a_claim_directory_without_config_fails_closed(node: Node) -> None:
     assert "cannot read claim config" in result.stderr
 
 
-def test_one_gpu_in_two_claims_fails_closed(node: Node) -> None:
+def test_one_gpu_in_two_claims_is_enforced_with_both_walls(node: Node) -> None:
+    # Used to fail closed; now the process holds both shares (tests/shim/test_shared_gpu.py).
     node.add_claim("claim-1", {GPU0: MiB})
     node.add_claim("claim-2", {GPU0: MiB})
+    result = node.run("init", "ctx", "0", "alloc", str(MiB), "alloc", str(MiB), "alloc", "1")
+    assert result.rcs() == [0, 0, 0, 0, 2]
+    assert "vgpu:" not in result.stderr  # no fail-closed line
+
+
+def test_one_gpu_twice_in_one_claim_still_fails_closed(node: Node) -> None:
+    directory = node.claims_root / "claim-1"
+    directory.mkdir(parents=True)
+    (directory / "config").write_text(
+        f"version=1\nclaim=claim-1\ngpu uuid={GPU0} memory=1 cores=0 policy=soft\n"
+        f"gpu uuid={GPU0} memory=2 cores=0 policy=soft\n"
+    )
     result = node.run("init")
     assert result.rcs() == [CUDA_ERROR_NOT_PERMITTED]
-    assert "is in two claims" in result.stderr
+    assert "appears twice" in result.stderr
 
 
 def test_an_unwritable_region_fails_closed_instead_of_running_unlimited(node: Node) -> None:

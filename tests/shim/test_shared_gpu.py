@@ -1,0 +1,212 @@
+"""One GPU in two claims of the same process: both walls add up, each claim's region stays exact.
+
+The claims are charged in claim-uid order, one whole allocation in one claim (docs/shim.md,
+"One GPU in several claims"). Here claim-a has the bigger wall (1 GiB) and claim-b 512 MiB.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+
+from tests.shim.busy_trace import collect, window
+from tests.shim.harness import GPU0, GPU_A, MiB, Node, read_until, stop
+from tests.shim.test_nvml import OTHER_PID, PROBE, write_inventory
+from vgpu_dra.driver.region import read_region
+
+GiB = 1 << 30
+
+
+def two_claims(node: Node, **caps: int) -> None:
+    node.add_claim("claim-a", {GPU0: GiB}, cores=caps.get("a", 0), policy="hard")
+    node.add_claim("claim-b", {GPU0: 512 * MiB}, cores=caps.get("b", 0), policy="hard")
+
+
+def used(node: Node, uid: str) -> int:
+    return node.region(uid).gpu(GPU0).used_bytes
+
+
+def slot_bytes(node: Node, uid: str, pid: int) -> int:
+    (slot,) = [s for s in node.region(uid).processes if s.alive and s.pid == pid]
+    return slot.used_bytes[GPU0]
+
+
+def test_a_process_gets_the_sum_of_both_walls_charged_claim_by_claim(node: Node) -> None:
+    two_claims(node)
+    holder = node.start(
+        "init", "ctx", "0",
+        "alloc", str(768 * MiB),  # claim-a (first by uid)
+        "alloc", str(512 * MiB),  # 256 MiB left in claim-a: whole into claim-b
+        "alloc", str(256 * MiB),  # claim-a again
+        "alloc", "1",             # 1.5 GiB in all: nothing fits anywhere
+        "info", "info1", "total", "0", "hold",
+    )
+    try:
+        lines = read_until(holder, "hold")
+        assert [int(line["rc"]) for line in lines] == [0, 0, 0, 0, 0, 2, 0, 0, 0, 0]
+        assert (int(lines[6]["free"]), int(lines[6]["total"])) == (0, 1536 * MiB)  # cuMemGetInfo_v2
+        assert (int(lines[7]["free"]), int(lines[7]["total"])) == (0, 1536 * MiB)  # cuMemGetInfo
+        assert int(lines[8]["total"]) == 1536 * MiB  # cuDeviceTotalMem
+        a, b = node.region("claim-a").gpu(GPU0), node.region("claim-b").gpu(GPU0)
+        assert (a.used_bytes, a.limit_bytes, b.used_bytes, b.limit_bytes) == (GiB, GiB, 512 * MiB, 512 * MiB)
+        assert (slot_bytes(node, "claim-a", holder.pid), slot_bytes(node, "claim-b", holder.pid)) == (GiB, 512 * MiB)
+        # One refused allocation is one rejection, counted once (on the first claim).
+        assert (a.rejected_allocations, b.rejected_allocations) == (1, 0)
+    finally:
+        stop(holder)  # kill -9: no exit handler runs in the holder
+
+
+def test_kill_9_refunds_both_claims(node: Node) -> None:
+    two_claims(node)
+    holder = node.start("init", "ctx", "0", "alloc", str(GiB), "alloc", str(512 * MiB), "hold")
+    try:
+        assert [line["rc"] for line in read_until(holder, "hold")] == ["0"] * 5
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (used(node, "claim-a"), used(node, "claim-b")) == (GiB, 512 * MiB)  # nobody refunded yet
+    # The next process finds the dead slots in both regions when it runs into each wall.
+    after = node.start("init", "ctx", "0", "alloc", str(GiB), "alloc", str(512 * MiB), "info", "hold")
+    try:
+        lines = read_until(after, "hold")
+        assert [int(line["rc"]) for line in lines] == [0] * 6
+        assert int(lines[4]["free"]) == 0
+        assert (slot_bytes(node, "claim-a", after.pid), slot_bytes(node, "claim-b", after.pid)) == (GiB, 512 * MiB)
+        assert (used(node, "claim-a"), used(node, "claim-b")) == (GiB, 512 * MiB)
+    finally:
+        stop(after)
+
+
+def test_a_free_refunds_the_claim_that_was_charged(node: Node) -> None:
+    two_claims(node)
+    holder = node.start(
+        "init", "ctx", "0",
+        "alloc", str(768 * MiB),   # id 0: claim-a
+        "alloc", str(512 * MiB),   # id 1: claim-b
+        "free", "0",               # back to claim-a only
+        "vmm", "0", str(384 * MiB),  # id 2: claim-a again (claim-b is full)
+        "free", "1",               # back to claim-b only
+        "info", "hold",
+    )
+    try:
+        lines = read_until(holder, "hold")
+        assert [int(line["rc"]) for line in lines] == [0] * 9
+        assert (used(node, "claim-a"), used(node, "claim-b")) == (384 * MiB, 0)
+        assert (slot_bytes(node, "claim-a", holder.pid), slot_bytes(node, "claim-b", holder.pid)) == (384 * MiB, 0)
+        assert int(lines[7]["free"]) == 1152 * MiB
+    finally:
+        stop(holder)
+
+
+def test_one_allocation_is_never_split_across_the_claims(node: Node) -> None:
+    two_claims(node)
+    # 1.25 GiB is less than the 1.5 GiB in all but more than either wall: refused, as documented.
+    result = node.run(
+        "init", "ctx", "0", "alloc", str(1280 * MiB), "info",
+        "pool", str(1280 * MiB), "async", str(GiB), "alloc", str(512 * MiB),
+    )
+    assert result.rcs() == [0, 0, 2, 0, 2, 0, 0]
+    assert (int(result.lines[3]["free"]), int(result.lines[3]["total"])) == (1536 * MiB, 1536 * MiB)
+    assert node.region("claim-a").gpu(GPU0).peak_bytes == GiB
+    assert node.region("claim-b").gpu(GPU0).peak_bytes == 512 * MiB
+    assert (used(node, "claim-a"), used(node, "claim-b")) == (0, 0)  # all returned at exit
+
+
+def test_another_container_of_one_claim_takes_from_that_claim_only(node: Node) -> None:
+    two_claims(node)
+    # A second container that references only claim-a: the same claim directory, mounted alone.
+    neighbour = Node(root=node.root / "neighbour", devices=node.devices, shared_state=node.state_file)
+    neighbour.claims_root.mkdir(parents=True)
+    (neighbour.claims_root / "claim-a").symlink_to(node.claims_root / "claim-a")
+    holder = neighbour.start("init", "ctx", "0", "alloc", str(768 * MiB), "hold")
+    try:
+        read_until(holder, "hold")
+        result = node.run("init", "ctx", "0", "info", "alloc", str(512 * MiB), "alloc", str(256 * MiB), "alloc", "1")
+        assert result.rcs() == [0, 0, 0, 0, 0, 2]
+        assert (int(result.lines[2]["free"]), int(result.lines[2]["total"])) == (768 * MiB, 1536 * MiB)
+    finally:
+        stop(holder)
+
+
+def test_nvml_shows_the_combined_view_and_the_processes_of_both_claims(node: Node) -> None:
+    node.devices = {GPU_A: 8 * GiB}
+    node.add_claim("claim-a", {GPU_A: 2 * GiB})
+    node.add_claim("claim-b", {GPU_A: GiB})
+    # A process of another container that holds only claim-b (not the first claim of the GPU).
+    neighbour = Node(root=node.root / "neighbour", devices=node.devices, shared_state=node.state_file)
+    neighbour.claims_root.mkdir(parents=True)
+    (neighbour.claims_root / "claim-b").symlink_to(node.claims_root / "claim-b")
+    holder = neighbour.start("init", "ctx", "0", "alloc", str(512 * MiB), "hold")
+    try:
+        read_until(holder, "hold")
+        inventory = node.root / "inventory.txt"
+        write_inventory(inventory, holder.pid)
+        probe = subprocess.run(
+            [sys.executable, "-c", PROBE, GPU_A],
+            env={**node.env(), "FAKE_NVML_INVENTORY": str(inventory)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert probe.returncode == 0, probe.stderr
+        seen = json.loads(probe.stdout)
+    finally:
+        stop(holder)
+    claimed = seen[GPU_A]
+    assert claimed["v1"] == [3 * GiB, 512 * MiB, 2560 * MiB]
+    assert claimed["v2"] == [3 * GiB, 0, 512 * MiB, 2560 * MiB]
+    ours = sorted([holder.pid, seen["me"]])
+    assert OTHER_PID not in claimed["procs"]["v3"]
+    assert claimed["procs"] == {"v1": ours, "v2": ours, "v3": ours, "need": [7, 2]}
+
+
+def test_launches_are_governed_by_the_claim_with_the_highest_cap(node: Node) -> None:
+    two_claims(node, a=20, b=50)
+    result = node.run("init", "ctx", "0", "busy", "2000", "1000", timeout=30)
+    assert result.rc(2) == 0, result
+    assert abs(float(result.lines[2]["share"]) - 50) <= 5.0, result.lines
+    a, b = node.region("claim-a").gpu(GPU0), node.region("claim-b").gpu(GPU0)
+    assert b.launches_delayed > 0 and b.throttled_ns > 0
+    assert (a.launches_delayed, a.throttled_ns) == (0, 0)  # claim-a's own cap and clock are untouched
+
+
+def test_an_uncapped_claim_on_the_gpu_lifts_the_cap(node: Node) -> None:
+    two_claims(node, a=30, b=0)
+    loop = node.start_loop("--seconds", "1.5")
+    trace = collect(loop, timeout=20)
+    assert window([trace], 0.5, 1.5) >= 95.0
+    assert node.region("claim-a").gpu(GPU0).launches_delayed == 0
+
+
+def test_the_order_is_the_claim_uid_not_the_directory_name(node: Node) -> None:
+    node.add_claim("claim-z", {GPU0: GiB})
+    (node.claims_root / "claim-z").rename(node.claims_root / "0-first-directory")
+    node.add_claim("claim-a", {GPU0: GiB})
+    holder = node.start("init", "ctx", "0", "alloc", str(256 * MiB), "hold")
+    try:
+        read_until(holder, "hold")
+        assert used(node, "claim-a") == 256 * MiB
+        assert read_region(node.claims_root / "0-first-directory" / "region").gpu(GPU0).used_bytes == 0
+    finally:
+        stop(holder)
+
+
+def test_the_context_footprint_goes_to_the_first_claim_it_fits_in(node: Node) -> None:
+    node.ctx_bytes = 3 * MiB
+    two_claims(node)
+    # The primary context is current when the second one is created: its footprint is measured.
+    result = node.run("init", "ctx", "0", "ctxcreate", "0", "info")
+    assert result.rcs() == [0, 0, 0, 0]
+    assert int(result.lines[3]["free"]) == 1536 * MiB - 3 * MiB
+    assert (node.region("claim-a").gpu(GPU0).context_bytes, node.region("claim-b").gpu(GPU0).context_bytes) == (
+        3 * MiB,
+        0,
+    )
+    # With claim-a full, the footprint goes whole to claim-b.
+    other = Node(root=node.root / "full", ctx_bytes=3 * MiB)
+    two_claims(other)
+    result = other.run("init", "ctx", "0", "alloc", str(GiB), "ctxcreate", "0", "info")
+    assert result.rcs() == [0, 0, 0, 0, 0]
+    assert int(result.lines[4]["free"]) == 512 * MiB - 3 * MiB
+    assert other.region("claim-b").gpu(GPU0).context_bytes == 3 * MiB
+    assert other.region("claim-b").gpu(GPU0).peak_bytes == 3 * MiB
