@@ -18,12 +18,14 @@ void vgpu_sub_clamped(int64_t *counter, int64_t bytes)
     }
 }
 
-/* count_rejection: 0 while trying the accounts of a chain (only the whole refusal counts). */
-static int admit(struct vgpu_account *a, int64_t bytes, int count_rejection)
+/* count_rejection: 0 while trying the accounts of a chain (only the whole refusal counts).
+ * may_reclaim: 0 skips the scan for dead processes' slots (a syscall per live process). */
+static inline __attribute__((always_inline)) int admit(struct vgpu_account *a, int64_t bytes, int count_rejection,
+                                                       int may_reclaim)
 {
     int64_t *used = &a->gpu->used_bytes;
     int64_t cur, base;
-    int reclaimed = 0;
+    int reclaimed = !may_reclaim;
     if (bytes <= 0)
         return 1;
     cur = __atomic_load_n(used, __ATOMIC_RELAXED);
@@ -54,16 +56,17 @@ static int admit(struct vgpu_account *a, int64_t bytes, int count_rejection)
 
 int vgpu_admit(struct vgpu_account *a, int64_t bytes)
 {
-    return admit(a, bytes, 1);
+    return admit(a, bytes, 1, 1);
 }
 
-struct vgpu_account *vgpu_admit_chain(struct vgpu_account *head, int64_t bytes)
+struct vgpu_account *vgpu_admit_chain_slow(struct vgpu_account *head, int64_t bytes)
 {
-    if (VGPU_LIKELY(!head->next))
-        return admit(head, bytes, 1) ? head : NULL;
-    for (struct vgpu_account *a = head; a; a = a->next)
-        if (admit(a, bytes, 0))
-            return a;
+    /* First where there is room now; only then scan for dead processes' bytes, so a full first
+     * claim does not cost every allocation that scan. */
+    for (int pass = 0; pass < 2; pass++)
+        for (struct vgpu_account *a = head; a; a = a->next)
+            if (admit(a, bytes, 0, pass))
+                return a;
     __atomic_add_fetch(&head->gpu->rejected_allocs, 1, __ATOMIC_RELAXED);
     return NULL;
 }

@@ -89,7 +89,14 @@ int vgpu_admit(struct vgpu_account *acct, int64_t bytes);
 /* Reserve bytes in one account of head's chain: the first (claim-uid order) where they fit whole;
  * an allocation is never split across claims. The account charged, or NULL when none has room
  * (counted as one rejection, on head). Free/refund with vgpu_refund on the account returned. */
-struct vgpu_account *vgpu_admit_chain(struct vgpu_account *head, int64_t bytes);
+struct vgpu_account *vgpu_admit_chain_slow(struct vgpu_account *head, int64_t bytes);
+static inline struct vgpu_account *vgpu_admit_chain(struct vgpu_account *head, int64_t bytes)
+{
+    /* The common case, one claim per GPU, costs one predictable branch over vgpu_admit. */
+    if (VGPU_LIKELY(!head->next))
+        return vgpu_admit(head, bytes) ? head : NULL;
+    return vgpu_admit_chain_slow(head, bytes);
+}
 /* Limits and used bytes of head's whole chain (the process's view of the GPU). */
 void vgpu_chain_totals(const struct vgpu_account *head, int64_t *limit, int64_t *used);
 /* Give back bytes admitted earlier (a free, or the roll-back of a failed driver call). */
