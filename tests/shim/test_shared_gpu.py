@@ -210,3 +210,20 @@ def test_the_context_footprint_goes_to_the_first_claim_it_fits_in(node: Node) ->
     assert int(result.lines[4]["free"]) == 512 * MiB - 3 * MiB
     assert other.region("claim-b").gpu(GPU0).context_bytes == 3 * MiB
     assert other.region("claim-b").gpu(GPU0).peak_bytes == 3 * MiB
+
+
+def test_a_fork_child_gets_its_own_slots_in_both_claims(node: Node) -> None:
+    two_claims(node)
+    parent = node.start(
+        "init", "ctx", "0", "alloc", str(768 * MiB), "fork",
+        "alloc", str(512 * MiB), "alloc", str(256 * MiB), "alloc", "1", "hold",
+    )
+    try:
+        lines = read_until(parent, "hold")
+        child = [line["rc"] for line in lines if line["cmd"] == "alloc"][1:]
+        assert child == ["0", "0", "2"]  # the parent's 768 MiB count: 1.5 GiB in all
+        a, b = node.region("claim-a"), node.region("claim-b")
+        assert sorted(s.used_bytes[GPU0] for s in a.processes if s.alive) == [256 * MiB, 768 * MiB]
+        assert sorted(s.used_bytes[GPU0] for s in b.processes if s.alive) == [0, 512 * MiB]
+    finally:
+        stop(parent)
