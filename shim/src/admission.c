@@ -59,6 +59,11 @@ int vgpu_admit(struct vgpu_account *a, int64_t bytes)
     return admit(a, bytes, 1, 1);
 }
 
+int vgpu_admit_quiet(struct vgpu_account *a, int64_t bytes)
+{
+    return admit(a, bytes, 0, 0);
+}
+
 struct vgpu_account *vgpu_admit_chain_slow(struct vgpu_account *head, int64_t bytes)
 {
     /* First where there is room now; only then scan for dead processes' bytes, so a full first

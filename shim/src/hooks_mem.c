@@ -17,12 +17,25 @@ static int64_t clamp_bytes(unsigned long long n)
 }
 
 /* Correct a reservation from `estimate` to `actual`. 0 on success; -1 when the extra bytes do not
- * fit (the estimate stays reserved, the caller undoes the allocation and refunds it). */
-static int settle(struct vgpu_account *a, int64_t estimate, int64_t actual)
+ * fit (the estimate stays reserved in *charged, the caller undoes the allocation and refunds it).
+ * On a GPU in several claims an allocation whose extra bytes do not fit in the claim charged
+ * moves whole to the first claim with room for all of it (*charged is updated): never split. */
+static int settle(struct vgpu_account **charged, int64_t estimate, int64_t actual)
 {
-    if (actual > estimate)
+    struct vgpu_account *a = *charged, *moved;
+    if (actual <= estimate) {
+        vgpu_refund(a, estimate - actual);
+        return 0;
+    }
+    if (VGPU_LIKELY(!a->head->next))
         return vgpu_admit(a, actual - estimate) ? 0 : -1;
-    vgpu_refund(a, estimate - actual);
+    if (vgpu_admit_quiet(a, actual - estimate))
+        return 0;
+    moved = vgpu_admit_chain(a->head, actual);
+    if (!moved)
+        return -1;
+    vgpu_refund(a, estimate);
+    *charged = moved;
     return 0;
 }
 
@@ -114,7 +127,7 @@ VGPU_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t
     int64_t actual = __builtin_mul_overflow((unsigned long long)*pitch, (unsigned long long)h, &actual_u)
                          ? INT64_MAX
                          : clamp_bytes(actual_u);
-    if (settle(a, estimate, actual) != 0) {
+    if (settle(&a, estimate, actual) != 0) {
         vgpu_real.cuMemFree_v2(*dptr);
         vgpu_refund(a, estimate);
         return CUDA_ERROR_OUT_OF_MEMORY;
@@ -137,7 +150,7 @@ VGPU_EXPORT CUresult cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pitch, 
         return rc;
     }
     int64_t actual = (int64_t)*pitch * (int64_t)h;
-    if (settle(a, estimate, actual) != 0) {
+    if (settle(&a, estimate, actual) != 0) {
         vgpu_real.cuMemFree(*dptr);
         vgpu_refund(a, estimate);
         return CUDA_ERROR_OUT_OF_MEMORY;
@@ -397,7 +410,7 @@ static CUresult finish_array(struct vgpu_account *a, CUdevice dev, int64_t estim
     if (vgpu_helper.cuArrayGetMemoryRequirements &&
         vgpu_helper.cuArrayGetMemoryRequirements(&req, arr, dev) == CUDA_SUCCESS && req.size > 0)
         actual = clamp_bytes(req.size);
-    if (settle(a, estimate, actual) != 0) {
+    if (settle(&a, estimate, actual) != 0) {
         vgpu_real.cuArrayDestroy(arr);
         vgpu_refund(a, estimate);
         return CUDA_ERROR_OUT_OF_MEMORY;
@@ -482,7 +495,7 @@ VGPU_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *h, const CUDA_ARRA
     if (vgpu_helper.cuMipmappedArrayGetMemoryRequirements &&
         vgpu_helper.cuMipmappedArrayGetMemoryRequirements(&req, *h, dev) == CUDA_SUCCESS && req.size > 0)
         actual = clamp_bytes(req.size);
-    if (settle(a, estimate, actual) != 0) {
+    if (settle(&a, estimate, actual) != 0) {
         vgpu_real.cuMipmappedArrayDestroy(*h);
         vgpu_refund(a, estimate);
         return CUDA_ERROR_OUT_OF_MEMORY;

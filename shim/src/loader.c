@@ -114,6 +114,7 @@ static void wire_accounts(void)
             a->cores = lim->cores;
             a->policy = lim->policy;
             a->next = NULL;
+            a->head = a;
             uuid_of[n] = lim->uuid;
             memcpy(vgpu_account_uuid[n], lim->uuid_bytes, 16);
             n++;
@@ -125,6 +126,7 @@ static void wire_accounts(void)
         for (int j = i + 1; j < n; j++)
             if (strcmp(uuid_of[i], uuid_of[j]) == 0) {
                 vgpu_accounts[i].next = &vgpu_accounts[j];
+                vgpu_accounts[j].head = vgpu_accounts[i].head;
                 break;
             }
     vgpu_account_count = n;

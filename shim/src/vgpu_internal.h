@@ -82,10 +82,13 @@ struct vgpu_account {
     /* The same GPU in the next claim (claim-uid order), NULL in the common case of one claim per
      * GPU. Only the first account of a GPU is ever returned by devices.c; it heads the chain. */
     struct vgpu_account *next;
+    struct vgpu_account *head; /* the first account of this GPU's chain (itself in the common case) */
 };
 
 /* Reserve bytes under the wall (CAS). 1 = admitted, 0 = refused (counted as rejected). */
 int vgpu_admit(struct vgpu_account *acct, int64_t bytes);
+/* vgpu_admit without counting a refusal and without the scan for dead processes. */
+int vgpu_admit_quiet(struct vgpu_account *acct, int64_t bytes);
 /* Reserve bytes in one account of head's chain: the first (claim-uid order) where they fit whole;
  * an allocation is never split across claims. The account charged, or NULL when none has room
  * (counted as one rejection, on head). Free/refund with vgpu_refund on the account returned. */

@@ -227,3 +227,21 @@ def test_a_fork_child_gets_its_own_slots_in_both_claims(node: Node) -> None:
         assert sorted(s.used_bytes[GPU0] for s in b.processes if s.alive) == [0, 512 * MiB]
     finally:
         stop(parent)
+
+
+def test_a_size_correction_that_does_not_fit_moves_the_allocation_whole(node: Node) -> None:
+    # A 1000 x 1000 float array is estimated at 4,000,000 bytes; the driver needs 4,096,000
+    # (rows padded to 4096). claim-a has room for the estimate, not for the array.
+    node.add_claim("claim-a", {GPU0: 4_050_000})
+    node.add_claim("claim-b", {GPU0: 8 * MiB})
+    holder = node.start("init", "ctx", "0", "array", "1000", "1000", "info", "hold")
+    try:
+        lines = read_until(holder, "hold")
+        assert [int(line["rc"]) for line in lines] == [0, 0, 0, 0, 0]
+        assert (used(node, "claim-a"), used(node, "claim-b")) == (0, 4_096_000)
+        assert node.region("claim-a").gpu(GPU0).peak_bytes == 4_000_000  # the estimate, given back
+    finally:
+        stop(holder)
+    result = node.run("init", "ctx", "0", "array", "1000", "1000", "free", "0", "info")
+    assert result.rcs() == [0, 0, 0, 0, 0]
+    assert int(result.lines[4]["free"]) == 4_050_000 + 8 * MiB  # the free went to claim-b
