@@ -41,17 +41,20 @@ static int settle(struct vgpu_account **charged, int64_t estimate, int64_t actua
 
 /* ---- linear allocations ---------------------------------------------------------------------- */
 
-#define CHARGE_CURRENT(acct, bytes)                                                                   \
+/* Reserve `bytes` on the current context's GPU in the first claim with room, declaring `acct`;
+ * `devp` (NULL or a CUdevice *) receives that GPU. Returns from the hook when nothing is admitted. */
+#define CHARGE_ON(acct, devp, bytes)                                                                  \
     struct vgpu_account *acct;                                                                        \
     do {                                                                                              \
         CUresult charge_err_ = CUDA_SUCCESS;                                                          \
-        struct vgpu_account *head_ = vgpu_account_current(NULL, &charge_err_);                        \
+        struct vgpu_account *head_ = vgpu_account_current((devp), &charge_err_);                      \
         if (!head_)                                                                                   \
             return charge_err_;                                                                       \
         acct = vgpu_admit_chain(head_, (bytes));                                                      \
         if (!acct)                                                                                    \
             return CUDA_ERROR_OUT_OF_MEMORY;                                                          \
     } while (0)
+#define CHARGE_CURRENT(acct, bytes) CHARGE_ON(acct, NULL, bytes)
 
 VGPU_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
 {
@@ -424,15 +427,9 @@ VGPU_EXPORT CUresult cuArrayCreate_v2(CUarray *arr, const CUDA_ARRAY_DESCRIPTOR 
     VGPU_GATE(cuArrayCreate_v2, (arr, desc));
     if (!arr || !desc)
         return vgpu_real.cuArrayCreate_v2(arr, desc);
-    CUresult err = CUDA_SUCCESS;
-    CUdevice dev = 0;
-    struct vgpu_account *head = vgpu_account_current(&dev, &err);
-    if (!head)
-        return err;
     int64_t estimate = array_bytes(desc->Width, desc->Height, 1, desc->Format, desc->NumChannels);
-    struct vgpu_account *a = vgpu_admit_chain(head, estimate);
-    if (!a)
-        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUdevice dev = 0;
+    CHARGE_ON(a, &dev, estimate);
     CUresult rc = vgpu_real.cuArrayCreate_v2(arr, desc);
     if (rc != CUDA_SUCCESS) {
         vgpu_refund(a, estimate);
@@ -446,15 +443,9 @@ VGPU_EXPORT CUresult cuArray3DCreate_v2(CUarray *arr, const CUDA_ARRAY3D_DESCRIP
     VGPU_GATE(cuArray3DCreate_v2, (arr, desc));
     if (!arr || !desc)
         return vgpu_real.cuArray3DCreate_v2(arr, desc);
-    CUresult err = CUDA_SUCCESS;
-    CUdevice dev = 0;
-    struct vgpu_account *head = vgpu_account_current(&dev, &err);
-    if (!head)
-        return err;
     int64_t estimate = array_bytes(desc->Width, desc->Height, desc->Depth, desc->Format, desc->NumChannels);
-    struct vgpu_account *a = vgpu_admit_chain(head, estimate);
-    if (!a)
-        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUdevice dev = 0;
+    CHARGE_ON(a, &dev, estimate);
     CUresult rc = vgpu_real.cuArray3DCreate_v2(arr, desc);
     if (rc != CUDA_SUCCESS) {
         vgpu_refund(a, estimate);
@@ -475,15 +466,9 @@ VGPU_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *h, const CUDA_ARRA
     VGPU_GATE(cuMipmappedArrayCreate, (h, desc, levels));
     if (!h || !desc)
         return vgpu_real.cuMipmappedArrayCreate(h, desc, levels);
-    CUresult err = CUDA_SUCCESS;
-    CUdevice dev = 0;
-    struct vgpu_account *head = vgpu_account_current(&dev, &err);
-    if (!head)
-        return err;
     int64_t estimate = mipmap_bytes(desc, levels);
-    struct vgpu_account *a = vgpu_admit_chain(head, estimate);
-    if (!a)
-        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUdevice dev = 0;
+    CHARGE_ON(a, &dev, estimate);
     CUresult rc = vgpu_real.cuMipmappedArrayCreate(h, desc, levels);
     if (rc != CUDA_SUCCESS) {
         vgpu_refund(a, estimate);
