@@ -56,23 +56,28 @@ def write_inventory(path: Path, holder_pid: int, other_bytes: int = GiB) -> None
     path.write_text("\n".join(lines) + "\n")
 
 
+def probe_nvml(node: Node, holder_pid: int, *gpus: str, other_bytes: int = GiB) -> dict:
+    """Run PROBE under the shim against a fake NVML listing `holder_pid`; its JSON answer."""
+    inventory = node.root / "inventory.txt"
+    write_inventory(inventory, holder_pid, other_bytes)
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE, *gpus],
+        env={**node.env(), "FAKE_NVML_INVENTORY": str(inventory)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr
+    return json.loads(probe.stdout)
+
+
 def test_nvml_reports_the_claim_view_and_only_the_claims_processes(node: Node) -> None:
     node.devices = {GPU_A: 8 * GiB, GPU_B: 8 * GiB}
     node.add_claim("claim-a", {GPU_A: 2 * GiB})
     holder = node.start("init", "ctx", "0", "alloc", str(512 * MiB), "hold")
     try:
         read_until(holder, "hold")
-        inventory = node.root / "inventory.txt"
-        write_inventory(inventory, holder.pid)
-        probe = subprocess.run(
-            [sys.executable, "-c", PROBE, GPU_A, GPU_B],
-            env={**node.env(), "FAKE_NVML_INVENTORY": str(inventory)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert probe.returncode == 0, probe.stderr
-        seen = json.loads(probe.stdout)
+        seen = probe_nvml(node, holder.pid, GPU_A, GPU_B)
     finally:
         stop(holder)
     me = seen["me"]
@@ -88,17 +93,7 @@ def test_nvml_reports_the_claim_view_and_only_the_claims_processes(node: Node) -
 
 
 def test_nvml_without_claims_is_untouched(node: Node) -> None:
-    inventory = node.root / "inventory.txt"
-    write_inventory(inventory, 1)
-    probe = subprocess.run(
-        [sys.executable, "-c", PROBE, GPU_A],
-        env={**node.env(), "FAKE_NVML_INVENTORY": str(inventory)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert probe.returncode == 0, probe.stderr
-    seen = json.loads(probe.stdout)
+    seen = probe_nvml(node, 1, GPU_A)
     assert seen[GPU_A]["v1"][0] == 8 * GiB
     assert seen[GPU_A]["procs"]["v3"] == sorted([1, OTHER_PID, seen["me"]])
 
@@ -106,18 +101,8 @@ def test_nvml_without_claims_is_untouched(node: Node) -> None:
 def test_nvml_free_never_exceeds_what_the_card_has_left(node: Node) -> None:
     node.devices = {GPU_A: 8 * GiB, GPU_B: 8 * GiB}
     node.add_claim("claim-a", {GPU_A: 2 * GiB})
-    inventory = node.root / "inventory.txt"
     # Another tenant holds 7 GiB of the 8 GiB card; with 256 MiB reserved and the two other listed
     # processes (512 + 128 MiB), 128 MiB are physically left.
-    write_inventory(inventory, 1, other_bytes=7 * GiB)
-    probe = subprocess.run(
-        [sys.executable, "-c", PROBE, GPU_A],
-        env={**node.env(), "FAKE_NVML_INVENTORY": str(inventory)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert probe.returncode == 0, probe.stderr
-    total, used, free = json.loads(probe.stdout)[GPU_A]["v1"]
+    total, used, free = probe_nvml(node, 1, GPU_A, other_bytes=7 * GiB)[GPU_A]["v1"]
     assert (total, used) == (2 * GiB, 0)
     assert free == 128 * MiB

@@ -4,14 +4,11 @@ The claims are charged in claim-uid order, one whole allocation in one claim (do
 "One GPU in several claims"). Here claim-a has the bigger wall (1 GiB) and claim-b 512 MiB.
 """
 
-import json
 import signal
-import subprocess
-import sys
 
 from tests.shim.busy_trace import collect, window
 from tests.shim.harness import GPU0, GPU_A, MiB, Node, read_until, stop
-from tests.shim.test_nvml import OTHER_PID, PROBE, write_inventory
+from tests.shim.test_nvml import OTHER_PID, probe_nvml
 from vgpu_dra.driver.region import read_region
 
 GiB = 1 << 30
@@ -139,17 +136,7 @@ def test_nvml_shows_the_combined_view_and_the_processes_of_both_claims(node: Nod
     holder = neighbour.start("init", "ctx", "0", "alloc", str(512 * MiB), "hold")
     try:
         read_until(holder, "hold")
-        inventory = node.root / "inventory.txt"
-        write_inventory(inventory, holder.pid)
-        probe = subprocess.run(
-            [sys.executable, "-c", PROBE, GPU_A],
-            env={**node.env(), "FAKE_NVML_INVENTORY": str(inventory)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert probe.returncode == 0, probe.stderr
-        seen = json.loads(probe.stdout)
+        seen = probe_nvml(node, holder.pid, GPU_A)
     finally:
         stop(holder)
     claimed = seen[GPU_A]
