@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -549,36 +549,54 @@ class AllocationTerm:
             self.queue.add(("pod", pod_key))
 
     def _write_allocation(self, key: str, uid: str, placement: Placement, classes: Mapping[str, JsonObject]) -> None:
-        namespace, name = key.split("/", 1)
-        claim = self.claims.get(key)
-        for _ in range(self.settings.write_retries):
-            if claim is None or meta(claim).get("uid") != uid:
+        def attempt(claim: JsonObject) -> None:
+            if meta(claim).get("uid") != uid:
                 raise _Abandon("claim was deleted or replaced")
             if allocation(claim):
                 raise _Abandon(f"claim got allocated by someone else in the meantime (node {allocated_node(claim)})")
             if meta(claim).get("deletionTimestamp"):
                 raise _Abandon("claim is being deleted")
-            try:
-                if not has_finalizer(claim):
-                    body = dict(claim)
-                    body["metadata"] = {**meta(claim), "finalizers": [*(meta(claim).get("finalizers") or []), FINALIZER]}
-                    claim = self.api.update(RESOURCE_CLAIMS, body)
-                    self.claims.observe(claim)
-                status = dict(claim.get("status") or {})
-                status["allocation"] = allocation_status(claim, classes, placement.node, placement.claim(uid))
-                body = {**claim, "status": status}
-                claim = self.api.update(RESOURCE_CLAIMS, body, subresource="status")
+            if not has_finalizer(claim):
+                body = dict(claim)
+                body["metadata"] = {**meta(claim), "finalizers": [*(meta(claim).get("finalizers") or []), FINALIZER]}
+                claim = self.api.update(RESOURCE_CLAIMS, body)
                 self.claims.observe(claim)
-                return
+            status = dict(claim.get("status") or {})
+            status["allocation"] = allocation_status(claim, classes, placement.node, placement.claim(uid))
+            self.claims.observe(self.api.update(RESOURCE_CLAIMS, {**claim, "status": status}, subresource="status"))
+
+        if not self._write_resolving_conflicts(RESOURCE_CLAIMS, key, self.claims.get(key), attempt,
+                                               observe=self.claims.observe):
+            raise _Abandon("claim was deleted")
+
+    def _write_resolving_conflicts(self, resource: str, key: str, current: JsonObject | None,
+                                   attempt: Callable[[JsonObject], None], *,
+                                   observe: Callable[[JsonObject], None] | None) -> bool:
+        """Run `attempt` (checks, then writes) on the newest copy of an object, re-reading it after
+        each 409. False when the object is gone (404, or never cached); ApiError 409 when conflicts
+        outlast the retries, so the work item is retried later with backoff."""
+        namespace, name = key.split("/", 1)
+        for _ in range(self.settings.write_retries):
+            if current is None:
+                return False
+            try:
+                attempt(current)
+                return True
             except ApiError as exc:
                 if exc.not_found:
-                    raise _Abandon("claim was deleted") from None
+                    return False
                 if not exc.conflict:
                     raise
                 self.metrics.conflicts.inc()
-                claim = self.api.get(RESOURCE_CLAIMS, name, namespace)
-                self.claims.observe(claim)
-        raise ApiError(409, "Conflict", f"claim {key}: still conflicting after {self.settings.write_retries} attempts")
+            try:
+                current = self.api.get(resource, name, namespace)
+            except ApiError as exc:
+                if exc.not_found:
+                    return False
+                raise
+            if observe is not None:
+                observe(current)
+        raise ApiError(409, "Conflict", f"{key}: still conflicting after {self.settings.write_retries} attempts")
 
     def _finish_pod(self, pod: JsonObject) -> None:
         """All the pod's claims are allocated: record latency, lift our scheduling gate."""
@@ -593,11 +611,7 @@ class AllocationTerm:
             self.metrics.pending_claims.set(len(self._pending_claims))
         if started is not None:
             self.metrics.allocation_latency.observe(time.monotonic() - started)
-        current: JsonObject | None = pod
-        namespace, name = key.split("/", 1)
-        for _ in range(self.settings.write_retries):
-            if current is None:
-                return
+        def lift_gate(current: JsonObject) -> None:
             gates = (current.get("spec") or {}).get("schedulingGates") or []
             if not any(g.get("name") == SCHEDULING_GATE for g in gates):
                 return
@@ -607,18 +621,11 @@ class AllocationTerm:
             patch = [{"op": "replace", "path": "/metadata/resourceVersion", "value": meta(current)["resourceVersion"]},
                      {"op": "replace", "path": "/spec/schedulingGates", "value": remaining} if remaining
                      else {"op": "remove", "path": "/spec/schedulingGates"}]
-            try:
-                updated = self.api.patch(PODS, name, patch, namespace, patch_type="application/json-patch+json")
-                self.pods.observe(updated)
-                log.info("removed scheduling gate", pod=key)
-                return
-            except ApiError as exc:
-                if exc.not_found:
-                    return
-                if not exc.conflict:
-                    raise
-                self.metrics.conflicts.inc()
-                current = self.api.get(PODS, name, namespace)
+            namespace, name = key.split("/", 1)
+            self.pods.observe(self.api.patch(PODS, name, patch, namespace, patch_type="application/json-patch+json"))
+            log.info("removed scheduling gate", pod=key)
+
+        self._write_resolving_conflicts(PODS, key, pod, lift_gate, observe=None)
 
     def _refuse(self, pod: JsonObject, claims: Iterable[JsonObject], reason: str, kind: str) -> None:
         key = object_key(pod)
@@ -684,60 +691,34 @@ class AllocationTerm:
         self._drop_finalizer(key, uid)
 
     def _clear_allocation(self, key: str, uid: str) -> None:
-        namespace, name = key.split("/", 1)
-        claim = self.claims.get(key)
+        def clear(claim: JsonObject) -> None:
+            if meta(claim).get("uid") != uid or not allocation(claim):
+                return
+            status = {k: v for k, v in (claim.get("status") or {}).items()
+                      if k not in ("allocation", "reservedFor", "devices")}
+            self.claims.observe(self.api.update(RESOURCE_CLAIMS, {**claim, "status": status}, subresource="status"))
+            self.metrics.deallocations.inc()
+            log.info("deallocated", claim=key)
+
         with self.lock:
             self._clearing.add(uid)
         try:
-            for _ in range(self.settings.write_retries):
-                if claim is None or meta(claim).get("uid") != uid or not allocation(claim):
-                    return
-                status = {k: v for k, v in (claim.get("status") or {}).items()
-                          if k not in ("allocation", "reservedFor", "devices")}
-                try:
-                    claim = self.api.update(RESOURCE_CLAIMS, {**claim, "status": status}, subresource="status")
-                    self.claims.observe(claim)
-                    self.metrics.deallocations.inc()
-                    log.info("deallocated", claim=key)
-                    return
-                except ApiError as exc:
-                    if exc.not_found:
-                        return
-                    if not exc.conflict:
-                        raise
-                    self.metrics.conflicts.inc()
-                    claim = self.api.get(RESOURCE_CLAIMS, name, namespace)
-                    self.claims.observe(claim)
+            self._write_resolving_conflicts(RESOURCE_CLAIMS, key, self.claims.get(key), clear,
+                                            observe=self.claims.observe)
         finally:
             with self.lock:
                 self._clearing.discard(uid)
 
     def _drop_finalizer(self, key: str, uid: str) -> None:
-        namespace, name = key.split("/", 1)
-        claim = self.claims.get(key)
-        for _ in range(self.settings.write_retries):
-            if claim is None or meta(claim).get("uid") != uid or not has_finalizer(claim):
+        def drop(claim: JsonObject) -> None:
+            if meta(claim).get("uid") != uid or not has_finalizer(claim):
                 return
             if allocation(claim) and _is_our_allocation(claim):
                 return  # never leave an allocation of ours without our finalizer
             finalizers = [f for f in meta(claim).get("finalizers") or [] if f != FINALIZER]
-            try:
-                updated = self.api.update(RESOURCE_CLAIMS, {**claim, "metadata": {**meta(claim), "finalizers": finalizers}})
-                self.claims.observe(updated)
-                return
-            except ApiError as exc:
-                if exc.not_found:
-                    return
-                if not exc.conflict:
-                    raise
-                self.metrics.conflicts.inc()
-                try:
-                    claim = self.api.get(RESOURCE_CLAIMS, name, namespace)
-                except ApiError as again:
-                    if again.not_found:
-                        return
-                    raise
-                self.claims.observe(claim)
+            self.claims.observe(self.api.update(RESOURCE_CLAIMS, {**claim, "metadata": {**meta(claim), "finalizers": finalizers}}))
+
+        self._write_resolving_conflicts(RESOURCE_CLAIMS, key, self.claims.get(key), drop, observe=self.claims.observe)
 
     # ------------------------------------------------------------------ metrics view
 

@@ -60,6 +60,21 @@ def test_status_write_conflicts_are_retried(fake_apiserver):
     assert len(allocation_of(server, "c")["devices"]["results"]) == 1
 
 
+def test_gate_conflicts_outlasting_the_retries_are_tried_again_later(fake_apiserver):
+    """More 409s than one sync retries: the work item comes back with backoff instead of leaving
+    the pod gated forever."""
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server)
+    server.create(claim("c", config=vgpu_config(memory="1Gi")))
+    server.faults.add(409, resource="pods", verbs=("patch",), count=12)  # write_retries is 8
+    server.create(pod("app", ["c"]))
+    with running_controller(server):
+        wait_for(lambda: not server.get("Pod", "app", "default")["spec"].get("schedulingGates"),
+                 what="gate lifted after the conflicts ran out")
+    assert allocation_of(server, "c")
+
+
 def test_server_errors_are_retried_with_backoff(fake_apiserver):
     server = fake_apiserver
     add_node(server, "node", [gpu(0)])
