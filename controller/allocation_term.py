@@ -557,17 +557,33 @@ class AllocationTerm:
             if meta(claim).get("deletionTimestamp"):
                 raise _Abandon("claim is being deleted")
             if not has_finalizer(claim):
-                body = dict(claim)
-                body["metadata"] = {**meta(claim), "finalizers": [*(meta(claim).get("finalizers") or []), FINALIZER]}
-                claim = self.api.update(RESOURCE_CLAIMS, body)
-                self.claims.observe(claim)
-            status = dict(claim.get("status") or {})
-            status["allocation"] = allocation_status(claim, classes, placement.node, placement.claim(uid))
-            self.claims.observe(self.api.update(RESOURCE_CLAIMS, {**claim, "status": status}, subresource="status"))
+                claim = self._patch_finalizers(claim, [*(meta(claim).get("finalizers") or []), FINALIZER])
+            self._patch_status(claim, {"allocation": allocation_status(claim, classes, placement.node,
+                                                                       placement.claim(uid))})
 
         if not self._write_resolving_conflicts(RESOURCE_CLAIMS, key, self.claims.get(key), attempt,
                                                observe=self.claims.observe):
             raise _Abandon("claim was deleted")
+
+    def _patch_finalizers(self, claim: JsonObject, finalizers: list[str]) -> JsonObject:
+        """Set the claim's finalizers with a conditional merge patch of its metadata alone.
+
+        Never a PUT of the whole claim: the API server keeps opaque parameters as the bytes it was
+        sent, so a re-serialised spec reads as a change to an immutable field (422). Naming the
+        resourceVersion makes the patch fail with 409 when the claim changed since we read it."""
+        patch = {"metadata": {"resourceVersion": meta(claim)["resourceVersion"], "finalizers": finalizers or None}}
+        updated = self.api.patch(RESOURCE_CLAIMS, meta(claim)["name"], patch, meta(claim).get("namespace"))
+        self.claims.observe(updated)
+        return updated
+
+    def _patch_status(self, claim: JsonObject, status: JsonObject) -> JsonObject:
+        """Merge `status` (None removes a field) into the claim's status subresource, conditional
+        on the resourceVersion read."""
+        patch = {"metadata": {"resourceVersion": meta(claim)["resourceVersion"]}, "status": status}
+        updated = self.api.patch(RESOURCE_CLAIMS, meta(claim)["name"], patch, meta(claim).get("namespace"),
+                                 subresource="status")
+        self.claims.observe(updated)
+        return updated
 
     def _write_resolving_conflicts(self, resource: str, key: str, current: JsonObject | None,
                                    attempt: Callable[[JsonObject], None], *,
@@ -694,9 +710,7 @@ class AllocationTerm:
         def clear(claim: JsonObject) -> None:
             if meta(claim).get("uid") != uid or not allocation(claim):
                 return
-            status = {k: v for k, v in (claim.get("status") or {}).items()
-                      if k not in ("allocation", "reservedFor", "devices")}
-            self.claims.observe(self.api.update(RESOURCE_CLAIMS, {**claim, "status": status}, subresource="status"))
+            self._patch_status(claim, {"allocation": None, "reservedFor": None, "devices": None})
             self.metrics.deallocations.inc()
             log.info("deallocated", claim=key)
 
@@ -715,8 +729,7 @@ class AllocationTerm:
                 return
             if allocation(claim) and _is_our_allocation(claim):
                 return  # never leave an allocation of ours without our finalizer
-            finalizers = [f for f in meta(claim).get("finalizers") or [] if f != FINALIZER]
-            self.claims.observe(self.api.update(RESOURCE_CLAIMS, {**claim, "metadata": {**meta(claim), "finalizers": finalizers}}))
+            self._patch_finalizers(claim, [f for f in meta(claim).get("finalizers") or [] if f != FINALIZER])
 
         self._write_resolving_conflicts(RESOURCE_CLAIMS, key, self.claims.get(key), drop, observe=self.claims.observe)
 

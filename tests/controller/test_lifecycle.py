@@ -102,6 +102,26 @@ def test_deleting_an_allocated_claim_completes(fake_apiserver):
         wait_for(lambda: server.get("ResourceClaim", "doomed", "default") is None, what="claim gone")
 
 
+def test_claims_are_changed_only_by_patches_never_written_back_whole(fake_apiserver):
+    """A real API server keeps opaque parameters as the bytes it was sent, so a PUT of a claim with
+    re-serialised parameters reads as a change to the immutable spec (422): the finalizer, the
+    allocation, the deallocation and the finalizer's removal must all be patches."""
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server)
+    server.create(claim("c", config=vgpu_config(memory="1Gi")))
+    server.create(pod("app", ["c"]))
+    with running_controller(server, user="ctl"):
+        wait_for(lambda: allocation_of(server, "c"), what="allocated")
+        server.delete("Pod", "app", "default")
+        server.delete("ResourceClaim", "c", "default")
+        wait_for(lambda: server.get("ResourceClaim", "c", "default") is None, what="claim gone")
+    writes = [(r.verb, r.subresource) for r in server.audit() if r.user == "ctl" and r.resource == "resourceclaims"
+              and r.verb in ("update", "patch")]
+    assert ("patch", "") in writes and ("patch", "status") in writes, writes
+    assert all(verb == "patch" for verb, _ in writes), writes
+
+
 def test_scheduler_wipe_reallocates_on_another_node(fake_apiserver):
     server = fake_apiserver
     add_node(server, "first", [gpu(0)])

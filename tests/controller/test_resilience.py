@@ -51,7 +51,7 @@ def test_status_write_conflicts_are_retried(fake_apiserver):
     add_node(server, "node", [gpu(0)])
     add_device_class(server)
     server.create(claim("c", config=vgpu_config(memory="1Gi")))
-    server.faults.add(409, resource="resourceclaims", verbs=("update",), subresource="status", count=2)
+    server.faults.add(409, resource="resourceclaims", verbs=("patch",), subresource="status", count=2)
     server.create(pod("app", ["c"]))
     with running_controller(server) as controller:
         wait_for(lambda: allocation_of(server, "c"), what="allocated despite two conflicts")
@@ -80,7 +80,7 @@ def test_server_errors_are_retried_with_backoff(fake_apiserver):
     add_node(server, "node", [gpu(0)])
     add_device_class(server)
     server.create(claim("c", config=vgpu_config(memory="1Gi")))
-    server.faults.add(500, resource="resourceclaims", verbs=("update",), count=3)
+    server.faults.add(500, resource="resourceclaims", verbs=("patch",), count=3)
     server.create(pod("app", ["c"]))
     with running_controller(server):
         wait_for(lambda: allocation_of(server, "c"), what="allocated after transient errors")
@@ -144,7 +144,7 @@ def test_a_forbidden_status_write_is_reported_on_the_claim_and_pod(fake_apiserve
     add_device_class(server)
     server.create(claim("c", config=vgpu_config(memory="1Gi")))
     server.create(pod("app", ["c"]))
-    server.faults.add(403, resource="resourceclaims", verbs=("update",), subresource="status", count=1)
+    server.faults.add(403, resource="resourceclaims", verbs=("patch",), subresource="status", count=1)
     with running_controller(server):
         event = wait_for(lambda: next((e for e in server.events() if e.regarding_name == "c"
                                        and e.reason == "AllocationFailed"), None), what="event about the rejection")
