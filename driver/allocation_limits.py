@@ -3,14 +3,14 @@
 Pure: takes the claim as the raw JSON the API server returned (so fields newer than the Python
 client's models survive) and returns data. The size of a device comes from, in order:
 
-1. the result's ``consumedCapacity`` (kube-scheduler or the controller shared the device);
+1. the result's ``consumedCapacity`` for each capacity the claim requested explicitly;
 2. else the merged ``VgpuConfig`` entries of ``allocation.devices.config`` that apply to the
    result's request (class entries, then claim entries, then the controller's resolved entry:
-   later wins), skipping entries of other drivers;
-3. else the whole GPU with no core cap.
+   later wins), skipping entries of other drivers, for each capacity they state;
+3. else the rest of ``consumedCapacity`` (what the allocator booked by the slice's defaults);
+4. else the whole GPU with no core cap.
 
-``consumedCapacity`` wins over configs for memory and cores; the core policy, which capacity cannot
-express, still comes from the configs. Every refusal is a ``ClaimRejected`` whose message is meant
+The core policy, which capacity cannot express, always comes from the configs. Every refusal is a ``ClaimRejected`` whose message is meant
 for the kubelet's event on the pod.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from vgpu_dra.api.config import InvalidConfigError, VgpuConfig, merge_configs, parse_config
-from vgpu_dra.api.names import DRIVER_NAME
+from vgpu_dra.api.names import CAPACITY_CORES, CAPACITY_MEMORY, DRIVER_NAME
 from vgpu_dra.driver.limits import LimitError, ResolvedShare, ShareRequest
 
 LimitSource = Literal["consumedCapacity", "config", "wholeGpu"]
@@ -151,13 +151,23 @@ def _configs_for(entries: Sequence[Mapping[str, Any]], request: str, driver: str
     return configs
 
 
-def _share_for(result: Mapping[str, Any], configs: list[VgpuConfig],
+def _share_for(result: Mapping[str, Any], configs: list[VgpuConfig], requested: frozenset[str],
                usable_memory_bytes: int) -> tuple[ResolvedShare, LimitSource]:
+    """The device's limits. A capacity the claim requested explicitly is taken as consumed (the
+    allocator's rounding included); one it did not request comes from its VgpuConfig when that
+    states it, and only then from ``consumedCapacity``, where an allocator that books by the
+    slice's requestPolicy (kube-scheduler) wrote the policy's default (all memory, 0 cores), which
+    is not what the claim asked for. So a claim gets the same limits in both allocator modes."""
     merged = merge_configs(configs)
-    consumed = result.get("consumedCapacity") or None
+    consumed = dict(result.get("consumedCapacity") or {})
     if result.get("adminAccess"):
         # Admin access is for monitoring tools: the whole device, never throttled.
         return ShareRequest().resolve(usable_memory_bytes), "wholeGpu"
+    if merged is not None:
+        stated = {CAPACITY_MEMORY: merged.memory is not None or merged.memory_percent is not None,
+                  CAPACITY_CORES: merged.cores is not None}
+        consumed = {name: value for name, value in consumed.items()
+                    if name in requested or not stated.get(_capacity_name(name), False)}
     source: LimitSource = "consumedCapacity" if consumed else ("config" if merged else "wholeGpu")
     try:
         request = ShareRequest.from_sources(merged, consumed)
@@ -165,6 +175,25 @@ def _share_for(result: Mapping[str, Any], configs: list[VgpuConfig],
     except LimitError as exc:
         where = "consumedCapacity" if consumed else "VgpuConfig"
         raise InvalidClaimConfig(f"device {result.get('device')} ({where}): {exc}") from None
+
+
+def _capacity_name(name: str) -> str:
+    return name.split("/", 1)[1] if "/" in name else name
+
+
+def _requested_capacities(claim: Mapping[str, Any], request: str) -> frozenset[str]:
+    """Capacity names the claim's spec requests explicitly for `request` (``name`` or
+    ``name/subrequest``), without a driver domain."""
+    main, _, sub = request.partition("/")
+    for entry in _get(claim, "spec", "devices", "requests") or ():
+        if entry.get("name") != main:
+            continue
+        exactly = entry.get("exactly")
+        if sub:
+            exactly = next((s for s in entry.get("firstAvailable") or () if s.get("name") == sub), None)
+        requests = _get(exactly or {}, "capacity", "requests") or {}
+        return frozenset(_capacity_name(name) for name in requests)
+    return frozenset()
 
 
 def claim_allocation(claim: Mapping[str, Any], *, expected_uid: str, node_name: str,
@@ -198,7 +227,8 @@ def claim_allocation(claim: Mapping[str, Any], *, expected_uid: str, node_name: 
         if device not in usable_memory:
             raise ClaimOnOtherNode(f"{label}: device {device} does not exist on node {node_name} "
                                    f"(devices here: {', '.join(sorted(usable_memory)) or 'none'})")
-        share, source = _share_for(result, _configs_for(entries, request, driver), usable_memory[device])
+        share, source = _share_for(result, _configs_for(entries, request, driver),
+                                   _requested_capacities(claim, request), usable_memory[device])
         devices.append(DeviceLimit(request=request, pool=pool, device=device,
                                    share_id=result.get("shareID") or None, share=share, source=source))
     pods = tuple(sorted(r.get("name", "") for r in _get(claim, "status", "reservedFor") or ()

@@ -176,16 +176,21 @@ def test_chart_classes_match_the_example_device_classes():
             assert not any(_as_scheduler_sees(s, OtherDriversGpu()) for s in _selectors(device_class))
 
 
-def test_scheduler_mode_has_one_plain_class_that_kube_scheduler_allocates():
+def test_scheduler_mode_classes_are_allocated_by_kube_scheduler_with_the_same_sizes():
+    """The same claims work in both modes: the plain class and the sized classes exist in
+    scheduler mode too, select what kube-scheduler sees, and carry the same VgpuConfig."""
     rendered = render({"allocator": "scheduler"})
-    (device_class,) = rendered.of_kind("DeviceClass")
-    assert device_class["metadata"]["name"] == names.DEVICE_CLASS
-    assert device_class["metadata"]["labels"][names.ALLOCATOR_LABEL] == names.ALLOCATOR_SCHEDULER
-    assert "config" not in device_class["spec"]  # sizes are capacity requests in this mode
-    (selector,) = _selectors(device_class)
-    assert _as_scheduler_sees(selector)
-    assert not _as_scheduler_sees(selector, OtherDriversGpu())
-    assert not compile_selectors([selector])(PublishedGpu()), "the controller must not see these as candidates"
+    controller_classes = {c["metadata"]["name"]: c for c in render().of_kind("DeviceClass")}
+    classes = {c["metadata"]["name"]: c for c in rendered.of_kind("DeviceClass")}
+    assert set(classes) == set(controller_classes) and names.DEVICE_CLASS in classes
+    for name, device_class in classes.items():
+        assert device_class["metadata"]["labels"][names.ALLOCATOR_LABEL] == names.ALLOCATOR_SCHEDULER
+        assert device_class["spec"].get("config") == controller_classes[name]["spec"].get("config")
+        (selector,) = _selectors(device_class)
+        assert _as_scheduler_sees(selector)
+        assert not _as_scheduler_sees(selector, OtherDriversGpu())
+        assert not compile_selectors([selector])(PublishedGpu()), "the controller must not see these as candidates"
+    assert "config" not in classes[names.DEVICE_CLASS]["spec"]
 
 
 # --------------------------------------------------------------------------- RBAC

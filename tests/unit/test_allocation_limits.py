@@ -19,10 +19,14 @@ def _vgpu(**fields):
                                                      **fields}}
 
 
-def _claim(results, config=(), *, uid="uid-1", node=NODE, reserved=("pod-a",)):
+def _claim(results, config=(), *, uid="uid-1", node=NODE, reserved=("pod-a",), capacity_requests=None):
+    exactly = {"deviceClassName": "vgpu.dra.dev"}
+    if capacity_requests:
+        exactly["capacity"] = {"requests": dict(capacity_requests)}
     return {
         "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
         "metadata": {"namespace": "ns", "name": "claim", "uid": uid},
+        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": exactly}]}},
         "status": {
             "allocation": {
                 "devices": {"results": list(results), "config": list(config)},
@@ -62,10 +66,34 @@ def test_controller_form_with_config_layers_later_wins():
     assert (device.share.memory_bytes, device.share.cores, device.share.core_policy) == (5 * GIB, 30, "hard")
 
 
-def test_consumed_capacity_wins_but_policy_comes_from_config():
+def test_requested_capacity_wins_over_config_but_policy_comes_from_config():
     config = [{"source": "FromClaim", "requests": [], "opaque": _vgpu(memory="1Gi", cores=10, corePolicy="hard")}]
-    (device,) = _resolve(_claim([_result(consumedCapacity={"memory": "3Gi", "cores": "40"})], config)).devices
+    claim = _claim([_result(consumedCapacity={"memory": "3Gi", "cores": "40"})], config,
+                   capacity_requests={"memory": "3000Mi", "cores": "40"})
+    (device,) = _resolve(claim).devices
     assert (device.share.memory_bytes, device.share.cores, device.share.core_policy) == (3 * GIB, 40, "hard")
+
+
+def test_capacity_booked_by_the_slice_defaults_does_not_override_the_config():
+    """kube-scheduler books a claim that requests no capacity at the slice's requestPolicy
+    defaults (all memory, 0 cores): the claim still gets its VgpuConfig's wall and cap, as the
+    controller would give it."""
+    config = [{"source": "FromClaim", "requests": [], "opaque": _vgpu(memoryPercent=20, cores=25)}]
+    (device,) = _resolve(_claim([_result(consumedCapacity={"memory": "10Gi", "cores": "0"})], config)).devices
+    assert (device.share.memory_bytes, device.share.cores) == (2 * GIB - 2 * GIB % (1 << 20), 25)
+
+
+def test_a_requested_capacity_and_a_configured_one_combine():
+    config = [{"source": "FromClaim", "requests": [], "opaque": _vgpu(memory="1Gi", cores=10)}]
+    claim = _claim([_result(consumedCapacity={"memory": "4Gi", "cores": "0"})], config,
+                   capacity_requests={"memory": "4Gi"})
+    (device,) = _resolve(claim).devices
+    assert (device.share.memory_bytes, device.share.cores) == (4 * GIB, 10)
+
+
+def test_consumed_capacity_without_any_config_is_the_limit():
+    (device,) = _resolve(_claim([_result(consumedCapacity={"memory": "6Gi", "cores": "0"})])).devices
+    assert (device.share.memory_bytes, device.share.cores, device.source) == (6 * GIB, 0, "consumedCapacity")
 
 
 def test_no_size_anywhere_means_the_whole_gpu_uncapped():

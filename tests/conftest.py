@@ -1,0 +1,69 @@
+"""Fixtures every tier may use: the real cluster of the real-cluster tier.
+
+`real_cluster` is session-scoped and started on first use only, so a run that never asks for it
+pays nothing. Where it comes from, in order:
+
+- ``VGPU_E2E_KUBECONFIG``: a user's own cluster;
+- ``VGPU_K8S_BIN`` (default: ``../shared/k8s/bin`` beside the repository when it exists): release
+  binaries of kube-apiserver, kube-controller-manager, kube-scheduler and kubectl, started here on
+  loopback with Debian's etcd.
+
+Where neither exists the tests that need it skip with the reason, unless ``VGPU_REQUIRE_CLUSTER=1``
+(CI sets it), which turns the skip into a failure: CI must never skip the tier silently.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+KUBECONFIG_ENV = "VGPU_E2E_KUBECONFIG"
+BINARIES_ENV = "VGPU_K8S_BIN"
+REQUIRE_ENV = "VGPU_REQUIRE_CLUSTER"
+
+
+def _binaries_source() -> Path | None:
+    if os.environ.get(BINARIES_ENV):
+        return Path(os.environ[BINARIES_ENV])
+    default = REPO.parent / "shared" / "k8s" / "bin"
+    return default if default.is_dir() else None
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"the real-cluster tier is required here ({REQUIRE_ENV}=1) but cannot run: {reason}")
+    pytest.skip(f"no real cluster: {reason}")
+
+
+@pytest.fixture(scope="session")
+def real_cluster() -> Iterator[object]:
+    """A `RealCluster` (tests/cluster/real_cluster.py) for the whole run."""
+    from tests.cluster.control_plane import ControlPlane, ControlPlaneUnavailable, find_binaries
+    from tests.cluster.real_cluster import RealCluster
+
+    folder = Path(tempfile.mkdtemp(prefix="vgpu-cluster-"))
+    if os.environ.get(KUBECONFIG_ENV):
+        kubectl = shutil.which("kubectl")
+        if kubectl is None:
+            _unavailable(f"{KUBECONFIG_ENV} is set but kubectl is not on PATH")
+        cluster = RealCluster(Path(os.environ[KUBECONFIG_ENV]), Path(kubectl), folder)
+    else:
+        source = _binaries_source()
+        if source is None:
+            _unavailable(f"set {BINARIES_ENV} to a folder of Kubernetes release binaries, or {KUBECONFIG_ENV} "
+                         f"to a cluster's kubeconfig")
+        try:
+            binaries = find_binaries(source)
+        except ControlPlaneUnavailable as exc:
+            _unavailable(str(exc))
+        control_plane = ControlPlane(binaries).start()
+        cluster = RealCluster(control_plane.admin_kubeconfig, binaries.path("kubectl"), folder, control_plane)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
