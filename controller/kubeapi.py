@@ -1,6 +1,6 @@
 """Raw-JSON access to the Kubernetes API through the `kubernetes` client's HTTP layer.
 
-Claims and slices are read and written as plain JSON (see shared k8s-openapi notes: the client's
+Claims and slices are read and written as plain JSON (the `kubernetes` client's
 generated models are from a newer API than the server and would drop or invent fields), so this
 module uses only the client's configuration, authentication and connection pool.
 """

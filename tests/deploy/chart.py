@@ -11,7 +11,7 @@ from typing import Any
 import helm_python
 import yaml
 
-from tests.fakes.openapi_schema import OPENAPI_DIR
+from tests.data import OPENAPI_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "deployments" / "helm" / "vgpu-dra"

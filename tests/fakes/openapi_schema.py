@@ -2,7 +2,7 @@
 
     validate(obj, "io.k8s.api.resource.v1.ResourceSlice")   # raises SchemaError naming the field
 
-The documents in ../shared/k8s-openapi are what a Kubernetes 1.36 server publishes. They describe
+The documents in tests/data/openapi are (the used part of) what a Kubernetes 1.36 server publishes. They describe
 shape only and need four adjustments to catch what a real server would reject:
 
 * Unknown fields: the server (with strict field validation) rejects them, but the documents never
@@ -31,8 +31,7 @@ from typing import Any
 import jsonschema
 from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-OPENAPI_DIR = REPO_ROOT.parent / "shared" / "k8s-openapi"
+from tests.data import OPENAPI_DIR
 
 QUANTITY_KEY = "io.k8s.apimachinery.pkg.api.resource.Quantity"
 _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
@@ -142,7 +141,8 @@ def _components(path: Path) -> dict[str, Any]:
 def _validator(kind_key: str) -> Any:
     path = _schema_files().get(kind_key)
     if path is None:
-        raise KeyError(f"no schema {kind_key!r} in {OPENAPI_DIR}")
+        raise KeyError(f"no schema {kind_key!r} in {OPENAPI_DIR}: add its kind to KEPT in "
+                       "tests/data/refresh_openapi.py and refresh (tests/data/README.md)")
     root = {"$ref": f"#/components/schemas/{kind_key}", "components": _components(path)}
     return _KubernetesValidator(root, format_checker=_formats)
 

@@ -1,29 +1,20 @@
-"""Validate CDI specs against the CDI project's JSON schema in the shared reference folder."""
+"""Validate CDI specs against the CDI project's JSON schema (carried in tests/data/cdi-schema)."""
 from __future__ import annotations
 
 import functools
 import json
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def shared_dir() -> Path:
-    """The shared reference folder: `shared/` in the checkout, or next to the repository."""
-    for candidate in (REPO / "shared", REPO.parent / "shared"):
-        if (candidate / "cdi-schema" / "schema.json").is_file():
-            return candidate
-    raise FileNotFoundError("cannot find shared/cdi-schema next to or inside the repository")
+from tests.data import CDI_SCHEMA_DIR
 
 
 @functools.cache
 def _validator() -> jsonschema.Draft7Validator:
-    folder = shared_dir() / "cdi-schema"
+    folder = CDI_SCHEMA_DIR
     schema = json.loads((folder / "schema.json").read_text())
     defs = json.loads((folder / "defs.json").read_text())
     base = (folder / "schema.json").as_uri()

@@ -12,7 +12,7 @@ pytest fixtures (`fake_apiserver`, `kube_client`, `kubeconfig_path`) live in `.f
 Served: core/v1 pods (+status, +binding), nodes (+status), namespaces, events, configmaps;
 events.k8s.io/v1 events (a view of core events); coordination.k8s.io/v1 leases; resource.k8s.io/v1
 resourceclaims (+status), resourceclaimtemplates, resourceslices, deviceclasses. Every stored
-object is validated strictly against ../shared/k8s-openapi (unknown fields are 422) plus the
+object is validated strictly against tests/data/openapi (unknown fields are 422) plus the
 semantic rules in `semantics.py` and `dra_validation.py`; quantities are stored canonical.
 
 Test hooks on FakeApiServer: `objects(kind)`, `get(kind, name, ns)`, `create(obj)`,

@@ -1,6 +1,6 @@
 """Strict validation of stored objects against the real API server's OpenAPI v3 documents.
 
-The documents in ../shared/k8s-openapi describe shape only. They rarely say
+The documents in tests/data/openapi describe shape only. They rarely say
 `additionalProperties: false`, yet the point of validating in tests is that a misspelt field fails
 the request, as it does on a real server with strict field validation. So an object schema with
 `properties` rejects every other key here; a schema with `additionalProperties` is a map; an object
@@ -18,6 +18,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from tests.data import OPENAPI_DIR
 
 from .stored_form import StoredFormCompiler
 
@@ -313,6 +315,5 @@ class SchemaRegistry:
 
 
 def default_openapi_dir() -> Path:
-    """../shared/k8s-openapi relative to the repository root."""
-    repo_root = Path(__file__).resolve().parents[3]
-    return repo_root.parent / "shared" / "k8s-openapi"
+    """The OpenAPI documents the repository carries (tests/data/openapi)."""
+    return OPENAPI_DIR
