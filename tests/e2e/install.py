@@ -198,7 +198,12 @@ class Installation:
         """The DaemonSet's pod bound to `node`."""
         def bound() -> dict[str, Any] | None:
             return next((p for p in self.pods_of("DaemonSet") if p["spec"].get("nodeName") == node), None)
-        return wait_until(bound, 90, f"the kubelet plugin DaemonSet's pod on {node}")
+        try:
+            return wait_until(bound, 90, f"the kubelet plugin DaemonSet's pod on {node}")
+        except AssertionError as exc:
+            state = self.cluster.kubectl("get", "daemonsets,pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout
+            events = self.cluster.kubectl("get", "events", "-n", NAMESPACE, check=False).stdout[-3000:]
+            raise AssertionError(f"{exc}\n{state}\n{events}") from None
 
     def start_plugin(self, name: str) -> Process:
         """Run the DaemonSet container's command for node `name`, under a token of the plugin's

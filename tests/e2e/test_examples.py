@@ -10,14 +10,13 @@ for a whole GPU fits again).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
 from tests.cluster.real_cluster import wait_until
-from tests.e2e.install import EXAMPLES, Installation, installed
+from tests.e2e.install import EXAMPLES, Installation
 from tests.plugin.kubelet_client import Claim
 from vgpu_dra.api.quantity import parse_bytes
 from vgpu_dra.controller.kubeapi import PODS, RESOURCE_CLAIMS
@@ -50,12 +49,6 @@ FOLDERS: dict[str, tuple[str, ...]] = {
     "job": ("job",),
     "sharing-demo": ("sharing-demo",),
 }
-
-
-@pytest.fixture(scope="module", params=["controller", "scheduler"])
-def installation(request: pytest.FixtureRequest, real_cluster: Any) -> Iterator[Installation]:
-    with installed(real_cluster, request.param) as found:
-        yield found
 
 
 def _files(folders: tuple[str, ...]) -> list[str]:
