@@ -571,10 +571,34 @@ class AllocationTerm:
         Never a PUT of the whole claim: the API server keeps opaque parameters as the bytes it was
         sent, so a re-serialised spec reads as a change to an immutable field (422). Naming the
         resourceVersion makes the patch fail with 409 when the claim changed since we read it."""
+        name, namespace = meta(claim)["name"], meta(claim).get("namespace")
         patch = {"metadata": {"resourceVersion": meta(claim)["resourceVersion"], "finalizers": finalizers or None}}
-        updated = self.api.patch(RESOURCE_CLAIMS, meta(claim)["name"], patch, meta(claim).get("namespace"))
+        try:
+            updated = self.api.patch(RESOURCE_CLAIMS, name, patch, namespace)
+        except ApiError as exc:
+            if not (exc.status == 422 and "field is immutable" in exc.message):
+                raise
+            updated = self._put_finalizers_verbatim(name, namespace, meta(claim)["resourceVersion"], finalizers)
         self.claims.observe(updated)
         return updated
+
+    def _put_finalizers_verbatim(self, name: str, namespace: str | None, version: str,
+                                 finalizers: list[str]) -> JsonObject:
+        """The fallback for a claim whose opaque parameters were stored in a non-compact form.
+
+        The API server compares the immutable spec byte for byte, and applies any patch to the
+        compact JSON it serves, so no patch can change such a claim's metadata (kubectl's cannot
+        either). The one other client in wide use, the Python `kubernetes` client, sends
+        `json.dumps` output; a PUT of the claim exactly as served, re-encoded the same way,
+        reproduces those bytes. It cannot alter the spec: any other bytes are refused as immutable
+        again, and the resourceVersion makes it conditional."""
+        current = self.api.get(RESOURCE_CLAIMS, name, namespace)
+        if meta(current).get("resourceVersion") != version:
+            raise ApiError(409, "Conflict", f"claim {namespace}/{name} changed since it was read")
+        current["metadata"]["finalizers"] = finalizers
+        log.info("claim parameters stored in a non-compact form: finalizer written with a verbatim PUT",
+                 claim=f"{namespace}/{name}")
+        return self.api.update(RESOURCE_CLAIMS, current)
 
     def _patch_status(self, claim: JsonObject, status: JsonObject) -> JsonObject:
         """Merge `status` (None removes a field) into the claim's status subresource, conditional

@@ -50,7 +50,7 @@ def wait_until(condition: Callable[[], Any], timeout_s: float, what: str, interv
         time.sleep(interval_s)
 
 
-def node_object(name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+def node_object(name: str, labels: Mapping[str, str], taints: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """A Ready Node that no kubelet runs (the test tier plays its kubelet)."""
     stamp = now_rfc3339()
     resources = {"cpu": "16", "memory": "64Gi", "pods": "250"}
@@ -58,6 +58,7 @@ def node_object(name: str, labels: Mapping[str, str]) -> dict[str, Any]:
             "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                                                   "kubernetes.io/arch": "amd64", "vgpu.dra.dev/test-node": "true",
                                                   **labels}},
+            "spec": {"taints": [dict(t) for t in taints]} if taints else {},
             "status": {"capacity": resources, "allocatable": resources,
                        "conditions": [_ready(stamp, stamp)]}}
 
@@ -81,17 +82,25 @@ class NodeKeeper:
         self._thread = threading.Thread(target=self._run, name="node-keeper", daemon=True)
         self._thread.start()
 
-    def add(self, name: str, labels: Mapping[str, str] | None = None) -> None:
-        """Create Node `name` (Ready) with its Lease; replaces a leftover of the same name."""
+    def add(self, name: str, labels: Mapping[str, str] | None = None,
+            taints: Iterable[Mapping[str, Any]] | None = None) -> None:
+        """Create Node `name` (Ready, with `taints`) and its Lease; replaces a leftover of the same name."""
         try:
             self.kube.delete(NODES, name)
         except ApiError as exc:
             if not exc.not_found:
                 raise
         wait_until(lambda: self._gone(name), 30, f"old node {name} gone")
-        created = self.kube.create(NODES, node_object(name, labels or {}))
+        # A Lease left by an earlier Node of this name is owned by that Node and will be garbage
+        # collected; renewing it would leave the new Node without a heartbeat (tainted unreachable).
+        self._delete_lease(name)
+        created = self.kube.create(NODES, node_object(name, labels or {}, taints or ()))
         status = node_object(name, labels or {})["status"]
         self.kube.patch(NODES, name, {"status": status}, subresource="status")
+        # The API server's admission taints a new Node not-ready until the node lifecycle
+        # controller sees it Ready (seconds later); a kubelet-run node is Ready from its first
+        # status, so drop the taint now as that controller would.
+        self.kube.patch(NODES, name, {"spec": {"taints": [dict(t) for t in taints or ()] or None}})
         with self._lock:
             self._nodes[name] = status["conditions"][0]["lastTransitionTime"]
         self._renew(name, created)
@@ -106,11 +115,19 @@ class NodeKeeper:
         return False
 
     def remove(self, name: str) -> None:
-        """Stop keeping `name` and delete it."""
+        """Stop keeping `name` and delete it with its Lease."""
         with self._lock:
             self._nodes.pop(name, None)
         try:
             self.kube.delete(NODES, name)
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+        self._delete_lease(name)
+
+    def _delete_lease(self, name: str) -> None:
+        try:
+            self.kube.delete(NODE_LEASES, name, NODE_LEASE_NAMESPACE)
         except ApiError as exc:
             if not exc.not_found:
                 raise
@@ -188,6 +205,9 @@ class RealCluster:
     def __post_init__(self) -> None:
         self.kube = KubeApi(self.api_client())
         self.nodes = NodeKeeper(self.kube)
+        # Pods are refused until kube-controller-manager made the namespace's default ServiceAccount.
+        wait_until(lambda: self._exists(SERVICE_ACCOUNTS, "default", "default"), 60,
+                   "the default namespace's ServiceAccount")
 
     def api_client(self, kubeconfig: Path | None = None) -> Any:
         """A `kubernetes` ApiClient for `kubeconfig` (default: the admin's)."""

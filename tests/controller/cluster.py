@@ -19,7 +19,7 @@ from vgpu_dra.driver.devices import build_slices
 from vgpu_dra.driver.inventory import GpuInfo, NodeInventory
 
 from tests.fakes.apiserver import FakeApiServer
-from tests.fakes.kubeconfig import api_client_for
+from tests.controller.backends import client_for
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -135,7 +135,7 @@ class RunningController:
 
 def start_controller(server: FakeApiServer, *, user: str = "vgpu-controller", settings: TermSettings | None = None,
                      leader: LeaderSettings | None = None) -> RunningController:
-    api_client = api_client_for(server, user=user)
+    api_client = client_for(server, user)
     service = ControllerService(api_client, settings or TermSettings(watch_timeout_s=30, retry_refused_after_s=2.0),
                                 leader or LeaderSettings(enabled=False), ControllerMetrics())
     stop = threading.Event()

@@ -15,8 +15,8 @@ def allocated(server, name, namespace="default"):
     return obj if obj and (obj.get("status") or {}).get("allocation") else None
 
 
-def test_seed_workers_share_one_rtx3080(fake_apiserver):
-    server = fake_apiserver
+def test_seed_workers_share_one_rtx3080(api_backend):
+    server = api_backend
     add_node(server, "homelab", [gpu(0)])
     add_device_class(server)
     server.create(claim("worker-a", config=vgpu_config(memoryPercent=20, cores=25)))

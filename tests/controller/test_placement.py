@@ -27,8 +27,8 @@ def three_nodes(server):
     add_device_class(server)
 
 
-def test_node_selector_affinity_and_tolerations(fake_apiserver):
-    server = fake_apiserver
+def test_node_selector_affinity_and_tolerations(api_backend):
+    server = api_backend
     three_nodes(server)
     small = vgpu_config(memory="1Gi")
     for name in ("sel", "aff-in", "aff-gt", "aff-field", "taint-ok", "untolerated"):
@@ -57,8 +57,8 @@ def test_node_selector_affinity_and_tolerations(fake_apiserver):
         assert allocation_of(server, "untolerated") is None
 
 
-def test_multi_gpu_claim_with_match_attribute_prefers_one_numa_node(fake_apiserver):
-    server = fake_apiserver
+def test_multi_gpu_claim_with_match_attribute_prefers_one_numa_node(api_backend):
+    server = api_backend
     add_node(server, "big", [gpu(0, numa=0), gpu(1, numa=1), gpu(2, numa=1), gpu(3, numa=0, product="NVIDIA A2")])
     add_device_class(server)
     server.create(claim("pair", config=vgpu_config(memory="4Gi", cores=50), count=2,
@@ -79,10 +79,10 @@ def test_multi_gpu_claim_with_match_attribute_prefers_one_numa_node(fake_apiserv
     assert len({r["shareID"] for r in alloc["devices"]["results"]}) == 2
 
 
-def test_binpack_and_spread_place_differently(fake_apiserver):
+def test_binpack_and_spread_place_differently(api_backend):
     """Same four claims, same kind of nodes: binpack stacks them on one GPU, spread (asked for by
     claim annotation over the controller's binpack default) puts each on its own GPU."""
-    server = fake_apiserver
+    server = api_backend
     for node, group in (("n1", "pack"), ("n2", "pack"), ("n3", "spread"), ("n4", "spread")):
         add_node(server, node, [gpu(0), gpu(1)], labels={"group": group})
     add_device_class(server)
@@ -105,8 +105,8 @@ def test_binpack_and_spread_place_differently(fake_apiserver):
     assert {node for node, _ in spread} == {"n3", "n4"}
 
 
-def test_count_greater_than_gpus_is_refused_with_reason(fake_apiserver):
-    server = fake_apiserver
+def test_count_greater_than_gpus_is_refused_with_reason(api_backend):
+    server = api_backend
     add_node(server, "one", [gpu(0)])
     add_device_class(server)
     server.create(claim("three", config=vgpu_config(memory="1Gi"), count=3))
@@ -119,9 +119,9 @@ def test_count_greater_than_gpus_is_refused_with_reason(fake_apiserver):
     assert "3" in event.message
 
 
-def test_claim_selectors_pick_model_and_exclude_uuid(fake_apiserver):
+def test_claim_selectors_pick_model_and_exclude_uuid(api_backend):
     # (A selector that does not compile never gets this far: the API server rejects the claim.)
-    server = fake_apiserver
+    server = api_backend
     add_node(server, "mixed", [gpu(0), gpu(1, product="NVIDIA A2"), gpu(2, product="NVIDIA A2")])
     add_device_class(server)
     a2 = 'device.attributes["vgpu.dra.dev"].productName == "NVIDIA A2"'
@@ -132,8 +132,8 @@ def test_claim_selectors_pick_model_and_exclude_uuid(fake_apiserver):
         assert placed(server, "a2") == [("mixed", "gpu-2")]
 
 
-def test_selector_that_fails_on_every_gpu_says_why_in_the_refusal(fake_apiserver):
-    server = fake_apiserver
+def test_selector_that_fails_on_every_gpu_says_why_in_the_refusal(api_backend):
+    server = api_backend
     add_node(server, "node", [gpu(0)])
     add_device_class(server)
     server.create(claim("model", config=vgpu_config(memory="1Gi"),
@@ -145,8 +145,8 @@ def test_selector_that_fails_on_every_gpu_says_why_in_the_refusal(fake_apiserver
     assert "model" in event.message and "no such member" in event.message
 
 
-def test_pod_bound_without_the_scheduler_gets_its_claim_on_its_node(fake_apiserver):
-    server = fake_apiserver
+def test_pod_bound_without_the_scheduler_gets_its_claim_on_its_node(api_backend):
+    server = api_backend
     add_node(server, "first", [gpu(0)])
     add_node(server, "second", [gpu(0)])
     add_device_class(server)

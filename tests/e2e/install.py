@@ -202,6 +202,8 @@ class Installation:
             return wait_until(bound, 90, f"the kubelet plugin DaemonSet's pod on {node}")
         except AssertionError as exc:
             state = self.cluster.kubectl("get", "daemonsets,pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout
+            state += self.cluster.kubectl("get", "nodes", "-o", "custom-columns=NAME:.metadata.name,TAINTS:.spec.taints",
+                                          check=False).stdout
             events = self.cluster.kubectl("get", "events", "-n", NAMESPACE, check=False).stdout[-3000:]
             raise AssertionError(f"{exc}\n{state}\n{events}") from None
 
@@ -285,13 +287,18 @@ class Installation:
         return "\n".join(parts)
 
     def uninstall(self) -> None:
-        """Stop every process, delete the chart's objects, the nodes and their slices."""
+        """Stop every process, delete the chart's objects, then the nodes and their slices.
+
+        The chart's pods must be gone before their nodes go: the DaemonSet controller waits for
+        the deletions it expects, and would hold a re-installed DaemonSet of the same name until
+        they time out (minutes)."""
         for process in self.controllers:
             process.stop()
         for name in list(self.nodes):
             self.stop_plugin(name)
         self.cluster.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-",
                              input=yaml.safe_dump_all(self.rendered), check=False)
+        wait_until(lambda: not self._chart_pods_left(), 90, "the chart's pods deleted")
         for spec in self.node_specs:
             self.cluster.nodes.remove(spec.name)
             for item in self.published(spec.name):
@@ -301,12 +308,11 @@ class Installation:
                     if not exc.not_found:
                         raise
         wait_until(lambda: not self._chart_classes_left(), 60, "the chart's DeviceClasses deleted")
-        for pod in self.pods_of("DaemonSet") + self.pods_of("Deployment"):
-            try:
-                self.cluster.kube.delete(PODS, pod["metadata"]["name"], NAMESPACE, grace_period_s=0)
-            except ApiError as exc:
-                if not exc.not_found:
-                    raise
+
+    def _chart_pods_left(self) -> list[str]:
+        items = self.cluster.kube.list(PODS, NAMESPACE,
+                                       label_selector=f"app.kubernetes.io/instance={RELEASE}").get("items") or []
+        return [p["metadata"]["name"] for p in items]
 
     def _chart_classes_left(self) -> list[str]:
         names = {o["metadata"]["name"] for o in self.rendered if o["kind"] == "DeviceClass"}

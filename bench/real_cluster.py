@@ -1,0 +1,192 @@
+"""Create → allocated → bound on a real control plane: the vgpu-dra controller against
+kube-scheduler's own DRA allocator, same run, same machine.
+
+The control plane of the real-cluster test tier (etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler from VGPU_K8S_BIN, default ../shared/k8s/bin) is started once. vgpu-dra is installed
+with the chart through kubectl (tests/e2e/install.py: plugins on two fake-NVML GPU nodes, the
+controller under its ServiceAccount) in each allocator mode in turn, and each round creates N pods
+at once (`--rate 0`) or paced (`--rate R` pods/s), each with its own claim from a
+ResourceClaimTemplate asking for the same capacity (`memory`, `cores`) — in controller mode the
+vgpu-dra controller allocates it, in scheduler mode kube-scheduler does. Pods are created as a user's
+would be: no scheduling gate.
+
+Times are the watch events this process receives: pod created (the API server's answer to the
+create) → its claim's allocation seen → the pod's nodeName seen. The ratio controller/native is
+what the controller adds over the native path.
+
+    .venv/bin/python bench/real_cluster.py                       # 200 pods, burst and paced, 2 rounds
+    .venv/bin/python bench/real_cluster.py --pods 20 --rounds 1  # quick look
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.cluster.control_plane import ControlPlane, find_binaries  # noqa: E402
+from tests.cluster.real_cluster import RealCluster, wait_until  # noqa: E402
+from tests.e2e.install import installed  # noqa: E402
+from vgpu_dra.controller.kubeapi import PODS, RESOURCE_CLAIMS, ApiError, KubeApi, Resource  # noqa: E402
+
+TEMPLATES = Resource("resource.k8s.io", "v1", "resourceclaimtemplates", True)
+NAMESPACES = Resource("", "v1", "namespaces", False)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+class Timeline:
+    """First time this process saw each pod created, its claim allocated, and the pod bound."""
+
+    def __init__(self, kube: KubeApi, namespace: str):
+        self.kube = kube
+        self.namespace = namespace
+        self.created: dict[str, float] = {}
+        self.allocated: dict[str, float] = {}   # pod name → time
+        self.bound: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._watch, args=(r,), daemon=True) for r in (PODS, RESOURCE_CLAIMS)]
+
+    def start(self) -> Timeline:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _watch(self, resource: Resource) -> None:
+        version = self.kube.list(resource, self.namespace, limit=1)["metadata"]["resourceVersion"]
+        while not self._stop.is_set():
+            try:
+                for event in self.kube.watch(resource, version, namespace=self.namespace, timeout_seconds=30):
+                    obj = event["object"]
+                    version = obj["metadata"].get("resourceVersion", version)
+                    now = time.monotonic()
+                    if resource is PODS and obj["spec"].get("nodeName"):
+                        self.bound.setdefault(obj["metadata"]["name"], now)
+                    if resource is RESOURCE_CLAIMS and (obj.get("status") or {}).get("allocation"):
+                        owner = next((o["name"] for o in obj["metadata"].get("ownerReferences") or []
+                                      if o.get("kind") == "Pod"), None)
+                        if owner:
+                            self.allocated.setdefault(owner, now)
+                    if self._stop.is_set():
+                        return
+            except ApiError:
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def template(name: str, memory: str, cores: int) -> dict[str, Any]:
+    return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate", "metadata": {"name": name},
+            "spec": {"spec": {"devices": {"requests": [{"name": "gpu", "exactly": {
+                "deviceClassName": "vgpu.dra.dev",
+                "capacity": {"requests": {"memory": memory, "cores": str(cores)}}}}]}}}}
+
+
+def pod(name: str, template_name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"terminationGracePeriodSeconds": 0,
+                     "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": template_name}],
+                     "containers": [{"name": "main", "image": "registry.example/none:1",
+                                     "resources": {"claims": [{"name": "gpu"}]}}]}}
+
+
+def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: str, cores: int,
+              round_no: int) -> dict[str, list[float]]:
+    namespace = f"bench-{mode}-{round_no}-{'paced' if rate else 'burst'}"
+    cluster.create_namespace(namespace)
+    kube = cluster.kube
+    kube.create(TEMPLATES, template("share", memory, cores), namespace)
+    timeline = Timeline(kube, namespace).start()
+    time.sleep(0.5)  # both watches open
+    creators = 8
+    names = [f"p-{i:04d}" for i in range(pods)]
+    start = time.monotonic()
+
+    def create(mine: list[tuple[int, str]]) -> None:
+        for index, name in mine:
+            if rate:
+                delay = start + index / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            kube.create(PODS, pod(name, "share"), namespace)
+            timeline.created[name] = time.monotonic()
+
+    threads = [threading.Thread(target=create, args=([(i, n) for i, n in enumerate(names) if i % creators == c],))
+               for c in range(creators)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        wait_until(lambda: len(timeline.bound) == pods and len(timeline.allocated) == pods, 300,
+                   f"{pods} pods bound ({mode})", interval_s=0.1)
+    finally:
+        timeline.stop()
+    result = {"allocated": [timeline.allocated[n] - timeline.created[n] for n in names],
+              "bound": [timeline.bound[n] - timeline.created[n] for n in names],
+              "makespan": [max(timeline.bound.values()) - start]}
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    wait_until(lambda: not kube.list(RESOURCE_CLAIMS, namespace, limit=1).get("items"), 300,
+               f"{namespace}'s claims released")
+    return result
+
+
+def summary(values: list[float]) -> str:
+    return f"p50 {statistics.median(values) * 1000:7.1f} ms  p99 {percentile(values, 0.99) * 1000:7.1f} ms"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pods", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per mode and phase (modes alternate)")
+    parser.add_argument("--rate", type=float, default=20.0, help="pods/s in the paced phase")
+    parser.add_argument("--memory", default="256Mi")
+    parser.add_argument("--cores", type=int, default=0)
+    args = parser.parse_args()
+    source = Path(os.environ.get("VGPU_K8S_BIN") or REPO.parent / "shared" / "k8s" / "bin")
+    control_plane = ControlPlane(find_binaries(source)).start()
+    cluster = RealCluster(control_plane.admin_kubeconfig, control_plane.binaries.path("kubectl"),
+                          Path(tempfile.mkdtemp(prefix="vgpu-bench-")), control_plane)
+    results: dict[tuple[str, str], dict[str, list[float]]] = {}
+    try:
+        for round_no in range(args.rounds):
+            for mode in ("controller", "scheduler"):
+                with installed(cluster, mode):
+                    for phase, rate in (("burst", 0.0), ("paced", args.rate)):
+                        got = one_round(cluster, mode, args.pods, rate, args.memory, args.cores, round_no)
+                        bucket = results.setdefault((mode, phase), {"allocated": [], "bound": [], "makespan": []})
+                        for key, values in got.items():
+                            bucket[key] += values
+                        print(f"round {round_no + 1} {mode:10s} {phase}: create→allocated {summary(got['allocated'])}; "
+                              f"create→bound {summary(got['bound'])}; all bound after {got['makespan'][0]:.2f} s",
+                              flush=True)
+    finally:
+        cluster.close()
+    print(f"\n{args.pods} pods per round, {args.rounds} round(s) per mode; paced = {args.rate:g} pods/s")
+    print("| phase | measure | controller p50 / p99 | native p50 / p99 | ratio p50 / p99 |")
+    print("|---|---|---|---|---|")
+    for phase in ("burst", "paced"):
+        for measure in ("allocated", "bound"):
+            ours, native = results[("controller", phase)][measure], results[("scheduler", phase)][measure]
+            r50 = statistics.median(ours) / statistics.median(native)
+            r99 = percentile(ours, 0.99) / percentile(native, 0.99)
+            print(f"| {phase} | create → {measure} | {statistics.median(ours) * 1000:.0f} / "
+                  f"{percentile(ours, 0.99) * 1000:.0f} ms | {statistics.median(native) * 1000:.0f} / "
+                  f"{percentile(native, 0.99) * 1000:.0f} ms | {r50:.2f}× / {r99:.2f}× |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
