@@ -53,6 +53,7 @@ class Timeline:
         self.kube = kube
         self.namespace = namespace
         self.created: dict[str, float] = {}
+        self.claimed: dict[str, float] = {}     # pod name → its claim first seen
         self.allocated: dict[str, float] = {}   # pod name → time
         self.bound: dict[str, float] = {}
         self._stop = threading.Event()
@@ -73,11 +74,13 @@ class Timeline:
                     now = time.monotonic()
                     if resource is PODS and obj["spec"].get("nodeName"):
                         self.bound.setdefault(obj["metadata"]["name"], now)
-                    if resource is RESOURCE_CLAIMS and (obj.get("status") or {}).get("allocation"):
+                    if resource is RESOURCE_CLAIMS:
                         owner = next((o["name"] for o in obj["metadata"].get("ownerReferences") or []
                                       if o.get("kind") == "Pod"), None)
                         if owner:
-                            self.allocated.setdefault(owner, now)
+                            self.claimed.setdefault(owner, now)
+                            if (obj.get("status") or {}).get("allocation"):
+                                self.allocated.setdefault(owner, now)
                     if self._stop.is_set():
                         return
             except ApiError:
@@ -134,7 +137,8 @@ def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: s
                    f"{pods} pods bound ({mode})", interval_s=0.1)
     finally:
         timeline.stop()
-    result = {"allocated": [timeline.allocated[n] - timeline.created[n] for n in names],
+    result = {"claimed": [timeline.claimed[n] - timeline.created[n] for n in names],
+              "allocated": [timeline.allocated[n] - timeline.created[n] for n in names],
               "bound": [timeline.bound[n] - timeline.created[n] for n in names],
               "makespan": [max(timeline.bound.values()) - start]}
     cluster.kubectl("delete", "namespace", namespace, "--wait=false")
@@ -166,10 +170,11 @@ def main() -> int:
                 with installed(cluster, mode):
                     for phase, rate in (("burst", 0.0), ("paced", args.rate)):
                         got = one_round(cluster, mode, args.pods, rate, args.memory, args.cores, round_no)
-                        bucket = results.setdefault((mode, phase), {"allocated": [], "bound": [], "makespan": []})
+                        bucket = results.setdefault((mode, phase), {"claimed": [], "allocated": [], "bound": [], "makespan": []})
                         for key, values in got.items():
                             bucket[key] += values
-                        print(f"round {round_no + 1} {mode:10s} {phase}: create→allocated {summary(got['allocated'])}; "
+                        print(f"round {round_no + 1} {mode:10s} {phase}: create→claim {summary(got['claimed'])}; "
+                              f"create→allocated {summary(got['allocated'])}; "
                               f"create→bound {summary(got['bound'])}; all bound after {got['makespan'][0]:.2f} s",
                               flush=True)
     finally:
