@@ -253,10 +253,13 @@ VGPU_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtili
     if (rc != NVML_SUCCESS || !u)
         return rc;
     struct vgpu_account *a = account_of(d);
-    /* The limiter of the claim that governs this GPU's launches (several claims: limiter.c). */
+    /* The GPU's lanes (one per capped claim of this process, limiter.c): their shares added up,
+     * as their caps are. */
     struct vgpu_limiter *lim = a ? vgpu_limiters[a - vgpu_accounts] : NULL;
     if (lim) {
-        int64_t ppm = __atomic_load_n(&lim->gpu->measured_share_ppm, __ATOMIC_RELAXED);
+        int64_t ppm = 0;
+        for (; lim; lim = lim->next_lane)
+            ppm += __atomic_load_n(&lim->gpu->measured_share_ppm, __ATOMIC_RELAXED);
         real.gpu = ppm <= 0 ? 0 : ppm >= 1000000 ? 100 : (unsigned int)((ppm + 5000) / 10000);
     }
     *u = real;

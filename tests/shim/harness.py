@@ -71,6 +71,8 @@ class Node:
     ctx_bytes: int = 0
     fail: tuple[str, ...] = ()
     shared_state: Path | None = None  # another node's fake-driver state: the same physical GPUs
+    # A fake driver that lacks part of the API (tests/fakes/cuda/Makefile: "old-driver", "no-events").
+    driver: str | None = None
 
     @property
     def claims_root(self) -> Path:
@@ -97,7 +99,7 @@ class Node:
     def env(self, shim: Path | None = TEST_SHIM, **extra: str) -> dict[str, str]:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LD_LIBRARY_PATH": str(FAKES_OUT),
+            "LD_LIBRARY_PATH": f"{FAKES_OUT / 'variants' / self.driver}:{FAKES_OUT}" if self.driver else str(FAKES_OUT),
             "VGPU_CLAIMS_ROOT": str(self.claims_root),
             "FAKE_CUDA_DEVICES": ",".join(f"{u}={b}" for u, b in self.devices.items()),
             "FAKE_CUDA_STATE": str(self.state_file),

@@ -26,7 +26,7 @@ static __thread int t_depth; /* t_stack[t_depth-1] is current */
 #define INJECT()                                                                                      \
     do {                                                                                              \
         if (fake_should_fail(__func__))                                                               \
-            return CUDA_ERROR_UNKNOWN;                                                                \
+            return (CUresult)fake_should_fail(__func__);                                                                \
     } while (0)
 
 int fake_current_device(void)
@@ -267,6 +267,7 @@ FAKE_EXPORT CUresult cuCtxPopCurrent_v2(CUcontext *pctx)
 FAKE_EXPORT CUresult cuCtxGetDevice(CUdevice *dev)
 {
     CHECK_INIT();
+    INJECT();
     if (!dev)
         return CUDA_ERROR_INVALID_VALUE;
     int d = fake_current_device();

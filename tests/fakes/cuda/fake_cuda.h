@@ -8,7 +8,8 @@
  *                       GPU-00000000-0000-0000-0000-000000000000
  *   FAKE_CUDA_STATE     path of the shared state file (created if missing); unset = this process only
  *   FAKE_CUDA_CTX_BYTES device memory a context occupies (default 0)
- *   FAKE_CUDA_FAIL      comma-separated entry points that fail with CUDA_ERROR_UNKNOWN (fault injection)
+ *   FAKE_CUDA_FAIL      comma-separated entry points that fail (fault injection): "name" answers
+ *                       CUDA_ERROR_UNKNOWN, "name:801" that code (e.g. cuStreamIsCapturing:801)
  *   FAKE_CUDA_NS_PER_THREAD  device time a launched kernel takes per thread (default 1 ns): a kernel
  *                       occupies its stream for gridX*gridY*gridZ * blockX*blockY*blockZ * this
  *   FAKE_CUDA_QUEUE_NS  how much work a stream may have queued before a launch blocks (default 20 ms)
@@ -61,6 +62,7 @@ extern struct fake_state *g_fake_state;
 extern struct fake_proc *g_fake_me;
 extern int g_fake_initialized; /* cuInit called */
 
+/* 0, or the CUresult the entry point named function must answer (FAKE_CUDA_FAIL). */
 int fake_should_fail(const char *function);
 /* Charge bytes to dev for this process; CUDA_ERROR_OUT_OF_MEMORY when the device is full. */
 CUresult fake_charge(int dev, int64_t bytes);

@@ -16,7 +16,7 @@
 #define INJECT()                                                                                      \
     do {                                                                                              \
         if (fake_should_fail(__func__))                                                               \
-            return CUDA_ERROR_UNKNOWN;                                                                \
+            return (CUresult)fake_should_fail(__func__);                                                                \
     } while (0)
 
 /* ---- address -> (bytes, device): a chained hash table under one mutex ------------------------ */
@@ -390,6 +390,8 @@ FAKE_EXPORT CUresult cuArrayDestroy(CUarray arr)
     return CUDA_SUCCESS;
 }
 
+/* The "old-driver" variant (Makefile) lacks both memory-requirements calls (new in CUDA 11.6). */
+#ifndef FAKE_OMIT_MEMORY_REQUIREMENTS
 FAKE_EXPORT CUresult cuArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *req, CUarray arr, CUdevice dev)
 {
     if (!req || !arr || dev != arr->dev)
@@ -399,6 +401,7 @@ FAKE_EXPORT CUresult cuArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS
     req->alignment = 512;
     return CUDA_SUCCESS;
 }
+#endif
 
 FAKE_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *h, const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels)
 {
@@ -431,6 +434,7 @@ FAKE_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray h)
     return CUDA_SUCCESS;
 }
 
+#ifndef FAKE_OMIT_MEMORY_REQUIREMENTS
 FAKE_EXPORT CUresult cuMipmappedArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *req, CUmipmappedArray h,
                                                            CUdevice dev)
 {
@@ -441,3 +445,4 @@ FAKE_EXPORT CUresult cuMipmappedArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQ
     req->alignment = 512;
     return CUDA_SUCCESS;
 }
+#endif

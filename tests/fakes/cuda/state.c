@@ -176,10 +176,18 @@ __attribute__((destructor)) static void fake_unload(void)
 int fake_should_fail(const char *function)
 {
     char key[128];
+    const char *at;
+    size_t n;
     if (!g_fail[0])
         return 0;
-    snprintf(key, sizeof(key), ",%s,", function);
-    return strstr(g_fail, key) != NULL;
+    n = (size_t)snprintf(key, sizeof(key), ",%s", function);
+    for (at = strstr(g_fail, key); at; at = strstr(at + 1, key)) {
+        if (at[n] == ',')
+            return CUDA_ERROR_UNKNOWN;
+        if (at[n] == ':')
+            return atoi(at + n + 1) > 0 ? atoi(at + n + 1) : CUDA_ERROR_UNKNOWN;
+    }
+    return 0;
 }
 
 int fake_valid_device(CUdevice dev)
