@@ -153,6 +153,12 @@ class Node:
         path.write_text("\n".join(lines) + "\n")
         return path
 
+    def fake_device_used(self, device: int = 0) -> int:
+        """Device-wide bytes live processes hold now, as the fake driver counts them."""
+        data = self.state_file.read_bytes()
+        offset = 8 + 8 * device
+        return int.from_bytes(data[offset : offset + 8], "little", signed=True)
+
     def fake_device_peak(self, device: int = 0) -> int:
         """Device-wide peak usage of live processes the fake driver saw (struct fake_state)."""
         data = self.state_file.read_bytes()

@@ -13,6 +13,7 @@
  *   FAKE_CUDA_NS_PER_THREAD  device time a launched kernel takes per thread (default 1 ns): a kernel
  *                       occupies its stream for gridX*gridY*gridZ * blockX*blockY*blockZ * this
  *   FAKE_CUDA_QUEUE_NS  how much work a stream may have queued before a launch blocks (default 20 ms)
+ *   FAKE_CUDA_LEVEL_ALIGN  the boundary every mipmap level starts on (default 65536 bytes)
  *
  * State file layout (the peak is read by tests/shim/harness.py, the occupancy by the fake NVML):
  * struct fake_state below.
