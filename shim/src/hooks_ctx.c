@@ -1,12 +1,15 @@
 /*
  * cuInit and context creation. A context occupies device memory of its own (hundreds of MiB on
- * real GPUs); the first context this process creates on a device is measured and charged to the
- * claim like an allocation: the drop of device-wide free memory across the creating call, read
- * through the driver (cuMemGetInfo) when a context on that device is already current, else through
- * NVML. Without a baseline, or when the drop is implausibly large for a context (another
- * tenant allocated meanwhile), nothing is charged (docs/shim.md). A context that does not fit under the
- * wall is undone and the call answers CUDA_ERROR_OUT_OF_MEMORY, as the driver would.
- * The charge stays until the process ends (its slot is refunded then).
+ * real GPUs); the first context this process creates on a device is charged to the claim like an
+ * allocation. Its footprint is measured once per claim and GPU, by the claim's first process
+ * there: the drop of device-wide free memory across the creating call, read through the driver
+ * (cuMemGetInfo) when a context on that device is already current, else through NVML. The
+ * measurement is kept in the region (context_bytes, context_measurements) and every later process
+ * of the claim is charged it without measuring, which keeps NVML out of its start-up. Without a
+ * baseline, or when the drop is implausibly large for a context (another tenant allocated
+ * meanwhile), nothing is measured and the next context measures again (docs/shim.md). A context
+ * that does not fit under the wall is undone and the call answers CUDA_ERROR_OUT_OF_MEMORY, as
+ * the driver would. The charge stays until the process ends (its slot is refunded then).
  */
 #include <dlfcn.h>
 #include <string.h>
@@ -20,36 +23,17 @@ VGPU_EXPORT CUresult cuInit(unsigned int flags)
     return vgpu_real.cuInit(flags);
 }
 
-/* ---- device-wide used memory through NVML (only when no context is current) ---------------- */
+/* ---- device-wide used memory -------------------------------------------------------------- */
 
-typedef struct {
-    unsigned long long total, free, used;
-} nvml_memory;
-typedef int (*nvml_init_fn)(void);
-typedef int (*nvml_by_uuid_fn)(const char *, void **);
-typedef int (*nvml_meminfo_fn)(void *, nvml_memory *);
-
+/* Through NVML (only when no context of the device is current); -1 if unknown. */
 static int64_t nvml_used(const char *uuid)
 {
-    void *h = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_NODELETE);
-    nvml_init_fn init, shutdown;
-    nvml_by_uuid_fn by_uuid;
-    nvml_meminfo_fn meminfo;
-    void *dev = NULL;
-    nvml_memory mem;
-    int64_t used = -1;
-    if (!h)
+    const struct vgpu_nvml_api *nvml = vgpu_nvml();
+    struct vgpu_nvml_memory mem;
+    void *dev;
+    if (!nvml || !nvml->memory || !(dev = vgpu_nvml_device(uuid)) || nvml->memory(dev, &mem) != 0)
         return -1;
-    init = (nvml_init_fn)vgpu_real_dlsym(h, "nvmlInit_v2");
-    shutdown = (nvml_init_fn)vgpu_real_dlsym(h, "nvmlShutdown");
-    by_uuid = (nvml_by_uuid_fn)vgpu_real_dlsym(h, "nvmlDeviceGetHandleByUUID");
-    meminfo = (nvml_meminfo_fn)vgpu_real_dlsym(h, "nvmlDeviceGetMemoryInfo");
-    if (!init || !shutdown || !by_uuid || !meminfo || init() != 0)
-        return -1;
-    if (by_uuid(uuid, &dev) == 0 && meminfo(dev, &mem) == 0)
-        used = (int64_t)mem.used;
-    shutdown();
-    return used;
+    return (int64_t)mem.used;
 }
 
 /* Device-wide used bytes as the driver sees them, if a context on dev is current. */
@@ -93,11 +77,34 @@ void vgpu_contexts_forget(void)
 struct ctx_measure {
     struct vgpu_account *acct;
     CUdevice dev;
-    int64_t before;
+    int64_t known;   /* the claim's earlier measurement, charged as is; -1 when measuring now */
+    int64_t before;  /* device-wide used before the call, -1 without a baseline */
+    int64_t claims_before; /* what the GPU's claims (of this process) had admitted then */
     int via_cuda;
 };
 
-/* Before a context-creating call: 1 when this call should be measured. */
+/* Bytes admitted in all of this process's claims on the GPU (every process of those claims). */
+static int64_t claims_used(const struct vgpu_account *head)
+{
+    int64_t limit, used;
+    vgpu_chain_totals(head, &limit, &used);
+    return used;
+}
+
+/* The footprint an earlier process of one of the GPU's claims measured, or -1. Read from the
+ * region: a tenant that rewrites it under-charges only its own claim's contexts. */
+static int64_t measured_before(const struct vgpu_account *head)
+{
+    for (const struct vgpu_account *a = head; a; a = a->next) {
+        int64_t bytes = __atomic_load_n(&a->gpu->context_bytes, __ATOMIC_RELAXED);
+        if (__atomic_load_n(&a->gpu->context_measurements, __ATOMIC_ACQUIRE) > 0 && bytes > 0 &&
+            bytes <= VGPU_CONTEXT_MAX_BYTES)
+            return bytes;
+    }
+    return -1;
+}
+
+/* Before a context-creating call: 1 when this call should be charged. */
 static int measure_begin(CUdevice dev, struct ctx_measure *m)
 {
     CUresult err = CUDA_SUCCESS;
@@ -113,17 +120,19 @@ static int measure_begin(CUdevice dev, struct ctx_measure *m)
         __atomic_store_n(&g_ctx_charged[dev], 0, __ATOMIC_RELEASE);
         return 0;
     }
-    m->before = used_now(dev, m->acct, &m->via_cuda);
+    m->known = measured_before(m->acct);
+    m->claims_before = claims_used(m->acct);
+    m->before = m->known >= 0 ? -1 : used_now(dev, m->acct, &m->via_cuda);
     return 1;
 }
 
-/* After it: charge the growth. 0, or -1 when the context does not fit under the wall. */
-static int measure_end(struct ctx_measure *m, CUresult rc, CUcontext ctx)
+/* What the creating call took, measured; -1 when it cannot be told (counted when nothing is known). */
+static int64_t measure_now(struct ctx_measure *m, CUcontext ctx)
 {
-    int64_t after = -1;
-    if (rc != CUDA_SUCCESS || m->before < 0) {
-        __atomic_store_n(&g_ctx_charged[m->dev], 0, __ATOMIC_RELEASE);
-        return 0;
+    int64_t after;
+    if (m->before < 0) {
+        vgpu_limit_error(m->acct->gpu, VGPU_ERRCALL_CONTEXT, CUDA_ERROR_NOT_FOUND);
+        return -1;
     }
     if (m->via_cuda) {
         /* Same source after as before: the new context may not be current (primary retain). */
@@ -136,22 +145,43 @@ static int measure_end(struct ctx_measure *m, CUresult rc, CUcontext ctx)
     } else {
         after = nvml_used(m->acct->gpu->uuid);
     }
-    if (after <= m->before)
-        return 0;
-    int64_t footprint = after - m->before;
-    if (footprint > VGPU_CONTEXT_MAX_BYTES) {
-        /* Another tenant allocated during the creation: the delta is not ours. Measure again at
-         * this process's next context on the device rather than charge someone else's bytes. */
+    if (after < 0) {
+        vgpu_limit_error(m->acct->gpu, VGPU_ERRCALL_CONTEXT, CUDA_ERROR_NOT_FOUND);
+        return -1;
+    }
+    /* Other processes of the claim allocated (or freed) meanwhile: their bytes are not the
+     * context's. What is left over 2 GiB was another tenant's allocation. */
+    int64_t taken = after - m->before - (claims_used(m->acct) - m->claims_before);
+    if (taken > VGPU_CONTEXT_MAX_BYTES)
+        return -1;
+    return taken > 0 ? taken : 0;
+}
+
+/* After it: charge the footprint. 0, or -1 when the context does not fit under the wall. */
+static int measure_end(struct ctx_measure *m, CUresult rc, CUcontext ctx)
+{
+    if (rc != CUDA_SUCCESS) {
         __atomic_store_n(&g_ctx_charged[m->dev], 0, __ATOMIC_RELEASE);
         return 0;
     }
+    int64_t footprint = m->known >= 0 ? m->known : measure_now(m, ctx);
+    if (footprint < 0) {
+        /* Not measurable this time: the next context of this process on the device tries again. */
+        __atomic_store_n(&g_ctx_charged[m->dev], 0, __ATOMIC_RELEASE);
+        return 0;
+    }
+    if (footprint == 0)
+        return 0; /* nothing to charge (and a zero drop is not kept: it may hide a concurrent free) */
     /* A GPU in several claims: the footprint goes whole to the first claim (uid order) it fits in. */
     struct vgpu_account *charged = vgpu_admit_chain(m->acct, footprint);
     if (!charged) {
         __atomic_store_n(&g_ctx_charged[m->dev], 0, __ATOMIC_RELEASE);
         return -1;
     }
-    __atomic_store_n(&charged->gpu->context_bytes, footprint, __ATOMIC_RELAXED);
+    if (m->known < 0) {
+        __atomic_store_n(&charged->gpu->context_bytes, footprint, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&charged->gpu->context_measurements, 1, __ATOMIC_RELEASE);
+    }
     return 0;
 }
 

@@ -23,7 +23,6 @@
  * The thread holds no lock, calls the driver only for event queries, blocks every signal (the
  * application's handlers run on its own threads) and stops once the process is exiting.
  */
-#include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
@@ -51,55 +50,24 @@ static int g_failed;
 
 /* ---- NVML device utilization (monitor thread only) ------------------------------------------ */
 
-typedef int (*nvml_init_fn)(void);
-typedef int (*nvml_by_uuid_fn)(const char *, void **);
-typedef struct {
-    unsigned int gpu, memory;
-} nvml_utilization;
-typedef int (*nvml_util_fn)(void *, nvml_utilization *);
-
-/* Resolved once by the monitor thread; read only by it. */
-static struct {
-    int state; /* 0 not tried, 1 ready, -1 unavailable */
-    nvml_by_uuid_fn by_uuid;
-    nvml_util_fn utilization;
-} g_nvml;
-
-static void nvml_load(void)
-{
-    void *h = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_NODELETE);
-    nvml_init_fn init;
-    g_nvml.state = -1;
-    if (!h)
-        return;
-    init = (nvml_init_fn)vgpu_real_dlsym(h, "nvmlInit_v2");
-    g_nvml.by_uuid = (nvml_by_uuid_fn)vgpu_real_dlsym(h, "nvmlDeviceGetHandleByUUID");
-    g_nvml.utilization = (nvml_util_fn)vgpu_real_dlsym(h, "nvmlDeviceGetUtilizationRates");
-    /* Initialised for the life of the process: NVML counts references, the application's own
-     * nvmlInit/nvmlShutdown pairs are unaffected. */
-    if (init && g_nvml.by_uuid && g_nvml.utilization && init() == 0)
-        g_nvml.state = 1;
-}
-
 /* Device utilization in ppm, or -1 when NVML cannot tell. */
 static int64_t device_utilization_ppm(struct vgpu_limiter *lim)
 {
-    nvml_utilization u;
-    if (g_nvml.state == 0)
-        nvml_load();
-    if (g_nvml.state < 0 || lim->nvml_state < 0)
+    const struct vgpu_nvml_api *nvml = vgpu_nvml();
+    struct vgpu_nvml_utilization u;
+    if (!nvml || !nvml->utilization || lim->nvml_state < 0)
         return -1;
     if (!lim->nvml_device) {
         char uuid[VGPU_UUID_LEN];
         memcpy(uuid, lim->gpu->uuid, sizeof(uuid));
         uuid[sizeof(uuid) - 1] = '\0';
-        if (g_nvml.by_uuid(uuid, &lim->nvml_device) != 0) {
+        if (!(lim->nvml_device = vgpu_nvml_device(uuid))) {
             lim->nvml_state = -1;
             return -1;
         }
         lim->nvml_state = 1;
     }
-    if (g_nvml.utilization(lim->nvml_device, &u) != 0)
+    if (nvml->utilization(lim->nvml_device, &u) != 0)
         return -1;
     return (int64_t)(u.gpu > 100 ? 100 : u.gpu) * 10000;
 }

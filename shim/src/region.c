@@ -152,39 +152,81 @@ static int init_locked(struct vgpu_region *r, const char *path, const struct vgp
     return 0;
 }
 
+/* Whether the region already holds what init_locked would write for cfg: then no process needs
+ * the init lock (this is the first CUDA call's path of every process but a claim's first). Read
+ * without the lock: magic is published last, gpu_count after each GPU entry's UUID. */
+static int initialised_for(const struct vgpu_region *r, const struct vgpu_claim_config *cfg)
+{
+    if (__atomic_load_n(&r->magic, __ATOMIC_ACQUIRE) != (uint64_t)VGPU_REGION_MAGIC ||
+        r->layout_version != VGPU_REGION_LAYOUT_VERSION || r->size_bytes != sizeof(struct vgpu_region) ||
+        strncmp(r->claim_uid, cfg->claim_uid, VGPU_CLAIM_LEN) != 0)
+        return 0;
+    unsigned n = __atomic_load_n(&r->gpu_count, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < cfg->gpu_count; i++) {
+        const struct vgpu_gpu_limit *g = &cfg->gpus[i];
+        unsigned k = 0;
+        while (k < n && k < VGPU_MAX_GPUS && strncmp(r->gpus[k].uuid, g->uuid, VGPU_UUID_LEN) != 0)
+            k++;
+        if (k >= n || k >= VGPU_MAX_GPUS ||
+            __atomic_load_n(&r->gpus[k].limit_bytes, __ATOMIC_RELAXED) != g->memory_bytes ||
+            __atomic_load_n(&r->gpus[k].core_cap, __ATOMIC_RELAXED) != g->cores ||
+            __atomic_load_n(&r->gpus[k].core_policy, __ATOMIC_RELAXED) != g->policy)
+            return 0;
+    }
+    return 1;
+}
+
 int vgpu_region_attach(const char *path, const struct vgpu_claim_config *cfg, struct vgpu_attached_region *out,
                        char *err, unsigned err_len)
 {
     const size_t size = sizeof(struct vgpu_region);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    int rc = 0, fd = open(path, O_RDWR | O_CLOEXEC);
     out->map = NULL;
-    if (fd >= 0)
-        fchmod(fd, 0666); /* every process of the claim, whatever its user, must be able to write */
     out->fd = -1;
     out->slot = -1;
+    if (fd < 0 && errno == ENOENT) {
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+        if (fd >= 0)
+            fchmod(fd, 0666); /* every process of the claim, whatever its user, must be able to write */
+    }
     if (fd < 0)
         return fail(err, err_len, "cannot open region %s: %s", path, strerror(errno));
-    if (lock_init_bounded(fd) != 0) {
-        int saved = errno;
-        close(fd);
-        return fail(err, err_len, "cannot lock region %s: %s", path, strerror(saved));
-    }
-    off_t cur = lseek(fd, 0, SEEK_END);
-    if (cur < 0 || ((size_t)cur < size && ftruncate(fd, (off_t)size) != 0)) {
+    off_t file_size = lseek(fd, 0, SEEK_END); /* not fstat: that is fstat@GLIBC_2.33 on new glibc */
+    if (file_size < 0) {
         int saved = errno;
         close(fd);
         return fail(err, err_len, "cannot size region %s: %s", path, strerror(saved));
     }
-    void *map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (map == MAP_FAILED) {
-        int saved = errno;
-        close(fd);
-        return fail(err, err_len, "cannot map region %s: %s", path, strerror(saved));
+    void *map = MAP_FAILED;
+    if ((size_t)file_size >= size)
+        map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED || !initialised_for(map, cfg)) {
+        /* Created, short, of another claim or with other limits: (re)initialise under the lock. */
+        if (lock_init_bounded(fd) != 0) {
+            int saved = errno;
+            if (map != MAP_FAILED)
+                munmap(map, size);
+            close(fd);
+            return fail(err, err_len, "cannot lock region %s: %s", path, strerror(saved));
+        }
+        if (map == MAP_FAILED) {
+            if ((size_t)file_size < size && ftruncate(fd, (off_t)size) != 0) {
+                int saved = errno;
+                close(fd);
+                return fail(err, err_len, "cannot size region %s: %s", path, strerror(saved));
+            }
+            map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            if (map == MAP_FAILED) {
+                int saved = errno;
+                close(fd);
+                return fail(err, err_len, "cannot map region %s: %s", path, strerror(saved));
+            }
+        }
+        rc = init_locked(map, path, cfg, err, err_len);
+        ofd_lock(fd, F_UNLCK, VGPU_LOCK_INIT);
     }
     out->map = map;
     out->fd = fd;
-    int rc = init_locked(out->map, path, cfg, err, err_len);
-    ofd_lock(fd, F_UNLCK, VGPU_LOCK_INIT);
     if (rc == 0 && claim_slot(out) != 0)
         rc = errno == EBUSY ? fail(err, err_len, "region %s: all %d process slots are in use", path, VGPU_MAX_PROCS)
                             : fail(err, err_len, "cannot lock a process slot in region %s: %s", path, strerror(errno));

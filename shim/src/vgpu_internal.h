@@ -383,6 +383,31 @@ void vgpu_limiter_charge(struct vgpu_limiter *lim, int64_t device_ns);
 /* Device time charged for a launch that could not be timed when nothing better is known. */
 #define VGPU_BLIND_LAUNCH_NS 1000000LL
 
+/* ---- nvml_real.c: the real NVML for the shim's own questions --------------------------------- */
+
+struct vgpu_nvml_memory {
+    unsigned long long total, free, used;
+};
+struct vgpu_nvml_utilization {
+    unsigned int gpu, memory;
+};
+struct vgpu_nvml_process { /* nvmlProcessInfo_t of _v2/_v3 */
+    unsigned int pid;
+    unsigned long long used_gpu_memory;
+    unsigned int gpu_instance_id, compute_instance_id;
+};
+struct vgpu_nvml_api {
+    int (*by_uuid)(const char *uuid, void **device);
+    int (*memory)(void *device, struct vgpu_nvml_memory *out);
+    int (*utilization)(void *device, struct vgpu_nvml_utilization *out);
+    int (*processes)(void *device, unsigned int *count, struct vgpu_nvml_process *out);
+};
+/* Loaded and initialised at the first call, kept for the process's life; NULL without a usable
+ * NVML. Any member but by_uuid may be NULL (an older library). */
+const struct vgpu_nvml_api *vgpu_nvml(void);
+/* The NVML handle of the GPU with this UUID, or NULL. */
+void *vgpu_nvml_device(const char *uuid);
+
 /* ---- failsafe.c: a driver call failed where its answer decides a limit ----------------------- */
 
 /* Counts the failure in the region (limit_errors, limit_error_call/code) and says so once per

@@ -73,6 +73,9 @@ class Node:
     shared_state: Path | None = None  # another node's fake-driver state: the same physical GPUs
     # A fake driver that lacks part of the API (tests/fakes/cuda/Makefile: "old-driver", "no-events").
     driver: str | None = None
+    # NVML, as every node with the driver has it (tests/fakes/nvml, its memory, processes and
+    # utilization following the fake driver); False: a node without a usable NVML.
+    nvml: bool = True
 
     @property
     def claims_root(self) -> Path:
@@ -107,6 +110,8 @@ class Node:
         }
         if self.fail:
             env["FAKE_CUDA_FAIL"] = ",".join(self.fail)
+        if self.nvml:
+            env["FAKE_NVML_INVENTORY"] = str(self.write_nvml_inventory())
         if shim is not None:
             env["LD_PRELOAD"] = str(shim)
         env.update(extra)

@@ -28,7 +28,7 @@ class Scenario:
     name: str
     fail: tuple[str, ...] = ()
     driver: str | None = None
-    nvml: bool = False
+    nvml: bool = True
     policy: str = "hard"
     calls: tuple[str, ...] = ()  # what the region may name as the last failed call
     log: str = ""   # what the one stderr line says
@@ -39,19 +39,19 @@ SCENARIOS = [
     # The field report: a driver whose capture query answers CUDA_ERROR_NOT_SUPPORTED (801).
     Scenario("capture-query-801", fail=("cuStreamIsCapturing:801",), calls=("cuStreamIsCapturing",),
              log="cuStreamIsCapturing failed; launches are held and timed as if no graph capture ran"),
-    Scenario("capture-query-soft", fail=("cuStreamIsCapturing:801",), policy="soft", nvml=True,
+    Scenario("capture-query-soft", fail=("cuStreamIsCapturing:801",), policy="soft",
              calls=("cuStreamIsCapturing",), log="cuStreamIsCapturing failed"),
     # The launch's device cannot be identified: the strictest cap of the process applies.
     Scenario("launch-device", fail=("cuCtxGetDevice",), calls=("cuCtxGetDevice/cuDeviceGetUuid at a launch",),
              log="the device of a launch could not be identified"),
     # Launches cannot be timed: charged from NVML device utilization, else 1 ms each.
-    Scenario("event-record-nvml", fail=("cuEventRecord",), nvml=True, calls=("cuEventCreate/cuEventRecord",),
+    Scenario("event-record-nvml", fail=("cuEventRecord",), calls=("cuEventCreate/cuEventRecord",),
              log="a launch could not be timed", exact=False),
-    Scenario("event-record-no-nvml", fail=("cuEventRecord",), calls=("cuEventCreate/cuEventRecord", "nvmlDeviceGetUtilizationRates"),
+    Scenario("event-record-no-nvml", fail=("cuEventRecord",), nvml=False, calls=("cuEventCreate/cuEventRecord", "nvmlDeviceGetUtilizationRates"),
              log="a launch could not be timed", exact=False),
-    Scenario("event-query", fail=("cuEventQuery",), nvml=True, calls=("cuEventQuery/cuEventElapsedTime",),
+    Scenario("event-query", fail=("cuEventQuery",), calls=("cuEventQuery/cuEventElapsedTime",),
              log="a launch's timing could not be read", exact=False),
-    Scenario("no-event-api", driver="no-events", nvml=True, calls=("the driver's event API (missing)",),
+    Scenario("no-event-api", driver="no-events", calls=("the driver's event API (missing)",),
              log="the driver has no event API", exact=False),
 ]
 
@@ -66,10 +66,10 @@ class Outcome:
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
     started = []
     for scenario in SCENARIOS:
-        node = Node(root=tmp_path_factory.mktemp(scenario.name), fail=scenario.fail, driver=scenario.driver)
+        node = Node(root=tmp_path_factory.mktemp(scenario.name), fail=scenario.fail, driver=scenario.driver,
+                    nvml=scenario.nvml)
         node.add_claim("claim-a", {GPU0: 64 * MiB}, cores=CAP, policy=scenario.policy)  # type: ignore[arg-type]
-        extra = {"FAKE_NVML_INVENTORY": str(node.write_nvml_inventory())} if scenario.nvml else {}
-        started.append((scenario, node, node.start_loop("--seconds", str(RUN_S), **extra)))
+        started.append((scenario, node, node.start_loop("--seconds", str(RUN_S))))
     time.sleep(RUN_S - 0.7)
     during = {scenario.name: node.region("claim-a").gpu(GPU0) for scenario, node, _ in started}
     return {scenario.name: Outcome(collect(proc, timeout=RUN_S + 20), during[scenario.name])

@@ -32,7 +32,7 @@
 
 struct fake_proc {
     int32_t pid;
-    int32_t pad;
+    int32_t ctx_mask; /* bit d: the process holds a context on device d (NVML lists it there) */
     int64_t used[FAKE_MAX_DEVICES];
 };
 
@@ -77,6 +77,8 @@ int fake_forget(uint64_t addr, int64_t *bytes, int *dev);
 
 /* context.c */
 int fake_current_device(void); /* -1 without a current context */
+void fake_context_count(int dev, int delta); /* keeps g_fake_me->ctx_mask in step */
+void fake_contexts_forget(void);            /* fork child: the parent's contexts are not its own */
 
 /* launch.c */
 int64_t fake_now_ns(void); /* CLOCK_MONOTONIC: the same clock in every process */
