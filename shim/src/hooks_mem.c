@@ -20,7 +20,7 @@ VGPU_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
         return vgpu_real.cuMemAlloc_v2(dptr, bytesize);
     int64_t bytes = clamp_bytes(bytesize);
     CHARGE_CURRENT(a, bytes);
-    CUresult rc = vgpu_real.cuMemAlloc_v2(dptr, bytesize);
+    CUresult rc = VGPU_WATCHED_CALL(a, bytes, vgpu_real.cuMemAlloc_v2(dptr, bytesize));
     if (rc != CUDA_SUCCESS) {
         vgpu_refund(a, bytes);
         return rc;
@@ -36,7 +36,7 @@ VGPU_EXPORT CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize)
         return vgpu_real.cuMemAlloc(dptr, bytesize);
     int64_t bytes = bytesize;
     CHARGE_CURRENT(a, bytes);
-    CUresult rc = vgpu_real.cuMemAlloc(dptr, bytesize);
+    CUresult rc = VGPU_WATCHED_CALL(a, bytes, vgpu_real.cuMemAlloc(dptr, bytesize));
     if (rc != CUDA_SUCCESS) {
         vgpu_refund(a, bytes);
         return rc;
@@ -281,7 +281,7 @@ VGPU_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t size, c
     struct vgpu_account *a = vgpu_admit_chain(head, bytes);
     if (!a)
         return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult rc = vgpu_real.cuMemCreate(h, size, prop, flags);
+    CUresult rc = VGPU_WATCHED_CALL(a, bytes, vgpu_real.cuMemCreate(h, size, prop, flags));
     if (rc != CUDA_SUCCESS) {
         vgpu_refund(a, bytes);
         return rc;

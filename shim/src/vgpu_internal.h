@@ -408,6 +408,38 @@ const struct vgpu_nvml_api *vgpu_nvml(void);
 /* The NVML handle of the GPU with this UUID, or NULL. */
 void *vgpu_nvml_device(const char *uuid);
 
+/* ---- hostpid.c: this process's PID as NVML reports it (docs/shim.md, "Process lists") ------- */
+
+struct vgpu_pid_probe {
+    struct vgpu_account *head; /* the GPU's accounts */
+    int64_t bytes;             /* the allocation the probe watches */
+    void *device;              /* NVML handle */
+    void *before;              /* NVML's process list before the driver call */
+};
+/* 0 while still learning, 1 learned, -1 gave up; read relaxed at every allocation. */
+extern int vgpu_hostpid_state;
+/* Around one allocation of bytes charged to acct: begin (1 = probing, then call end with the
+ * driver's answer). Only allocations of at least 2 MiB are watched, and only until learned. */
+int vgpu_hostpid_begin(struct vgpu_pid_probe *probe, struct vgpu_account *acct, int64_t bytes);
+void vgpu_hostpid_end(struct vgpu_pid_probe *probe, CUresult rc);
+void vgpu_hostpid_forget(void); /* fork child: a new process, a new PID */
+/* The inode number of this process's PID namespace (readlink /proc/self/ns/pid), 0 if unknown. */
+uint64_t vgpu_pid_namespace(void);
+static inline int vgpu_hostpid_wanted(int64_t bytes)
+{
+    return VGPU_UNLIKELY(bytes >= (2LL << 20)) && __atomic_load_n(&vgpu_hostpid_state, __ATOMIC_RELAXED) == 0;
+}
+/* Wraps one allocating driver call: learns the host PID from it while still unknown. */
+#define VGPU_WATCHED_CALL(acct, bytes, call)                                                          \
+    ({                                                                                                \
+        struct vgpu_pid_probe probe_;                                                                 \
+        int probing_ = vgpu_hostpid_wanted(bytes) && vgpu_hostpid_begin(&probe_, (acct), (bytes));    \
+        CUresult watched_rc_ = (call);                                                                \
+        if (VGPU_UNLIKELY(probing_))                                                                  \
+            vgpu_hostpid_end(&probe_, watched_rc_);                                                   \
+        watched_rc_;                                                                                  \
+    })
+
 /* ---- failsafe.c: a driver call failed where its answer decides a limit ----------------------- */
 
 /* Counts the failure in the region (limit_errors, limit_error_call/code) and says so once per
