@@ -129,7 +129,8 @@ struct vgpu_region {
     uint32_t proc_high_water;      /* slots [0, proc_high_water) have ever been claimed */
     char claim_uid[VGPU_CLAIM_LEN];
     uint64_t attach_count;         /* process attaches over the region's life */
-    int64_t spare[7];
+    int64_t dead_refunded_bytes;   /* bytes refunded from slots of processes that died, ever */
+    int64_t spare[6];
     struct vgpu_gpu gpus[VGPU_MAX_GPUS];
     struct vgpu_proc procs[VGPU_MAX_PROCS];
 };

@@ -29,8 +29,9 @@ static const char *const g_what[CALLS] = {
                                "its size",
     [VGPU_ERRCALL_MIPMAP_REQ] = "cuMipmappedArrayGetMemoryRequirements failed; the mipmapped array is charged "
                                 "an upper bound of its size",
-    [VGPU_ERRCALL_CONTEXT] = "the context footprint could not be measured (no cuMemGetInfo/NVML baseline) and "
-                             "the claim has no earlier measurement; the context is not charged",
+    [VGPU_ERRCALL_CONTEXT] = "the context footprint could not be measured (no NVML or current context to "
+                             "measure with, or another process started on the GPU at the same moment) and the "
+                             "claim has no earlier measurement; this context is not charged",
     [VGPU_ERRCALL_MONITOR] = "the SM cap's monitor thread could not start; launches are charged 1 ms each and "
                              "a soft cap holds like a hard one",
 };

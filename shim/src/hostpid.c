@@ -13,6 +13,8 @@
  * LEARN_TRIES times. A wrong guess is never recorded: a PID another slot of the claim already
  * holds, or two candidates, are no answer. The cost (two NVML list calls) falls on that one
  * allocation per process, never on cuInit or context creation; nothing here decides a limit.
+ * The claim's first process on a GPU learns it already at its first context (hooks_ctx.c: the one
+ * PID that appeared across the creation).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -30,24 +32,76 @@ int vgpu_hostpid_state;
 static int g_tries;
 static int g_probing; /* one probe at a time (CAS) */
 
-struct snapshot {
+struct vgpu_nvml_snapshot {
     unsigned int count;
     struct vgpu_nvml_process entries[MAX_LISTED];
 };
 
-static int take(void *device, struct snapshot *s)
+static int take(void *device, struct vgpu_nvml_snapshot *s)
 {
     const struct vgpu_nvml_api *nvml = vgpu_nvml();
     s->count = MAX_LISTED;
     return nvml && nvml->processes && nvml->processes(device, &s->count, s->entries) == 0 ? 0 : -1;
 }
 
-static long long used_by(const struct snapshot *s, unsigned int pid)
+static const struct vgpu_nvml_process *listed(const struct vgpu_nvml_snapshot *s, unsigned int pid)
 {
     for (unsigned int i = 0; i < s->count; i++)
         if (s->entries[i].pid == pid)
-            return (long long)s->entries[i].used_gpu_memory;
-    return 0; /* not listed: no context there yet */
+            return &s->entries[i];
+    return NULL; /* not listed: no context there */
+}
+
+static long long used_by(const struct vgpu_nvml_snapshot *s, unsigned int pid)
+{
+    const struct vgpu_nvml_process *p = listed(s, pid);
+    return p ? (long long)p->used_gpu_memory : 0;
+}
+
+struct vgpu_nvml_snapshot *vgpu_nvml_snapshot(const char *uuid)
+{
+    void *device = vgpu_nvml_device(uuid);
+    struct vgpu_nvml_snapshot *s = device ? malloc(sizeof(*s)) : NULL;
+    if (s && take(device, s) != 0) {
+        free(s);
+        s = NULL;
+    }
+    return s;
+}
+
+int vgpu_nvml_newcomer(const struct vgpu_nvml_snapshot *before, const struct vgpu_nvml_snapshot *after,
+                       unsigned int *pid, int64_t *used)
+{
+    int found = 0;
+    for (unsigned int i = 0; i < after->count; i++)
+        if (!listed(before, after->entries[i].pid)) {
+            *pid = after->entries[i].pid;
+            *used = (int64_t)(after->entries[i].used_gpu_memory > (unsigned long long)INT64_MAX
+                                  ? INT64_MAX
+                                  : after->entries[i].used_gpu_memory);
+            found++;
+        }
+    return found == 1;
+}
+
+/* Records pid as this process's host PID in its slot of every claim it holds. */
+static void record(unsigned int pid)
+{
+    uint64_t ns = vgpu_pid_namespace();
+    for (int i = 0; i < vgpu_account_count; i++) {
+        struct vgpu_attached_region *r = vgpu_accounts[i].region;
+        if (r->slot < 0)
+            continue;
+        __atomic_store_n(&r->map->procs[r->slot].pid_ns, ns, __ATOMIC_RELAXED);
+        __atomic_store_n(&r->map->procs[r->slot].host_pid, (int32_t)pid, __ATOMIC_RELEASE);
+    }
+    __atomic_store_n(&vgpu_hostpid_state, 1, __ATOMIC_RELAXED);
+}
+
+void vgpu_hostpid_record(unsigned int pid)
+{
+    if (pid > 0 && pid <= 0x7fffffffu && __atomic_load_n(&vgpu_hostpid_state, __ATOMIC_RELAXED) != 1)
+        record(pid);
 }
 
 /* Is pid already the learned host PID of another live slot of one of our claims on the GPU? */
@@ -92,7 +146,7 @@ int vgpu_hostpid_begin(struct vgpu_pid_probe *probe, struct vgpu_account *acct, 
     probe->head = acct->head;
     probe->bytes = bytes;
     probe->device = vgpu_nvml_device(uuid);
-    probe->before = probe->device ? malloc(sizeof(struct snapshot)) : NULL;
+    probe->before = probe->device ? malloc(sizeof(struct vgpu_nvml_snapshot)) : NULL;
     if (!probe->before || take(probe->device, probe->before) != 0) {
         free(probe->before);
         if (!probe->device || ++g_tries >= LEARN_TRIES)
@@ -105,7 +159,7 @@ int vgpu_hostpid_begin(struct vgpu_pid_probe *probe, struct vgpu_account *acct, 
 
 void vgpu_hostpid_end(struct vgpu_pid_probe *probe, CUresult rc)
 {
-    struct snapshot *after = rc == CUDA_SUCCESS ? malloc(sizeof(*after)) : NULL;
+    struct vgpu_nvml_snapshot *after = rc == CUDA_SUCCESS ? malloc(sizeof(*after)) : NULL;
     unsigned int found = 0, candidates = 0;
     long long low = probe->bytes, high = (probe->bytes + PAGE_BYTES - 1) / PAGE_BYTES * PAGE_BYTES + PAGE_BYTES;
     if (after && take(probe->device, after) == 0) {
@@ -118,17 +172,8 @@ void vgpu_hostpid_end(struct vgpu_pid_probe *probe, CUresult rc)
             }
         }
     }
-    if (candidates == 1 && found <= 0x7fffffffu) {
-        /* The same process in every claim it holds, whatever the GPU. */
-        uint64_t ns = vgpu_pid_namespace();
-        for (int i = 0; i < vgpu_account_count; i++) {
-            struct vgpu_attached_region *r = vgpu_accounts[i].region;
-            if (r->slot < 0)
-                continue;
-            __atomic_store_n(&r->map->procs[r->slot].pid_ns, ns, __ATOMIC_RELAXED);
-            __atomic_store_n(&r->map->procs[r->slot].host_pid, (int32_t)found, __ATOMIC_RELEASE);
-        }
-        __atomic_store_n(&vgpu_hostpid_state, 1, __ATOMIC_RELAXED);
+    if (candidates == 1 && found > 0 && found <= 0x7fffffffu) {
+        record(found);
     } else if (rc == CUDA_SUCCESS && ++g_tries >= LEARN_TRIES) {
         __atomic_store_n(&vgpu_hostpid_state, -1, __ATOMIC_RELAXED);
     }

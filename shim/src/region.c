@@ -62,8 +62,10 @@ static int lock_init_bounded(int fd)
     return -1;
 }
 
-/* Caller holds the slot's lock, so the previous owner is dead and nobody else touches the slot. */
-static void refund_slot(struct vgpu_region *r, int slot)
+/* Caller holds the slot's lock, so the previous owner is dead (or is the caller, at exit) and
+ * nobody else touches the slot. A dead owner's bytes are also added to dead_refunded_bytes: the
+ * driver freed them when it died, so a measurement across this refund must not see them as new. */
+static void refund_slot(struct vgpu_region *r, int slot, int owner_dead)
 {
     struct vgpu_proc *p = &r->procs[slot];
     unsigned gpus = __atomic_load_n(&r->gpu_count, __ATOMIC_ACQUIRE);
@@ -71,8 +73,11 @@ static void refund_slot(struct vgpu_region *r, int slot)
         gpus = VGPU_MAX_GPUS;
     for (unsigned g = 0; g < gpus; g++) {
         int64_t held = __atomic_exchange_n(&p->used[g], 0, __ATOMIC_ACQ_REL);
-        if (held > 0)
+        if (held > 0) {
             vgpu_sub_clamped(&r->gpus[g].used_bytes, held);
+            if (owner_dead)
+                __atomic_add_fetch(&r->dead_refunded_bytes, held, __ATOMIC_RELAXED);
+        }
     }
     __atomic_store_n(&p->state, VGPU_PROC_FREE, __ATOMIC_RELEASE);
 }
@@ -89,7 +94,7 @@ static int claim_slot(struct vgpu_attached_region *a)
         }
         struct vgpu_proc *p = &r->procs[i];
         if (__atomic_load_n(&p->state, __ATOMIC_ACQUIRE) != VGPU_PROC_FREE)
-            refund_slot(r, i); /* its owner died without anyone noticing yet */
+            refund_slot(r, i, 1); /* its owner died without anyone noticing yet */
         for (int g = 0; g < VGPU_MAX_GPUS; g++)
             __atomic_store_n(&p->used[g], 0, __ATOMIC_RELAXED);
         __atomic_store_n(&p->pid, (int32_t)getpid(), __ATOMIC_RELAXED);
@@ -256,7 +261,7 @@ void vgpu_region_detach(struct vgpu_attached_region *a)
 {
     if (a->slot < 0 || a->fd < 0)
         return;
-    refund_slot(a->map, a->slot); /* we still hold the slot lock: nobody else touches it */
+    refund_slot(a->map, a->slot, 0); /* we still hold the slot lock: nobody else touches it */
     ofd_lock(a->fd, F_UNLCK, VGPU_LOCK_SLOT_BASE + a->slot);
     a->slot = -1;
 }
@@ -274,7 +279,7 @@ int vgpu_region_reclaim_dead(struct vgpu_attached_region *a)
         if (ofd_lock(a->fd, F_WRLCK, VGPU_LOCK_SLOT_BASE + i) != 0)
             continue; /* alive */
         if (__atomic_load_n(&r->procs[i].state, __ATOMIC_ACQUIRE) == VGPU_PROC_LIVE) {
-            refund_slot(r, (int)i);
+            refund_slot(r, (int)i, 1);
             reclaimed++;
         }
         ofd_lock(a->fd, F_UNLCK, VGPU_LOCK_SLOT_BASE + i);

@@ -425,6 +425,14 @@ void vgpu_hostpid_end(struct vgpu_pid_probe *probe, CUresult rc);
 void vgpu_hostpid_forget(void); /* fork child: a new process, a new PID */
 /* The inode number of this process's PID namespace (readlink /proc/self/ns/pid), 0 if unknown. */
 uint64_t vgpu_pid_namespace(void);
+/* A host PID learned another way (the one process that appeared across a context creation). */
+void vgpu_hostpid_record(unsigned int pid);
+/* NVML's process list of the GPU with this UUID (malloc'd, free() it), NULL when unreadable. */
+struct vgpu_nvml_snapshot;
+struct vgpu_nvml_snapshot *vgpu_nvml_snapshot(const char *uuid);
+/* 1 when exactly one PID is listed in after and not in before: its PID and NVML usage. */
+int vgpu_nvml_newcomer(const struct vgpu_nvml_snapshot *before, const struct vgpu_nvml_snapshot *after,
+                       unsigned int *pid, int64_t *used);
 static inline int vgpu_hostpid_wanted(int64_t bytes)
 {
     return VGPU_UNLIKELY(bytes >= (2LL << 20)) && __atomic_load_n(&vgpu_hostpid_state, __ATOMIC_RELAXED) == 0;

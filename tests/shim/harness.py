@@ -155,7 +155,12 @@ class Node:
             lines += ["gpu", f"uuid {uuid}", "name NVIDIA Fake", f"pci_bus_id 00000000:{index + 1:02x}:00.0",
                       f"memory_total {size}"]
         path = self.root / "nvml-inventory.txt"
-        path.write_text("\n".join(lines) + "\n")
+        text = "\n".join(lines) + "\n"
+        if not path.exists() or path.read_text() != text:
+            # Renamed into place: processes started earlier may be reading it right now.
+            scratch = path.with_suffix(f".{os.getpid()}.tmp")
+            scratch.write_text(text)
+            scratch.replace(path)
         return path
 
     def fake_device_used(self, device: int = 0) -> int:

@@ -157,18 +157,26 @@ def test_in_a_container_nvml_lists_the_pods_own_processes_with_their_usage(node:
     assert {slots[p.pid] for p in ours} == {p.pid + OFFSET for p in ours}
 
 
-def test_a_process_that_never_allocated_enough_to_learn_is_not_shown_in_a_container(node: Node) -> None:
+def test_a_process_that_could_not_learn_its_host_pid_is_not_shown_in_a_container(node: Node) -> None:
     node.devices = {GPU_A: 8 * GiB}
+    node.ctx_bytes = 2 * MiB
     node.add_claim("claim-a", {GPU_A: 2 * GiB})
     offset = {"FAKE_NVML_PID_OFFSET": str(OFFSET)}
-    learned = node.start("init", "ctx", "0", "alloc", str(64 * MiB), "hold", **offset)
-    small = node.start("init", "ctx", "0", "alloc", str(MiB), "hold", **offset)  # below 2 MiB: no probe
+    # The claim's first process measures its context through NVML's process list and learns its
+    # host PID on the way; a later one is charged that measurement without asking NVML, and
+    # allocates too little (1 MiB) for its allocation to be watched.
+    first = node.start("init", "ctx", "0", "alloc", str(MiB), "hold", **offset)
     try:
-        read_until(learned, "hold")
-        read_until(small, "hold")
-        inside = probe_processes(node.env(**offset), GPU_A)
+        read_until(first, "hold")
+        later = node.start("init", "ctx", "0", "alloc", str(MiB), "hold", **offset)
+        try:
+            read_until(later, "hold")
+            inside = probe_processes(node.env(**offset), GPU_A)
+            slots = {slot.pid: slot.host_pid for slot in node.region("claim-a").processes if slot.alive}
+        finally:
+            stop(later)
     finally:
-        stop(learned)
-        stop(small)
+        stop(first)
+    assert (slots[first.pid], slots[later.pid]) == (first.pid + OFFSET, 0)
     # Never a wrong one: the unknown process is left out rather than matched by its own PID.
-    assert inside["v3"] == [[learned.pid, 64 * MiB]]
+    assert inside["v3"] == [[first.pid, 3 * MiB]]

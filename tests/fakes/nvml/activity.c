@@ -125,7 +125,8 @@ struct listed {
 };
 
 /* The GPU's processes: the inventory's, then the fake driver's live ones on it. Returns how
- * many; fills at most cap entries of out (out may be NULL to count). */
+ * many there are (processes come and go: possibly more than cap); fills at most cap entries of
+ * out (out may be NULL to count). */
 static size_t list_processes(const struct fake_gpu *gpu, struct listed *out, size_t cap)
 {
     size_t n = 0;
@@ -169,8 +170,9 @@ unsigned long long fake_activity_used_bytes(const struct fake_gpu *gpu)
     unsigned long long used = 0;
     if (!all)
         return 0;
-    n = list_processes(gpu, all, n);
-    for (size_t i = 0; i < n; i++)
+    size_t cap = n;
+    n = list_processes(gpu, all, cap);
+    for (size_t i = 0; i < n && i < cap; i++)
         used += all[i].used;
     free(all);
     return used;
@@ -199,11 +201,13 @@ static nvmlReturn_t processes(nvmlDevice_t device, const char *function, unsigne
         return rc;
     if (count == NULL)
         return NVML_ERROR_INVALID_ARGUMENT;
-    size_t n = list_processes(device, NULL, 0);
-    struct listed *all = calloc(n ? n : 1, sizeof(*all));
+    size_t n = list_processes(device, NULL, 0), cap = n + 8; /* room for processes starting now */
+    struct listed *all = calloc(cap, sizeof(*all));
     if (!all)
         return NVML_ERROR_MEMORY;
-    n = list_processes(device, all, n);
+    n = list_processes(device, all, cap);
+    if (n > cap)
+        n = cap;
     if (n > 0 && (infos == NULL || *count < n)) {
         *count = (unsigned int)n;
         free(all);
