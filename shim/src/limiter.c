@@ -39,13 +39,26 @@ struct vgpu_limiter *vgpu_limiters[VGPU_MAX_CLAIMS * VGPU_MAX_GPUS];
 int vgpu_limiter_active;
 /* The head lane with the smallest total cap: applied when a launch's device is unknown. */
 static struct vgpu_limiter *g_strictest;
-/* Per thread: launches seen, for the 1-in-SAMPLE_EVERY timing (no shared counter to bounce). */
-static __thread unsigned t_launch_seq;
+/* CLOCK_MONOTONIC_COARSE's tick (ns) when it is usable for the launch fast path, else 0. */
+static int64_t g_coarse_res;
 
 int64_t vgpu_mono_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/*
+ * The same clock at tick resolution: several times cheaper to read than CLOCK_MONOTONIC on many
+ * VMs (tens of ns there, a fair share of a capped launch). It never runs ahead of the precise
+ * clock, so "clock <= coarse now + DEBT" proves a launch may go; only launches near the cap, and
+ * every wait, read the precise clock.
+ */
+static int64_t coarse_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
@@ -60,6 +73,11 @@ void vgpu_limiter_setup(int fork_child)
     if (fork_child)
         vgpu_limiter_monitor_forget();
     g_strictest = NULL;
+    struct timespec res;
+    /* A coarse tick above 5 ms (HZ=100) would make the credit below too coarse: not used then. */
+    g_coarse_res = clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0 && res.tv_sec == 0 && res.tv_nsec <= 5000000
+                       ? res.tv_nsec
+                       : 0;
     for (int i = 0; i < vgpu_account_count; i++) {
         struct vgpu_account *head = &vgpu_accounts[i];
         if (head->head != head)
@@ -182,6 +200,23 @@ static struct vgpu_limiter *wait_for_lane(struct vgpu_limiter *first, int64_t *n
     return chosen;
 }
 
+/* Without waiting: the first lane whose clock is at most DEBT_NS ahead of the coarse clock (so
+ * surely of the precise one), *now_out set to the earliest time the credit below may start
+ * from; NULL when a lane would have to be checked against the precise clock. */
+static struct vgpu_limiter *lane_at_a_glance(struct vgpu_limiter *first, int64_t *now_out)
+{
+    if (!g_coarse_res)
+        return NULL;
+    int64_t now = coarse_ns();
+    for (struct vgpu_limiter *lim = first; lim; lim = lim->next_lane)
+        if (__atomic_load_n(&lim->gpu->limiter_state[VGPU_LIM_VCLOCK], __ATOMIC_RELAXED) <= now + DEBT_NS) {
+            /* The precise now is up to one tick later: credit counts from there. */
+            *now_out = now + g_coarse_res;
+            return lim;
+        }
+    return NULL;
+}
+
 /* Charges a launch's estimate to the lane's clock; unused entitlement is kept for at most
  * CREDIT_NS, so an idle claim cannot bank a long burst. */
 static void charge_launch(struct vgpu_limiter *lim, int64_t now, int64_t estimate)
@@ -297,8 +332,15 @@ void vgpu_limiter_before_launch(struct vgpu_launch_ticket *t, CUstream s, int pe
     struct vgpu_limiter *head = first->head;
     int64_t now = 0;
     int enforced = 0;
-    struct vgpu_limiter *lim = first->next_lane || cap_enforced(first) ? wait_for_lane(first, &now, &enforced)
-                                                                        : first;
+    struct vgpu_limiter *lim = first;
+    if (first->next_lane || cap_enforced(first)) {
+        /* Under the cap (the clock behind now) the coarse clock decides; near it, the precise. */
+        lim = cap_enforced(first) ? lane_at_a_glance(first, &now) : NULL;
+        if (lim)
+            enforced = 1;
+        else
+            lim = wait_for_lane(first, &now, &enforced);
+    }
     t->lim = lim;
     t->estimate_ns = __atomic_load_n(&head->estimate_ns[kind], __ATOMIC_RELAXED);
     if (VGPU_UNLIKELY(vgpu_limiter_monitor_failed())) {
@@ -317,8 +359,13 @@ void vgpu_limiter_before_launch(struct vgpu_launch_ticket *t, CUstream s, int pe
     /* Well under its cap the claim's time needs no per-launch precision: time one launch in
      * SAMPLE_EVERY (the others count their estimate) and spare the driver the event records. */
     int64_t share = __atomic_load_n(&lim->gpu->measured_share_ppm, __ATOMIC_RELAXED);
-    if (share * 2 < (int64_t)lim->cap * 10000 && t->estimate_ns && t_launch_seq++ % SAMPLE_EVERY != 0)
-        return;
+    if (share * 2 < (int64_t)lim->cap * 10000 && t->estimate_ns) {
+        /* A plain load and store: a count lost to a race between threads only shifts the sample. */
+        unsigned seq = __atomic_load_n(&lim->launch_seq, __ATOMIC_RELAXED);
+        __atomic_store_n(&lim->launch_seq, seq + 1, __ATOMIC_RELAXED);
+        if (seq % SAMPLE_EVERY != 0)
+            return;
+    }
     t->slot = start_timing(lim, ts);
     if (VGPU_UNLIKELY(t->slot == -2)) {
         t->slot = -1;

@@ -359,6 +359,7 @@ struct vgpu_limiter {
     int total_cap;            /* head only: the caps of all lanes added up (at most 100) */
     int64_t estimate_ns[2];   /* head only, per vgpu_launch_kind: running mean of measured device time */
     unsigned next_slot;       /* where launchers start looking for a free timing slot */
+    unsigned launch_seq;      /* launches so far, for timing one in 8 when far under the cap */
     int64_t blind_launches;   /* untimed because of a driver error, since the monitor last looked */
     int64_t blind_charged_ns; /* what those launches were charged */
     int64_t blind_at;         /* monitor only: when it last settled the blind launches */
