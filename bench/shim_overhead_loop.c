@@ -1,8 +1,10 @@
 /*
  * Timing loop for bench/shim_overhead.py: the same driver-API calls with or without libvgpu.so
  * preloaded (the script decides). Prints, per round, nanoseconds per cuMemAlloc_v2+cuMemFree_v2
- * pair and per cuLaunchKernel:  "round <alloc_free_ns> <launch_ns>" (launch_ns is 0 when the
- * third argument is "alloc-only"). With "startup" as the third argument it times only this
+ * pair, per cuLaunchKernel, and per step of a fixed CPU-only loop that calls nothing (the
+ * machine's speed at that moment, to tell a slow VM phase from a slow shim):
+ * "round <alloc_free_ns> <launch_ns> <calibration_ns>" (launch_ns is 0 when the third argument is
+ * "alloc-only"). With "startup" as the third argument it times only this
  * process's first CUDA calls, cuInit + cuDevicePrimaryCtxRetain:  "startup <ns>".
  */
 #include <stdio.h>
@@ -25,6 +27,23 @@ static double now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+/* ns per step of a dependent integer chain: no memory traffic, no call, nothing the shim touches. */
+static double calibration_ns(void)
+{
+    volatile unsigned long long sink;
+    unsigned long long x = 88172645463325252ULL;
+    const long steps = 2000000;
+    double t0 = now_ns();
+    for (long i = 0; i < steps; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    sink = x;
+    (void)sink;
+    return (now_ns() - t0) / steps;
 }
 
 int main(int argc, char **argv)
@@ -50,6 +69,7 @@ int main(int argc, char **argv)
         return 1;
     }
     for (int r = 0; r < rounds; r++) {
+        double calib = calibration_ns();
         double t0 = now_ns();
         for (long i = 0; i < iters; i++) {
             CUdeviceptr p;
@@ -65,7 +85,7 @@ int main(int argc, char **argv)
                 return 1;
             }
         double t2 = now_ns();
-        printf("round %.2f %.2f\n", (t1 - t0) / iters, launches ? (t2 - t1) / iters : 0.0);
+        printf("round %.2f %.2f %.3f\n", (t1 - t0) / iters, launches ? (t2 - t1) / iters : 0.0, calib);
     }
     return 0;
 }
