@@ -85,6 +85,7 @@ ERROR_CALLS: dict[int, str] = {
     _lib.VGPU_ERRCALL_MIPMAP_REQ: "cuMipmappedArrayGetMemoryRequirements",
     _lib.VGPU_ERRCALL_CONTEXT: "context footprint measurement (cuMemGetInfo/NVML)",
     _lib.VGPU_ERRCALL_MONITOR: "the SM cap's monitor thread (pthread_create)",
+    _lib.VGPU_ERRCALL_UNDO: "undoing an allocation past the wall (cuMemFree/cuArrayDestroy/...)",
 }
 
 

@@ -54,6 +54,7 @@
 #define VGPU_ERRCALL_MIPMAP_REQ 8      /* cuMipmappedArrayGetMemoryRequirements: upper bound charged */
 #define VGPU_ERRCALL_CONTEXT 9         /* context footprint unmeasurable (cuMemGetInfo/NVML) */
 #define VGPU_ERRCALL_MONITOR 10        /* the limiter's monitor thread could not start */
+#define VGPU_ERRCALL_UNDO 11           /* undoing an allocation or context past the wall failed: charge kept */
 
 /* vgpu_gpu.core_policy */
 #define VGPU_POLICY_SOFT 0

@@ -7,7 +7,7 @@
  */
 #include "vgpu_internal.h"
 
-#define CALLS 11 /* VGPU_ERRCALL_* are 1..10 */
+#define CALLS 12 /* VGPU_ERRCALL_* are 1..11 */
 
 /* One flag per call: each process says it once (vgpu_log_once). */
 static int g_logged[CALLS];
@@ -34,6 +34,9 @@ static const char *const g_what[CALLS] = {
                              "claim has no earlier measurement; this context is not charged",
     [VGPU_ERRCALL_MONITOR] = "the SM cap's monitor thread could not start; launches are charged 1 ms each and "
                              "a soft cap holds like a hard one",
+    [VGPU_ERRCALL_UNDO] = "undoing an allocation (or context) that did not fit under the wall failed "
+                          "(cuMemFree/cuArrayDestroy/cuMipmappedArrayDestroy/cuCtxDestroy/cuDevicePrimaryCtxRelease); "
+                          "its charge is kept until the process exits",
 };
 
 void vgpu_limit_error(struct vgpu_gpu *gpu, int call, int code)

@@ -155,8 +155,7 @@ static CUresult finish_array(struct vgpu_account *a, CUdevice dev, int64_t estim
         actual = fallback_size(a, VGPU_ERRCALL_ARRAY_REQ, rc != CUDA_SUCCESS ? rc : CUDA_ERROR_INVALID_VALUE, bound,
                                free_before);
     if (settle(&a, estimate, actual) != 0) {
-        vgpu_real.cuArrayDestroy(arr);
-        vgpu_refund(a, estimate);
+        UNDO(a, estimate, vgpu_real.cuArrayDestroy(arr));
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     vgpu_ptrmap_put(VGPU_PTR_ARRAY, (uint64_t)(uintptr_t)arr, actual, a);
@@ -234,8 +233,7 @@ VGPU_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *h, const CUDA_ARRA
         actual = fallback_size(a, VGPU_ERRCALL_MIPMAP_REQ, rc != CUDA_SUCCESS ? rc : CUDA_ERROR_INVALID_VALUE,
                                bound, free_before);
     if (settle(&a, estimate, actual) != 0) {
-        vgpu_real.cuMipmappedArrayDestroy(*h);
-        vgpu_refund(a, estimate);
+        UNDO(a, estimate, vgpu_real.cuMipmappedArrayDestroy(*h));
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     vgpu_ptrmap_put(VGPU_PTR_MIPMAP, (uint64_t)(uintptr_t)*h, actual, a);

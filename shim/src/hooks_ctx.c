@@ -194,16 +194,24 @@ static int measure_end(struct ctx_measure *m, CUresult rc, CUcontext ctx)
     return 0;
 }
 
+/* Undo a context that does not fit; if the driver will not, its memory stays uncharged (it does
+ * not fit): the failure is counted. */
 static CUresult refuse_context(CUcontext ctx, int primary, CUdevice dev)
 {
+    CUresult rc = CUDA_ERROR_NOT_FOUND;
     if (primary) {
         CUresult (*release)(CUdevice) = (CUresult(*)(CUdevice))vgpu_real_dlsym(vgpu_libcuda, "cuDevicePrimaryCtxRelease_v2");
         if (release)
-            release(dev);
+            rc = release(dev);
     } else {
         CUresult (*destroy)(CUcontext) = (CUresult(*)(CUcontext))vgpu_real_dlsym(vgpu_libcuda, "cuCtxDestroy_v2");
         if (destroy)
-            destroy(ctx);
+            rc = destroy(ctx);
+    }
+    if (rc != CUDA_SUCCESS) {
+        CUresult err = CUDA_SUCCESS;
+        struct vgpu_account *a = vgpu_account_for_device(dev, &err);
+        vgpu_limit_error(a ? a->gpu : NULL, VGPU_ERRCALL_UNDO, rc);
     }
     return CUDA_ERROR_OUT_OF_MEMORY;
 }

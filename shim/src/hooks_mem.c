@@ -88,8 +88,7 @@ VGPU_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t
                          ? INT64_MAX
                          : clamp_bytes(actual_u);
     if (settle(&a, estimate, actual) != 0) {
-        vgpu_real.cuMemFree_v2(*dptr);
-        vgpu_refund(a, estimate);
+        UNDO(a, estimate, vgpu_real.cuMemFree_v2(*dptr));
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     vgpu_ptrmap_put(VGPU_PTR_DEVICE, *dptr, actual, a);
@@ -111,8 +110,7 @@ VGPU_EXPORT CUresult cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pitch, 
     }
     int64_t actual = (int64_t)*pitch * (int64_t)h;
     if (settle(&a, estimate, actual) != 0) {
-        vgpu_real.cuMemFree(*dptr);
-        vgpu_refund(a, estimate);
+        UNDO(a, estimate, vgpu_real.cuMemFree(*dptr));
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     vgpu_ptrmap_put(VGPU_PTR_DEVICE, *dptr, actual, a);

@@ -64,4 +64,16 @@ static inline int settle(struct vgpu_account **charged, int64_t estimate, int64_
         return rc_;                                                                                   \
     } while (0)
 
+/* Undo an allocation whose size correction did not fit: the driver frees it and its reservation
+ * is refunded; when the driver refuses to free it, the memory is still there: the reservation is
+ * kept (until the process exits) and the failure counted. */
+#define UNDO(acct, reserved, free_call)                                                               \
+    do {                                                                                              \
+        CUresult undo_rc_ = (free_call);                                                              \
+        if (VGPU_LIKELY(undo_rc_ == CUDA_SUCCESS))                                                    \
+            vgpu_refund((acct), (reserved));                                                          \
+        else                                                                                          \
+            vgpu_limit_error((acct)->gpu, VGPU_ERRCALL_UNDO, undo_rc_);                               \
+    } while (0)
+
 #endif /* VGPU_MEM_CHARGE_H */

@@ -186,3 +186,20 @@ def test_with_the_requirements_calls_arrays_fill_the_wall_exactly(claimed: Node)
     result = claimed.run("init", "ctx", "0", "fillmip", "256", "256", "9", "info")
     assert int(result.lines[2]["count"]) == LIMIT // (768 * 1024)
     assert claimed.region("claim-a").gpu(GPU0).limit_errors == 0
+
+
+def test_an_allocation_the_driver_will_not_undo_keeps_its_charge(node: Node) -> None:
+    # A 1000 x 1000 float array is reserved at its 4,000,000 texel bytes; the driver needs
+    # 4,096,000, which does not fit under this wall, so the shim undoes it. If the driver refuses
+    # to destroy it, the memory is still there: the reservation stays charged and is counted.
+    node.add_claim("claim-a", {GPU0: 4_050_000})
+    node.fail = ("cuArrayDestroy",)
+    holder = node.start("init", "ctx", "0", "array", "1000", "1000", "info", "hold")
+    try:
+        lines = read_until(holder, "hold")
+        assert lines[2]["rc"] == "2"  # CUDA_ERROR_OUT_OF_MEMORY: the array does not fit
+        assert int(lines[3]["free"]) == 50_000  # not 4,050,000: the driver still holds the array
+        gpu = node.region("claim-a").gpu(GPU0)
+    finally:
+        stop(holder)
+    assert gpu.limit_errors == 1 and gpu.limit_error_call.startswith("undoing an allocation")
