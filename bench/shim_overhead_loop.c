@@ -1,8 +1,11 @@
 /*
  * Timing loop for bench/shim_overhead.py: the same driver-API calls with or without libvgpu.so
  * preloaded (the script decides). Prints, per round, nanoseconds per cuMemAlloc_v2+cuMemFree_v2
- * pair and per cuLaunchKernel:  "round <alloc_free_ns> <launch_ns>" (launch_ns is 0 when the
- * third argument is "alloc-only").
+ * pair, per cuLaunchKernel, and per step of a fixed CPU-only loop that calls nothing (the
+ * machine's speed at that moment, to tell a slow VM phase from a slow shim):
+ * "round <alloc_free_ns> <launch_ns> <calibration_ns>" (launch_ns is 0 when the third argument is
+ * "alloc-only"). With "startup" as the third argument it times only this
+ * process's first CUDA calls, cuInit + cuDevicePrimaryCtxRetain:  "startup <ns>".
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,17 +29,47 @@ static double now_ns(void)
     return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
+/* ns per step of a dependent integer chain: no memory traffic, no call, nothing the shim touches. */
+static double calibration_ns(void)
+{
+    volatile unsigned long long sink;
+    unsigned long long x = 88172645463325252ULL;
+    const long steps = 2000000;
+    double t0 = now_ns();
+    for (long i = 0; i < steps; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    sink = x;
+    (void)sink;
+    return (now_ns() - t0) / steps;
+}
+
 int main(int argc, char **argv)
 {
     long iters = argc > 1 ? atol(argv[1]) : 200000;
     int rounds = argc > 2 ? atoi(argv[2]) : 5;
     int launches = !(argc > 3 && strcmp(argv[3], "alloc-only") == 0);
     CUcontext ctx;
+    if (argc > 3 && strcmp(argv[3], "startup") == 0) {
+        /* Any real program has used malloc before its first CUDA call: do not time libc's first
+         * heap set-up as the shim's (dlopen inside the shim's init would otherwise pay it). */
+        free(malloc(4096));
+        double t0 = now_ns();
+        if (cuInit(0) || cuDevicePrimaryCtxRetain(&ctx, 0)) {
+            fprintf(stderr, "CUDA init failed\n");
+            return 1;
+        }
+        printf("startup %.0f\n", now_ns() - t0);
+        return 0;
+    }
     if (cuInit(0) || cuDevicePrimaryCtxRetain(&ctx, 0) || cuCtxSetCurrent(ctx)) {
         fprintf(stderr, "CUDA init failed\n");
         return 1;
     }
     for (int r = 0; r < rounds; r++) {
+        double calib = calibration_ns();
         double t0 = now_ns();
         for (long i = 0; i < iters; i++) {
             CUdeviceptr p;
@@ -52,7 +85,7 @@ int main(int argc, char **argv)
                 return 1;
             }
         double t2 = now_ns();
-        printf("round %.2f %.2f\n", (t1 - t0) / iters, launches ? (t2 - t1) / iters : 0.0);
+        printf("round %.2f %.2f %.3f\n", (t1 - t0) / iters, launches ? (t2 - t1) / iters : 0.0, calib);
     }
     return 0;
 }

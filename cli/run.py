@@ -16,7 +16,11 @@ unprivileged user namespaces); the mount point /var/run/vgpu-dra/claims must the
 Limits go to stderr at the start, final usage (peak, rejected allocations, throttled time) at the
 end; the exit status is the command's (128 + N when it died of signal N), 2 on bad input.
 SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to `run` are forwarded to the command; a Ctrl-C typed on
-the terminal reaches the command directly. The claim directory is removed at exit.
+the terminal reaches the command directly. The command runs in its own PID namespace: nothing it
+starts outlives it, and nothing outlives `run`, even when `run` is killed with SIGKILL. The claim
+directory is removed at exit; one left by a killed `run` is removed by the next, but never while
+any process still uses it (it holds the directory's owner lock, inherited by every process of the
+command, or a process slot in its region).
 """
 from __future__ import annotations
 
@@ -27,26 +31,25 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from vgpu_dra.api.names import CONTAINER_CLAIMS_ROOT
+from vgpu_dra.cli.run_claim import PrivateClaim, create_private_claim, remove_if_unused
+from vgpu_dra.cli.run_child import ChildStartError
+from vgpu_dra.cli.run_child import start as start_child
 from vgpu_dra.api.quantity import QuantityError, format_bytes, humanize_bytes, parse_bytes
-from vgpu_dra.driver.claimconfig import ClaimConfig, ClaimConfigError, GpuLimit, Policy, render
+from vgpu_dra.driver.claimconfig import ClaimConfigError, Policy
 from vgpu_dra.driver.inventory import GpuInfo, InventoryError, NodeInventory, discover
-from vgpu_dra.driver.region import RegionError, RegionSnapshot, create_region, read_region
+from vgpu_dra.driver.region import RegionError, RegionSnapshot, read_region
 from vgpu_dra.kubeletplugin.settings import DEFAULT_SHIM_SOURCE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKOUT_SHIM = REPO_ROOT / "shim" / "out" / "libvgpu.so"
 EXIT_BAD_INPUT = 2
-EXIT_CANNOT_START = 126  # as a shell answers for a command it found but could not run
 EXIT_NOT_FOUND = 127
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _SI_KERNEL = 0x80  # si_code of a signal the kernel raised (a terminal's Ctrl-C, Ctrl-\)
@@ -183,14 +186,23 @@ def enter_private_claims_root(source: Path, target: Path, uid: int, gid: int) ->
            f"bind-mounting the claim onto {target}")
 
 
+_CLONE_NEWPID = 0x20000000
+
+
 def probe_private_claims_root(source: Path, target: Path) -> str | None:
-    """Try :func:`enter_private_claims_root` in a throw-away child; None when it works, else why."""
+    """Try :func:`enter_private_claims_root` and a new PID namespace (with a process in it) in a
+    throw-away child; None when it works, else why."""
     reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: report and leave without running any Python clean-up
         os.close(reader)
         try:
             enter_private_claims_root(source, target, os.getuid(), os.getgid())
+            _check(_libc().unshare(_CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+            first = os.fork()  # PID 1 of the new namespace
+            if first == 0:
+                os._exit(0)
+            os.waitpid(first, 0)
             os.write(writer, b"ok")
         except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
             os.write(writer, str(exc).encode()[:4000])
@@ -205,8 +217,8 @@ def probe_private_claims_root(source: Path, target: Path) -> str | None:
 
 def _namespace_fix() -> str:
     if os.geteuid() == 0:
-        return ("this process may not create mount namespaces (a container without CAP_SYS_ADMIN, or a seccomp "
-                "profile refusing unshare): run it on the host, or give the container CAP_SYS_ADMIN")
+        return ("this process may not create mount and PID namespaces (a container without CAP_SYS_ADMIN, or a "
+                "seccomp profile refusing unshare): run it on the host, or give the container CAP_SYS_ADMIN")
     return ("run as root, or enable unprivileged user namespaces (user.max_user_namespaces > 0; Debian/Ubuntu: "
             "kernel.unprivileged_userns_clone=1; Ubuntu 24.04: kernel.apparmor_restrict_unprivileged_userns=0)")
 
@@ -234,71 +246,6 @@ def ensure_mount_point(target: Path) -> None:
 
 # --- running ----------------------------------------------------------------------------------------
 
-@dataclass
-class PrivateClaim:
-    """A claim directory that exists only for one run."""
-
-    base: Path
-    claims_root: Path
-    config: ClaimConfig
-
-    @property
-    def region(self) -> Path:
-        return self.claims_root / self.config.claim_uid / "region"
-
-
-_BASE_PREFIX = "vgpu-dra-run-"
-_OWNER_FILE = "owner.pid"
-
-
-def private_claims_parent() -> Path:
-    """Where runs keep their claim directories: /run for root (a tmpfs, gone at reboot), else the
-    temporary directory."""
-    return Path("/run") if os.geteuid() == 0 and os.access("/run", os.W_OK) else Path(tempfile.gettempdir())
-
-
-def remove_stale_claims(parent: Path) -> list[Path]:
-    """Remove what runs killed with SIGKILL left behind: our directories whose owner is gone.
-    A reused PID keeps a directory until that process ends too (never removes a live one)."""
-    removed = []
-    for base in parent.glob(f"{_BASE_PREFIX}*"):
-        try:
-            if base.stat().st_uid != os.geteuid():
-                continue
-            pid = int((base / _OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        try:
-            os.kill(pid, 0)
-            continue
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # alive, another user's process
-        shutil.rmtree(base, ignore_errors=True)
-        removed.append(base)
-    return removed
-
-
-def create_private_claim(gpus: Sequence[GpuInfo], request: RunRequest) -> PrivateClaim:
-    """Write config (read-only) and region, as the kubelet plugin does at Prepare."""
-    parent = private_claims_parent()
-    remove_stale_claims(parent)
-    base = Path(tempfile.mkdtemp(prefix=_BASE_PREFIX, dir=parent))
-    os.chmod(base, 0o755)
-    (base / _OWNER_FILE).write_text(f"{os.getpid()}\n")
-    config = ClaimConfig(
-        claim_uid=f"run-{socket.gethostname().split('.')[0][:40] or 'host'}-{uuid.uuid4().hex[:12]}",
-        gpus=tuple(GpuLimit(gpu.uuid, request.memory_bytes, request.cores, request.core_policy) for gpu in gpus))
-    claims_root = base / "claims"
-    directory = claims_root / config.claim_uid
-    directory.mkdir(parents=True)
-    (directory / "config").write_text(render(config))
-    os.chmod(directory / "config", 0o444)
-    create_region(directory / "region", config)
-    return PrivateClaim(base=base, claims_root=claims_root, config=config)
-
-
 def child_environment(shim: Path, gpus: Sequence[GpuInfo], base: dict[str, str] | None = None) -> dict[str, str]:
     """The command's environment: the shim first in LD_PRELOAD; CUDA_VISIBLE_DEVICES naming the
     claim's GPUs unless the caller chose already (other GPUs would refuse every allocation)."""
@@ -310,31 +257,30 @@ def child_environment(shim: Path, gpus: Sequence[GpuInfo], base: dict[str, str] 
 
 
 def _start_child(request: RunRequest, env: dict[str, str], claim: PrivateClaim,
-                 mask: set[signal.Signals]) -> subprocess.Popen[bytes]:
+                 mask: set[signal.Signals]) -> int:
     target = Path(CONTAINER_CLAIMS_ROOT)
     uid, gid = os.getuid(), os.getgid()
-
-    def in_child() -> None:
-        enter_private_claims_root(claim.claims_root, target, uid, gid)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-    return subprocess.Popen(list(request.argv), env=env, preexec_fn=in_child)  # noqa: PLW1509
+    os.set_inheritable(claim.lock_fd, True)  # the command's processes hold the owner lock too
+    return start_child(list(request.argv), env,
+                       lambda: enter_private_claims_root(claim.claims_root, target, uid, gid),
+                       mask, {*FORWARDED_SIGNALS, signal.SIGCHLD})
 
 
-def _wait_forwarding(child: subprocess.Popen[bytes]) -> int:
+def _wait_forwarding(child: int) -> int:
     """Wait for the child; forward signals sent to us by other processes (a terminal's Ctrl-C
-    already reached the child through the process group, so it is not sent twice)."""
+    already reached the command through the process group, so it is not sent twice). Returns
+    the child's status as subprocess does: the exit code, or -N when it died of signal N."""
     watched = {*FORWARDED_SIGNALS, signal.SIGCHLD}
     while True:
         info = signal.sigtimedwait(watched, 1.0)
-        code = child.poll()
-        if code is not None:
-            return code
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.waitstatus_to_exitcode(status)
         if info is None or info.si_signo == signal.SIGCHLD:
             continue
         if info.si_code != _SI_KERNEL:
             try:
-                os.kill(child.pid, info.si_signo)
+                os.kill(child, info.si_signo)
             except ProcessLookupError:
                 pass
 
@@ -362,7 +308,7 @@ def run(args: argparse.Namespace, err: TextIO | None = None) -> int:
             print(f"vgpu-dra run: error: {request.argv[0]}: command not found", file=err)
             return EXIT_NOT_FOUND
         ensure_mount_point(target)
-        claim = create_private_claim(gpus, request)
+        claim = create_private_claim(gpus, request.memory_bytes, request.cores, request.core_policy)
         problem = probe_private_claims_root(claim.claims_root, target)
         if problem is not None:
             raise RunError(f"cannot give the command a private {target} ({problem}): " + _namespace_fix())
@@ -371,12 +317,9 @@ def run(args: argparse.Namespace, err: TextIO | None = None) -> int:
         try:
             try:
                 child = _start_child(request, env, claim, original_mask)
-            except FileNotFoundError:
-                print(f"vgpu-dra run: error: {request.argv[0]}: command not found", file=err)
-                return EXIT_NOT_FOUND
-            except (PermissionError, subprocess.SubprocessError) as exc:
-                print(f"vgpu-dra run: error: cannot start {request.argv[0]}: {exc}", file=err)
-                return EXIT_CANNOT_START
+            except ChildStartError as exc:
+                print(f"vgpu-dra run: error: {exc}", file=err)
+                return exc.exit_status
             code = _wait_forwarding(child)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, original_mask)
@@ -388,7 +331,8 @@ def run(args: argparse.Namespace, err: TextIO | None = None) -> int:
         return EXIT_BAD_INPUT
     finally:
         if claim is not None:
-            shutil.rmtree(claim.base, ignore_errors=True)
+            os.close(claim.lock_fd)
+            remove_if_unused(claim.base)
 
 
 # --- reports -----------------------------------------------------------------------------------------

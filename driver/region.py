@@ -73,6 +73,20 @@ POLICY_HARD: int = _lib.VGPU_POLICY_HARD
 LIM_GATE: int = _lib.VGPU_LIM_GATE
 LIM_VCLOCK: int = _lib.VGPU_LIM_VCLOCK
 REGION_SIZE: int = ffi.sizeof("struct vgpu_region")
+# VGPU_ERRCALL_* of the header: which driver/NVML call failed on a limit path (docs/shim.md).
+ERROR_CALLS: dict[int, str] = {
+    _lib.VGPU_ERRCALL_CAPTURE_QUERY: "cuStreamIsCapturing",
+    _lib.VGPU_ERRCALL_LAUNCH_DEVICE: "cuCtxGetDevice/cuDeviceGetUuid at a launch",
+    _lib.VGPU_ERRCALL_EVENT_RECORD: "cuEventCreate/cuEventRecord",
+    _lib.VGPU_ERRCALL_EVENT_READ: "cuEventQuery/cuEventElapsedTime",
+    _lib.VGPU_ERRCALL_NO_EVENTS: "the driver's event API (missing)",
+    _lib.VGPU_ERRCALL_NVML_UTIL: "nvmlDeviceGetUtilizationRates",
+    _lib.VGPU_ERRCALL_ARRAY_REQ: "cuArrayGetMemoryRequirements",
+    _lib.VGPU_ERRCALL_MIPMAP_REQ: "cuMipmappedArrayGetMemoryRequirements",
+    _lib.VGPU_ERRCALL_CONTEXT: "context footprint measurement (cuMemGetInfo/NVML)",
+    _lib.VGPU_ERRCALL_MONITOR: "the SM cap's monitor thread (pthread_create)",
+    _lib.VGPU_ERRCALL_UNDO: "undoing an allocation past the wall (cuMemFree/cuArrayDestroy/...)",
+}
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,11 @@ class GpuUsage:
     throttled_ns: int  # total time the claim's launches were held back by the cap
     launches_delayed: int  # launches that had to wait at least once
     core_cap_enforced: bool  # the cap is holding launches back now (hard: always once running)
+    # Driver/NVML calls that failed where their answer decides a limit; the limit held anyway
+    # (docs/shim.md, "When the driver fails"). The last one's call and error code.
+    limit_errors: int = 0
+    limit_error_call: str = ""
+    limit_error_code: int = 0
 
     @property
     def measured_share_percent(self) -> float:
@@ -114,6 +133,7 @@ class ProcessSlot:
     pid: int
     alive: bool
     used_bytes: dict[str, int]
+    host_pid: int = 0  # the PID NVML reports for it (the host's), 0 until the shim learned it
 
 
 @dataclass(frozen=True)
@@ -255,6 +275,7 @@ def read_region(path: str | os.PathLike[str]) -> RegionSnapshot:
                     pid=int(slot.pid),
                     alive=_slot_locked_by_other(fd, index),
                     used_bytes={uuids[g]: int(slot.used[g]) for g in range(gpu_count)},
+                    host_pid=max(0, int(slot.host_pid)),
                 )
             )
         dead = [sum(p.used_bytes[uuids[g]] for p in processes if not p.alive) for g in range(gpu_count)]
@@ -283,4 +304,7 @@ def _gpu_usage(entry: Any, uuid: str, dead_bytes: int, running: bool) -> GpuUsag
         throttled_ns=int(entry.throttled_ns),
         launches_delayed=int(entry.launches_delayed),
         core_cap_enforced=running and 0 < int(entry.core_cap) < 100 and int(entry.limiter_state[LIM_GATE]) != 0,
+        limit_errors=max(0, int(entry.limit_errors)),
+        limit_error_call=ERROR_CALLS.get(int(entry.limit_error_call), ""),
+        limit_error_code=int(entry.limit_error_code),
     )

@@ -101,6 +101,8 @@ class NodeMetrics(Collector):
             registry=self.registry)
         self.registry.register(self)
         self._server: Any = None
+        # (claim uid, GPU uuid) whose fail-safe errors were already logged: one line each.
+        self._errors_logged: set[tuple[str, str]] = set()
 
     # ---- PrepareObserver -----------------------------------------------------------------------
     def prepare_done(self, seconds: float, claims: int) -> None:
@@ -137,6 +139,9 @@ class NodeMetrics(Collector):
                       "A claim's measured share of a GPU's time (smoothed over about 0.2 s)")
         enforced = gauge("vgpu_dra_claim_core_cap_enforced",
                          "1 while the SM cap is holding the claim back (soft caps only when others want the GPU)")
+        errors = CounterMetricFamily("vgpu_dra_claim_limit_errors",
+                                     "Driver/NVML calls that failed where they decide a limit; the limit held anyway",
+                                     labels=CLAIM_LABELS)
         per_gpu_claims: dict[str, set[str]] = {}
         per_gpu_memory: dict[str, int] = {}
         per_gpu_cores: dict[str, int] = {}
@@ -164,9 +169,12 @@ class NodeMetrics(Collector):
                 delayed.add_metric(labels, usage.launches_delayed if usage else 0)
                 share.add_metric(labels, usage.measured_share_percent if usage else 0.0)
                 enforced.add_metric(labels, 1 if usage and usage.core_cap_enforced else 0)
+                errors.add_metric(labels, usage.limit_errors if usage else 0)
+                if usage and usage.limit_errors:
+                    self._log_limit_errors(claim, uid, usage)
                 alive = sum(1 for p in snapshot.processes if p.alive) if snapshot else 0
                 procs.add_metric(labels, alive)
-        yield from (limit, cores, used, peak, procs, rejected, throttled, delayed, share, enforced)
+        yield from (limit, cores, used, peak, procs, rejected, throttled, delayed, share, enforced, errors)
         yield from self._gpu_families(per_gpu_claims, per_gpu_memory, per_gpu_cores, devices_by_uuid)
         prepared = GaugeMetricFamily("vgpu_dra_prepared_claims", "Claims prepared on this node", labels=["node"])
         prepared.add_metric([self.node_name], len(claims))
@@ -201,6 +209,16 @@ class NodeMetrics(Collector):
             allocated.add_metric(labels, memory.get(uuid, 0))
             cores_allocated.add_metric(labels, cores.get(uuid, 0))
         yield from (sharing, allocated, cores_allocated, used, total, utilization)
+
+    def _log_limit_errors(self, claim: PreparedClaim, uid: str, usage: Any) -> None:
+        """One line per claim and GPU the first time its shim reports fail-safe errors."""
+        key = (uid, usage.uuid)
+        if key in self._errors_logged:
+            return
+        self._errors_logged.add(key)
+        log.warning("a driver call failed where it decides a limit; the shim applied the limit anyway",
+                    namespace=claim.namespace, claim=claim.name, gpu=usage.uuid, errors=usage.limit_errors,
+                    call=usage.limit_error_call, code=usage.limit_error_code)
 
     def _region(self, uid: str) -> RegionSnapshot | None:
         try:

@@ -40,6 +40,22 @@
 #define VGPU_PROC_FREE 0
 #define VGPU_PROC_LIVE 1
 
+/*
+ * vgpu_gpu.limit_error_call: which driver or NVML call failed where its answer decides whether
+ * or how a limit applies (docs/shim.md, "When the driver fails"). The limit was applied anyway.
+ */
+#define VGPU_ERRCALL_CAPTURE_QUERY 1   /* cuStreamIsCapturing: launch held and timed as not captured */
+#define VGPU_ERRCALL_LAUNCH_DEVICE 2   /* cuCtxGetDevice/cuDeviceGetUuid at a launch: strictest cap applied */
+#define VGPU_ERRCALL_EVENT_RECORD 3    /* cuCtxGetCurrent/cuEventCreate/cuEventRecord: launch untimed */
+#define VGPU_ERRCALL_EVENT_READ 4      /* cuEventQuery/cuEventElapsedTime: launch's time unknown */
+#define VGPU_ERRCALL_NO_EVENTS 5       /* the driver lacks the event API: launches untimed */
+#define VGPU_ERRCALL_NVML_UTIL 6       /* NVML device utilization unreadable: soft acts as hard */
+#define VGPU_ERRCALL_ARRAY_REQ 7       /* cuArrayGetMemoryRequirements: upper bound charged */
+#define VGPU_ERRCALL_MIPMAP_REQ 8      /* cuMipmappedArrayGetMemoryRequirements: upper bound charged */
+#define VGPU_ERRCALL_CONTEXT 9         /* context footprint unmeasurable (cuMemGetInfo/NVML) */
+#define VGPU_ERRCALL_MONITOR 10        /* the limiter's monitor thread could not start */
+#define VGPU_ERRCALL_UNDO 11           /* undoing an allocation or context past the wall failed: charge kept */
+
 /* vgpu_gpu.core_policy */
 #define VGPU_POLICY_SOFT 0
 #define VGPU_POLICY_HARD 1
@@ -83,7 +99,13 @@ struct vgpu_gpu {
     int64_t throttled_ns;          /* total time launches were held back, all processes */
     int64_t launches_delayed;      /* launches that waited at least once */
     int64_t limiter_state[VGPU_LIMITER_WORDS]; /* VGPU_LIM_* above */
-    int64_t spare[8];
+    /* Fail-safe: calls that failed where their answer decides a limit (VGPU_ERRCALL_*), all
+     * processes; the limit held anyway. The last failure's call and its CUresult/nvmlReturn_t. */
+    int64_t limit_errors;
+    int32_t limit_error_call;
+    int32_t limit_error_code;
+    int64_t context_measurements;  /* processes that measured the context footprint (context_bytes) */
+    int64_t spare[5];
 };
 
 /* One per process of the claim; owned by whoever holds its slot lock. Never compacted. */
@@ -92,7 +114,12 @@ struct vgpu_proc {
     int32_t pid;                   /* PID in the process's own namespace (display only) */
     uint64_t generation;           /* bumped on every claim of the slot */
     int64_t used[VGPU_MAX_GPUS];   /* bytes this process holds, indexed like vgpu_region.gpus */
-    int64_t spare[4];
+    /* Learned once by the process (docs/shim.md, "Process lists"): its PID as NVML reports it
+     * (the host's, in a container), 0 until known; and the inode of its own PID namespace. */
+    int32_t host_pid;
+    int32_t host_pid_pad;
+    uint64_t pid_ns;
+    int64_t spare[2];
 };
 
 struct vgpu_region {
@@ -103,7 +130,8 @@ struct vgpu_region {
     uint32_t proc_high_water;      /* slots [0, proc_high_water) have ever been claimed */
     char claim_uid[VGPU_CLAIM_LEN];
     uint64_t attach_count;         /* process attaches over the region's life */
-    int64_t spare[7];
+    int64_t dead_refunded_bytes;   /* bytes refunded from slots of processes that died, ever */
+    int64_t spare[6];
     struct vgpu_gpu gpus[VGPU_MAX_GPUS];
     struct vgpu_proc procs[VGPU_MAX_PROCS];
 };

@@ -4,6 +4,8 @@
  * so "010", "2Gi" or "-1" can never be misread as a limit.
  */
 #include <dirent.h>
+#include <stdint.h>
+#include <sys/syscall.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -332,49 +334,90 @@ static void sort_by_claim_uid(struct vgpu_claim_set *set)
     }
 }
 
+/* Is root/name a directory (following a symbolic link)? d_type answers without a syscall on
+ * the usual file systems; DT_LNK and DT_UNKNOWN ask the kernel. */
+static int is_directory(const char *root, const char *name, unsigned char type)
+{
+    char path[600];
+    int fd;
+    if (type == DT_DIR)
+        return 1;
+    if (type != DT_LNK && type != DT_UNKNOWN)
+        return 0;
+    snprintf(path, sizeof(path), "%s/%s", root, name);
+    fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    close(fd);
+    return 1;
+}
+
+struct linux_dirent64 {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+/*
+ * Reads the claims root with getdents64 into a stack buffer rather than opendir: this runs in the
+ * first CUDA call of every process, and opendir's 32 KiB allocation costs page faults there.
+ * `out` is zero-filled by the caller (it is only ever the loader's static set, read once).
+ */
 enum vgpu_claims_status vgpu_claims_load(const char *root, struct vgpu_claim_set *out, char *err, unsigned err_len)
 {
     static char text[CONFIG_MAX_BYTES]; /* only used under vgpu_init's once-guard */
-    DIR *dir = opendir(root);
-    struct dirent *entry;
-    memset(out, 0, sizeof(*out));
-    if (!dir) {
+    char buf[4096] __attribute__((aligned(8)));
+    int dir = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    out->count = 0;
+    if (dir < 0) {
         if (errno == ENOENT || errno == ENOTDIR)
             return VGPU_CLAIMS_NONE;
         fail(err, err_len, "cannot read claims directory %s: %s", root, strerror(errno));
         return VGPU_CLAIMS_INVALID;
     }
-    while ((entry = readdir(dir)) != NULL) {
-        char path[600];
-        int fd, saved;
-        if (entry->d_name[0] == '.')
+    for (;;) {
+        long n = syscall(SYS_getdents64, dir, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
             continue;
-        snprintf(path, sizeof(path), "%s/%s", root, entry->d_name);
-        fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0)
-            continue; /* not a claim directory */
-        close(fd);
-        if (out->count == VGPU_MAX_CLAIMS) {
-            closedir(dir);
-            fail(err, err_len, "more than %d claim directories in %s", VGPU_MAX_CLAIMS, root);
+        if (n < 0) {
+            int saved = errno;
+            close(dir);
+            fail(err, err_len, "cannot read claims directory %s: %s", root, strerror(saved));
             return VGPU_CLAIMS_INVALID;
         }
-        snprintf(out->dirs[out->count], sizeof(out->dirs[0]), "%s", path);
-        snprintf(path, sizeof(path), "%s/%s/config", root, entry->d_name);
-        if (read_small_file(path, text, sizeof(text), &saved) != 0) {
-            closedir(dir);
-            fail(err, err_len, "cannot read claim config %s: %s", path, strerror(saved));
-            return VGPU_CLAIMS_INVALID;
+        if (n == 0)
+            break;
+        for (long at = 0; at < n;) {
+            const struct linux_dirent64 *entry = (const struct linux_dirent64 *)(buf + at);
+            char path[600];
+            int saved;
+            at += entry->d_reclen;
+            if (entry->d_name[0] == '.' || !is_directory(root, entry->d_name, entry->d_type))
+                continue; /* not a claim directory */
+            if (out->count == VGPU_MAX_CLAIMS) {
+                close(dir);
+                fail(err, err_len, "more than %d claim directories in %s", VGPU_MAX_CLAIMS, root);
+                return VGPU_CLAIMS_INVALID;
+            }
+            snprintf(out->dirs[out->count], sizeof(out->dirs[0]), "%s/%s", root, entry->d_name);
+            snprintf(path, sizeof(path), "%s/%s/config", root, entry->d_name);
+            if (read_small_file(path, text, sizeof(text), &saved) != 0) {
+                close(dir);
+                fail(err, err_len, "cannot read claim config %s: %s", path, strerror(saved));
+                return VGPU_CLAIMS_INVALID;
+            }
+            char why[256];
+            if (vgpu_config_parse(text, &out->claims[out->count], why, sizeof(why)) != 0) {
+                close(dir);
+                fail(err, err_len, "invalid claim config %s: %s", path, why);
+                return VGPU_CLAIMS_INVALID;
+            }
+            out->count++;
         }
-        char why[256];
-        if (vgpu_config_parse(text, &out->claims[out->count], why, sizeof(why)) != 0) {
-            closedir(dir);
-            fail(err, err_len, "invalid claim config %s: %s", path, why);
-            return VGPU_CLAIMS_INVALID;
-        }
-        out->count++;
     }
-    closedir(dir);
+    close(dir);
     if (out->count == 0)
         return VGPU_CLAIMS_NONE;
     sort_by_claim_uid(out);

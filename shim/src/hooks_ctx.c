@@ -1,14 +1,17 @@
 /*
  * cuInit and context creation. A context occupies device memory of its own (hundreds of MiB on
- * real GPUs); the first context this process creates on a device is measured and charged to the
- * claim like an allocation: the drop of device-wide free memory across the creating call, read
- * through the driver (cuMemGetInfo) when a context on that device is already current, else through
- * NVML. Without a baseline, or when the drop is implausibly large for a context (another
- * tenant allocated meanwhile), nothing is charged (docs/shim.md). A context that does not fit under the
- * wall is undone and the call answers CUDA_ERROR_OUT_OF_MEMORY, as the driver would.
- * The charge stays until the process ends (its slot is refunded then).
+ * real GPUs); the first context this process creates on a device is charged to the claim like an
+ * allocation. Its footprint is measured once per claim and GPU, by the claim's first process
+ * there (see struct ctx_measure), kept in the region (context_bytes, context_measurements), and
+ * every later process of the claim is charged it without measuring, which keeps NVML out of its
+ * start-up. When it cannot be measured (no NVML and no current context, or another process
+ * starting on the GPU at the same moment) nothing is charged, the fail-safe counter says so, and
+ * the next context measures again (docs/shim.md). A context that does not fit under the wall is
+ * undone and the call answers CUDA_ERROR_OUT_OF_MEMORY, as the driver would. The charge stays
+ * until the process ends (its slot is refunded then).
  */
 #include <dlfcn.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "glibc_compat.h"
@@ -20,37 +23,7 @@ VGPU_EXPORT CUresult cuInit(unsigned int flags)
     return vgpu_real.cuInit(flags);
 }
 
-/* ---- device-wide used memory through NVML (only when no context is current) ---------------- */
-
-typedef struct {
-    unsigned long long total, free, used;
-} nvml_memory;
-typedef int (*nvml_init_fn)(void);
-typedef int (*nvml_by_uuid_fn)(const char *, void **);
-typedef int (*nvml_meminfo_fn)(void *, nvml_memory *);
-
-static int64_t nvml_used(const char *uuid)
-{
-    void *h = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_NODELETE);
-    nvml_init_fn init, shutdown;
-    nvml_by_uuid_fn by_uuid;
-    nvml_meminfo_fn meminfo;
-    void *dev = NULL;
-    nvml_memory mem;
-    int64_t used = -1;
-    if (!h)
-        return -1;
-    init = (nvml_init_fn)vgpu_real_dlsym(h, "nvmlInit_v2");
-    shutdown = (nvml_init_fn)vgpu_real_dlsym(h, "nvmlShutdown");
-    by_uuid = (nvml_by_uuid_fn)vgpu_real_dlsym(h, "nvmlDeviceGetHandleByUUID");
-    meminfo = (nvml_meminfo_fn)vgpu_real_dlsym(h, "nvmlDeviceGetMemoryInfo");
-    if (!init || !shutdown || !by_uuid || !meminfo || init() != 0)
-        return -1;
-    if (by_uuid(uuid, &dev) == 0 && meminfo(dev, &mem) == 0)
-        used = (int64_t)mem.used;
-    shutdown();
-    return used;
-}
+/* ---- what a context takes ------------------------------------------------------------------ */
 
 /* Device-wide used bytes as the driver sees them, if a context on dev is current. */
 static int64_t cuda_used(CUdevice dev)
@@ -67,17 +40,6 @@ static int64_t cuda_used(CUdevice dev)
     return (int64_t)(t - f);
 }
 
-static int64_t used_now(CUdevice dev, const struct vgpu_account *a, int *via_cuda)
-{
-    int64_t u = cuda_used(dev);
-    if (u >= 0) {
-        *via_cuda = 1;
-        return u;
-    }
-    *via_cuda = 0;
-    return nvml_used(a->gpu->uuid);
-}
-
 /* Contexts take hundreds of MiB on real GPUs; a larger drop was caused by someone else. */
 #define VGPU_CONTEXT_MAX_BYTES (2LL << 30)
 
@@ -90,14 +52,51 @@ void vgpu_contexts_forget(void)
     memset(g_ctx_charged, 0, sizeof(g_ctx_charged));
 }
 
+/*
+ * How a first context is measured, when the claim has no earlier measurement:
+ *   NVML  no context of the device is current: NVML's process list before and after the call;
+ *         the one PID that appeared is this process, its usage the context (and its PID the
+ *         host PID, learned on the way). Two newcomers at once: not measured this time.
+ *   CUDA  a context of the device is current (the first charged context is not the process's
+ *         first): the drop of device-wide free memory (cuMemGetInfo) across the call, less
+ *         what the claims' other processes admitted meanwhile.
+ */
 struct ctx_measure {
     struct vgpu_account *acct;
     CUdevice dev;
-    int64_t before;
-    int via_cuda;
+    int64_t known;   /* the claim's earlier measurement, charged as is; -1 when measuring now */
+    int64_t before;  /* CUDA: device-wide used before the call; -1 when not measuring that way */
+    int64_t claims_before; /* CUDA: what the GPU's claims (of this process) accounted for then */
+    struct vgpu_nvml_snapshot *listed; /* NVML: the process list before the call */
 };
 
-/* Before a context-creating call: 1 when this call should be measured. */
+/* Bytes the GPU's claims (of this process) account for, every process of them, plus what was ever
+ * refunded from dead processes' slots: its change across a context creation is what the claims'
+ * live processes allocated or freed meanwhile (a dead process's bytes left the driver's count
+ * when it died, but leave the claim's only when its slot is refunded). */
+static int64_t claims_used(const struct vgpu_account *head)
+{
+    int64_t limit, used;
+    vgpu_chain_totals(head, &limit, &used);
+    for (const struct vgpu_account *a = head; a; a = a->next)
+        used += __atomic_load_n(&a->region->map->dead_refunded_bytes, __ATOMIC_RELAXED);
+    return used;
+}
+
+/* The footprint an earlier process of one of the GPU's claims measured, or -1. Read from the
+ * region: a tenant that rewrites it under-charges only its own claim's contexts. */
+static int64_t measured_before(const struct vgpu_account *head)
+{
+    for (const struct vgpu_account *a = head; a; a = a->next) {
+        int64_t bytes = __atomic_load_n(&a->gpu->context_bytes, __ATOMIC_RELAXED);
+        if (__atomic_load_n(&a->gpu->context_measurements, __ATOMIC_ACQUIRE) > 0 && bytes > 0 &&
+            bytes <= VGPU_CONTEXT_MAX_BYTES)
+            return bytes;
+    }
+    return -1;
+}
+
+/* Before a context-creating call: 1 when this call should be charged. */
 static int measure_begin(CUdevice dev, struct ctx_measure *m)
 {
     CUresult err = CUDA_SUCCESS;
@@ -109,62 +108,110 @@ static int measure_begin(CUdevice dev, struct ctx_measure *m)
         return 0;
     m->acct = vgpu_account_for_device(dev, &err);
     m->dev = dev;
+    m->before = -1;
+    m->listed = NULL;
     if (!m->acct) {
         __atomic_store_n(&g_ctx_charged[dev], 0, __ATOMIC_RELEASE);
         return 0;
     }
-    m->before = used_now(dev, m->acct, &m->via_cuda);
+    m->known = measured_before(m->acct);
+    if (m->known >= 0)
+        return 1;
+    m->claims_before = claims_used(m->acct);
+    m->before = cuda_used(dev);
+    if (m->before < 0) {
+        char uuid[VGPU_UUID_LEN];
+        memcpy(uuid, m->acct->gpu->uuid, sizeof(uuid));
+        uuid[sizeof(uuid) - 1] = '\0';
+        m->listed = vgpu_nvml_snapshot(uuid);
+    }
     return 1;
 }
 
-/* After it: charge the growth. 0, or -1 when the context does not fit under the wall. */
+/* What the creating call took; -1 when it cannot be told this time. */
+static int64_t measure_now(struct ctx_measure *m, CUcontext ctx)
+{
+    if (m->listed) {
+        char uuid[VGPU_UUID_LEN];
+        unsigned int pid = 0;
+        int64_t used = -1;
+        memcpy(uuid, m->acct->gpu->uuid, sizeof(uuid));
+        uuid[sizeof(uuid) - 1] = '\0';
+        struct vgpu_nvml_snapshot *after = vgpu_nvml_snapshot(uuid);
+        int one = after && vgpu_nvml_newcomer(m->listed, after, &pid, &used);
+        free(after);
+        if (!one) {
+            /* Another process started on the GPU at the same moment (or NVML failed). */
+            vgpu_limit_error(m->acct->gpu, VGPU_ERRCALL_CONTEXT, CUDA_ERROR_NOT_READY);
+            return -1;
+        }
+        vgpu_hostpid_record(pid);
+        return used;
+    }
+    if (m->before < 0) {
+        vgpu_limit_error(m->acct->gpu, VGPU_ERRCALL_CONTEXT, CUDA_ERROR_NOT_FOUND);
+        return -1; /* neither a current context nor NVML to measure with */
+    }
+    /* Same source after as before: the new context may not be current (primary retain). */
+    int pushed = ctx && vgpu_helper.cuCtxPushCurrent_v2 && vgpu_helper.cuCtxPushCurrent_v2(ctx) == CUDA_SUCCESS;
+    int64_t after = cuda_used(m->dev);
+    if (pushed) {
+        CUcontext popped;
+        vgpu_helper.cuCtxPopCurrent_v2(&popped);
+    }
+    if (after < 0) {
+        vgpu_limit_error(m->acct->gpu, VGPU_ERRCALL_CONTEXT, CUDA_ERROR_NOT_FOUND);
+        return -1;
+    }
+    /* Other processes of the claim allocated (or freed) meanwhile: their bytes are not the
+     * context's. */
+    return after - m->before - (claims_used(m->acct) - m->claims_before);
+}
+
+/* After it: charge the footprint. 0, or -1 when the context does not fit under the wall. */
 static int measure_end(struct ctx_measure *m, CUresult rc, CUcontext ctx)
 {
-    int64_t after = -1;
-    if (rc != CUDA_SUCCESS || m->before < 0) {
+    int64_t footprint = rc != CUDA_SUCCESS ? -1 : m->known >= 0 ? m->known : measure_now(m, ctx);
+    free(m->listed);
+    if (rc != CUDA_SUCCESS || footprint < 0 || footprint > VGPU_CONTEXT_MAX_BYTES) {
+        /* Failed, not measurable this time, or implausible (another tenant allocated meanwhile):
+         * the next context of this process on the device tries again. */
         __atomic_store_n(&g_ctx_charged[m->dev], 0, __ATOMIC_RELEASE);
         return 0;
     }
-    if (m->via_cuda) {
-        /* Same source after as before: the new context may not be current (primary retain). */
-        int pushed = ctx && vgpu_helper.cuCtxPushCurrent_v2 && vgpu_helper.cuCtxPushCurrent_v2(ctx) == CUDA_SUCCESS;
-        after = cuda_used(m->dev);
-        if (pushed) {
-            CUcontext popped;
-            vgpu_helper.cuCtxPopCurrent_v2(&popped);
-        }
-    } else {
-        after = nvml_used(m->acct->gpu->uuid);
-    }
-    if (after <= m->before)
-        return 0;
-    int64_t footprint = after - m->before;
-    if (footprint > VGPU_CONTEXT_MAX_BYTES) {
-        /* Another tenant allocated during the creation: the delta is not ours. Measure again at
-         * this process's next context on the device rather than charge someone else's bytes. */
-        __atomic_store_n(&g_ctx_charged[m->dev], 0, __ATOMIC_RELEASE);
-        return 0;
-    }
+    if (footprint == 0)
+        return 0; /* nothing to charge (and a zero is not kept for reuse) */
     /* A GPU in several claims: the footprint goes whole to the first claim (uid order) it fits in. */
     struct vgpu_account *charged = vgpu_admit_chain(m->acct, footprint);
     if (!charged) {
         __atomic_store_n(&g_ctx_charged[m->dev], 0, __ATOMIC_RELEASE);
         return -1;
     }
-    __atomic_store_n(&charged->gpu->context_bytes, footprint, __ATOMIC_RELAXED);
+    if (m->known < 0) {
+        __atomic_store_n(&charged->gpu->context_bytes, footprint, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&charged->gpu->context_measurements, 1, __ATOMIC_RELEASE);
+    }
     return 0;
 }
 
+/* Undo a context that does not fit; if the driver will not, its memory stays uncharged (it does
+ * not fit): the failure is counted. */
 static CUresult refuse_context(CUcontext ctx, int primary, CUdevice dev)
 {
+    CUresult rc = CUDA_ERROR_NOT_FOUND;
     if (primary) {
         CUresult (*release)(CUdevice) = (CUresult(*)(CUdevice))vgpu_real_dlsym(vgpu_libcuda, "cuDevicePrimaryCtxRelease_v2");
         if (release)
-            release(dev);
+            rc = release(dev);
     } else {
         CUresult (*destroy)(CUcontext) = (CUresult(*)(CUcontext))vgpu_real_dlsym(vgpu_libcuda, "cuCtxDestroy_v2");
         if (destroy)
-            destroy(ctx);
+            rc = destroy(ctx);
+    }
+    if (rc != CUDA_SUCCESS) {
+        CUresult err = CUDA_SUCCESS;
+        struct vgpu_account *a = vgpu_account_for_device(dev, &err);
+        vgpu_limit_error(a ? a->gpu : NULL, VGPU_ERRCALL_UNDO, rc);
     }
     return CUDA_ERROR_OUT_OF_MEMORY;
 }

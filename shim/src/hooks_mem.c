@@ -2,59 +2,16 @@
  * The memory wall: every entry point that creates device memory reserves its bytes first (CAS
  * under the claim's limit), then calls the driver, then commits (remembers pointer -> bytes) or
  * rolls back. Every free refunds exactly what was charged. Where the size is only known after the
- * driver answered (pitch, arrays), the reservation is an estimate corrected right after the call,
+ * driver answered (pitch; arrays: hooks_array.c), the reservation is an estimate corrected right after the call,
  * and an allocation that would cross the wall after correction is undone. A GPU in several claims
  * charges each allocation whole to one of them (vgpu_admit_chain); the pointer map remembers which,
  * and the correction and the free go to that same claim.
  */
 #include <string.h>
 
-#include "vgpu_internal.h"
-
-static int64_t clamp_bytes(unsigned long long n)
-{
-    return n > (unsigned long long)INT64_MAX ? INT64_MAX : (int64_t)n;
-}
-
-/* Correct a reservation from `estimate` to `actual`. 0 on success; -1 when the extra bytes do not
- * fit (the estimate stays reserved in *charged, the caller undoes the allocation and refunds it).
- * On a GPU in several claims an allocation whose extra bytes do not fit in the claim charged
- * moves whole to the first claim with room for all of it (*charged is updated): never split. */
-static int settle(struct vgpu_account **charged, int64_t estimate, int64_t actual)
-{
-    struct vgpu_account *a = *charged, *moved;
-    if (actual <= estimate) {
-        vgpu_refund(a, estimate - actual);
-        return 0;
-    }
-    if (VGPU_LIKELY(!a->head->next))
-        return vgpu_admit(a, actual - estimate) ? 0 : -1;
-    if (vgpu_admit_quiet(a, actual - estimate))
-        return 0;
-    moved = vgpu_admit_chain(a->head, actual);
-    if (!moved)
-        return -1;
-    vgpu_refund(a, estimate);
-    *charged = moved;
-    return 0;
-}
+#include "mem_charge.h"
 
 /* ---- linear allocations ---------------------------------------------------------------------- */
-
-/* Reserve `bytes` on the current context's GPU in the first claim with room, declaring `acct`;
- * `devp` (NULL or a CUdevice *) receives that GPU. Returns from the hook when nothing is admitted. */
-#define CHARGE_ON(acct, devp, bytes)                                                                  \
-    struct vgpu_account *acct;                                                                        \
-    do {                                                                                              \
-        CUresult charge_err_ = CUDA_SUCCESS;                                                          \
-        struct vgpu_account *head_ = vgpu_account_current((devp), &charge_err_);                      \
-        if (!head_)                                                                                   \
-            return charge_err_;                                                                       \
-        acct = vgpu_admit_chain(head_, (bytes));                                                      \
-        if (!acct)                                                                                    \
-            return CUDA_ERROR_OUT_OF_MEMORY;                                                          \
-    } while (0)
-#define CHARGE_CURRENT(acct, bytes) CHARGE_ON(acct, NULL, bytes)
 
 VGPU_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
 {
@@ -63,7 +20,7 @@ VGPU_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
         return vgpu_real.cuMemAlloc_v2(dptr, bytesize);
     int64_t bytes = clamp_bytes(bytesize);
     CHARGE_CURRENT(a, bytes);
-    CUresult rc = vgpu_real.cuMemAlloc_v2(dptr, bytesize);
+    CUresult rc = VGPU_WATCHED_CALL(a, bytes, vgpu_real.cuMemAlloc_v2(dptr, bytesize));
     if (rc != CUDA_SUCCESS) {
         vgpu_refund(a, bytes);
         return rc;
@@ -79,7 +36,7 @@ VGPU_EXPORT CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize)
         return vgpu_real.cuMemAlloc(dptr, bytesize);
     int64_t bytes = bytesize;
     CHARGE_CURRENT(a, bytes);
-    CUresult rc = vgpu_real.cuMemAlloc(dptr, bytesize);
+    CUresult rc = VGPU_WATCHED_CALL(a, bytes, vgpu_real.cuMemAlloc(dptr, bytesize));
     if (rc != CUDA_SUCCESS) {
         vgpu_refund(a, bytes);
         return rc;
@@ -131,8 +88,7 @@ VGPU_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t
                          ? INT64_MAX
                          : clamp_bytes(actual_u);
     if (settle(&a, estimate, actual) != 0) {
-        vgpu_real.cuMemFree_v2(*dptr);
-        vgpu_refund(a, estimate);
+        UNDO(a, estimate, vgpu_real.cuMemFree_v2(*dptr));
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     vgpu_ptrmap_put(VGPU_PTR_DEVICE, *dptr, actual, a);
@@ -154,30 +110,12 @@ VGPU_EXPORT CUresult cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pitch, 
     }
     int64_t actual = (int64_t)*pitch * (int64_t)h;
     if (settle(&a, estimate, actual) != 0) {
-        vgpu_real.cuMemFree(*dptr);
-        vgpu_refund(a, estimate);
+        UNDO(a, estimate, vgpu_real.cuMemFree(*dptr));
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     vgpu_ptrmap_put(VGPU_PTR_DEVICE, *dptr, actual, a);
     return CUDA_SUCCESS;
 }
-
-/* Frees: forget first (another thread may get the same address right after the driver frees it),
- * put back if the driver refuses. Unknown pointers are always forwarded. */
-#define FREE_BODY(kind, key, call)                                                                    \
-    do {                                                                                              \
-        int64_t bytes_ = 0;                                                                           \
-        struct vgpu_account *acct_ = NULL;                                                            \
-        int known_ = vgpu_ptrmap_take((kind), (uint64_t)(key), &bytes_, &acct_);                      \
-        CUresult rc_ = (call);                                                                        \
-        if (known_) {                                                                                 \
-            if (rc_ == CUDA_SUCCESS)                                                                  \
-                vgpu_refund(acct_, bytes_);                                                           \
-            else                                                                                      \
-                vgpu_ptrmap_put((kind), (uint64_t)(key), bytes_, acct_);                              \
-        }                                                                                             \
-        return rc_;                                                                                   \
-    } while (0)
 
 VGPU_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
 {
@@ -341,7 +279,7 @@ VGPU_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t size, c
     struct vgpu_account *a = vgpu_admit_chain(head, bytes);
     if (!a)
         return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult rc = vgpu_real.cuMemCreate(h, size, prop, flags);
+    CUresult rc = VGPU_WATCHED_CALL(a, bytes, vgpu_real.cuMemCreate(h, size, prop, flags));
     if (rc != CUDA_SUCCESS) {
         vgpu_refund(a, bytes);
         return rc;
@@ -354,143 +292,4 @@ VGPU_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle h)
 {
     VGPU_GATE(cuMemRelease, (h));
     FREE_BODY(VGPU_PTR_VMM, h, vgpu_real.cuMemRelease(h));
-}
-
-/* ---- arrays: estimate from the descriptor, then the driver's own memory requirements -------- */
-
-static unsigned element_bytes(CUarray_format f)
-{
-    switch (f) {
-    case CU_AD_FORMAT_UNSIGNED_INT8:
-    case CU_AD_FORMAT_SIGNED_INT8:
-        return 1;
-    case CU_AD_FORMAT_UNSIGNED_INT16:
-    case CU_AD_FORMAT_SIGNED_INT16:
-    case CU_AD_FORMAT_HALF:
-        return 2;
-    case CU_AD_FORMAT_UNSIGNED_INT32:
-    case CU_AD_FORMAT_SIGNED_INT32:
-    case CU_AD_FORMAT_FLOAT:
-        return 4;
-    default:
-        return 16; /* unknown or block-compressed formats: overestimate, corrected after creation */
-    }
-}
-
-static int64_t array_bytes(size_t w, size_t h, size_t d, CUarray_format f, unsigned channels)
-{
-    unsigned long long n = 1, t;
-    unsigned long long dims[5] = {w ? w : 1, h ? h : 1, d ? d : 1, channels ? channels : 1, element_bytes(f)};
-    for (int i = 0; i < 5; i++) {
-        if (__builtin_mul_overflow(n, dims[i], &t))
-            return INT64_MAX;
-        n = t;
-    }
-    return clamp_bytes(n);
-}
-
-static int64_t mipmap_bytes(const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned levels)
-{
-    int64_t total = 0;
-    if (levels == 0)
-        levels = 1;
-    for (unsigned l = 0; l < levels && l < 64; l++) {
-        size_t w = d->Width >> l, h = d->Height >> l, z = d->Depth >> l;
-        int64_t level = array_bytes(w ? w : 1, d->Height ? (h ? h : 1) : 0, d->Depth ? (z ? z : 1) : 0, d->Format,
-                                    d->NumChannels);
-        if (level > INT64_MAX - total)
-            return INT64_MAX;
-        total += level;
-    }
-    return total;
-}
-
-static CUresult finish_array(struct vgpu_account *a, CUdevice dev, int64_t estimate, CUarray arr)
-{
-    CUDA_ARRAY_MEMORY_REQUIREMENTS req;
-    int64_t actual = estimate;
-    memset(&req, 0, sizeof(req));
-    if (vgpu_helper.cuArrayGetMemoryRequirements &&
-        vgpu_helper.cuArrayGetMemoryRequirements(&req, arr, dev) == CUDA_SUCCESS && req.size > 0)
-        actual = clamp_bytes(req.size);
-    if (settle(&a, estimate, actual) != 0) {
-        vgpu_real.cuArrayDestroy(arr);
-        vgpu_refund(a, estimate);
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
-    vgpu_ptrmap_put(VGPU_PTR_ARRAY, (uint64_t)(uintptr_t)arr, actual, a);
-    return CUDA_SUCCESS;
-}
-
-VGPU_EXPORT CUresult cuArrayCreate_v2(CUarray *arr, const CUDA_ARRAY_DESCRIPTOR *desc)
-{
-    VGPU_GATE(cuArrayCreate_v2, (arr, desc));
-    if (!arr || !desc)
-        return vgpu_real.cuArrayCreate_v2(arr, desc);
-    int64_t estimate = array_bytes(desc->Width, desc->Height, 1, desc->Format, desc->NumChannels);
-    CUdevice dev = 0;
-    CHARGE_ON(a, &dev, estimate);
-    CUresult rc = vgpu_real.cuArrayCreate_v2(arr, desc);
-    if (rc != CUDA_SUCCESS) {
-        vgpu_refund(a, estimate);
-        return rc;
-    }
-    return finish_array(a, dev, estimate, *arr);
-}
-
-VGPU_EXPORT CUresult cuArray3DCreate_v2(CUarray *arr, const CUDA_ARRAY3D_DESCRIPTOR *desc)
-{
-    VGPU_GATE(cuArray3DCreate_v2, (arr, desc));
-    if (!arr || !desc)
-        return vgpu_real.cuArray3DCreate_v2(arr, desc);
-    int64_t estimate = array_bytes(desc->Width, desc->Height, desc->Depth, desc->Format, desc->NumChannels);
-    CUdevice dev = 0;
-    CHARGE_ON(a, &dev, estimate);
-    CUresult rc = vgpu_real.cuArray3DCreate_v2(arr, desc);
-    if (rc != CUDA_SUCCESS) {
-        vgpu_refund(a, estimate);
-        return rc;
-    }
-    return finish_array(a, dev, estimate, *arr);
-}
-
-VGPU_EXPORT CUresult cuArrayDestroy(CUarray arr)
-{
-    VGPU_GATE(cuArrayDestroy, (arr));
-    FREE_BODY(VGPU_PTR_ARRAY, (uintptr_t)arr, vgpu_real.cuArrayDestroy(arr));
-}
-
-VGPU_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *h, const CUDA_ARRAY3D_DESCRIPTOR *desc,
-                                            unsigned int levels)
-{
-    VGPU_GATE(cuMipmappedArrayCreate, (h, desc, levels));
-    if (!h || !desc)
-        return vgpu_real.cuMipmappedArrayCreate(h, desc, levels);
-    int64_t estimate = mipmap_bytes(desc, levels);
-    CUdevice dev = 0;
-    CHARGE_ON(a, &dev, estimate);
-    CUresult rc = vgpu_real.cuMipmappedArrayCreate(h, desc, levels);
-    if (rc != CUDA_SUCCESS) {
-        vgpu_refund(a, estimate);
-        return rc;
-    }
-    CUDA_ARRAY_MEMORY_REQUIREMENTS req;
-    int64_t actual = estimate;
-    memset(&req, 0, sizeof(req));
-    if (vgpu_helper.cuMipmappedArrayGetMemoryRequirements &&
-        vgpu_helper.cuMipmappedArrayGetMemoryRequirements(&req, *h, dev) == CUDA_SUCCESS && req.size > 0)
-        actual = clamp_bytes(req.size);
-    if (settle(&a, estimate, actual) != 0) {
-        vgpu_real.cuMipmappedArrayDestroy(*h);
-        vgpu_refund(a, estimate);
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
-    vgpu_ptrmap_put(VGPU_PTR_MIPMAP, (uint64_t)(uintptr_t)*h, actual, a);
-    return CUDA_SUCCESS;
-}
-
-VGPU_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray h)
-{
-    VGPU_GATE(cuMipmappedArrayDestroy, (h));
-    FREE_BODY(VGPU_PTR_MIPMAP, (uintptr_t)h, vgpu_real.cuMipmappedArrayDestroy(h));
 }

@@ -14,10 +14,15 @@
  *   then reads 100 % and so does its own share), so every PROBE_EVERY_NS it enforces the cap for
  *   HOLD_NS and looks again. Without a usable NVML, soft behaves like hard.
  *
+ * Launches that could not be timed because a driver call failed ("blind" launches, counted by
+ * failsafe.c) are settled every CONTROL_NS from NVML device utilization: the device's busy time
+ * over the period, an upper bound of the claim's own, minus what those launches were charged.
+ * Without NVML either they are charged VGPU_BLIND_LAUNCH_NS each. A soft cap whose claim had
+ * such errors in the period holds like a hard one (its own share cannot be told from others').
+ *
  * The thread holds no lock, calls the driver only for event queries, blocks every signal (the
  * application's handlers run on its own threads) and stops once the process is exiting.
  */
-#include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
@@ -36,61 +41,33 @@
 #define PROBE_EVERY_NS 3000000000LL    /* soft, released: enforce briefly this often to look again */
 #define SHARE_SMOOTHING 2              /* measured share: new = old + (window - old) / this */
 #define ESTIMATE_SMOOTHING 4           /* launch estimate: new = old + (measured - old) / this */
+#define NVML_ERROR_UNAVAILABLE 999     /* what failsafe.c records when NVML gave no utilization */
 
 /* 0 until this process (or fork child: reset by vgpu_limiter_setup's caller) started the thread. */
 static int g_started;
+/* 1 when pthread_create failed: launches are charged a fixed cost and soft caps hold (limiter.c). */
+static int g_failed;
 
 /* ---- NVML device utilization (monitor thread only) ------------------------------------------ */
-
-typedef int (*nvml_init_fn)(void);
-typedef int (*nvml_by_uuid_fn)(const char *, void **);
-typedef struct {
-    unsigned int gpu, memory;
-} nvml_utilization;
-typedef int (*nvml_util_fn)(void *, nvml_utilization *);
-
-/* Resolved once by the monitor thread; read only by it. */
-static struct {
-    int state; /* 0 not tried, 1 ready, -1 unavailable */
-    nvml_by_uuid_fn by_uuid;
-    nvml_util_fn utilization;
-} g_nvml;
-
-static void nvml_load(void)
-{
-    void *h = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_NODELETE);
-    nvml_init_fn init;
-    g_nvml.state = -1;
-    if (!h)
-        return;
-    init = (nvml_init_fn)vgpu_real_dlsym(h, "nvmlInit_v2");
-    g_nvml.by_uuid = (nvml_by_uuid_fn)vgpu_real_dlsym(h, "nvmlDeviceGetHandleByUUID");
-    g_nvml.utilization = (nvml_util_fn)vgpu_real_dlsym(h, "nvmlDeviceGetUtilizationRates");
-    /* Initialised for the life of the process: NVML counts references, the application's own
-     * nvmlInit/nvmlShutdown pairs are unaffected. */
-    if (init && g_nvml.by_uuid && g_nvml.utilization && init() == 0)
-        g_nvml.state = 1;
-}
 
 /* Device utilization in ppm, or -1 when NVML cannot tell. */
 static int64_t device_utilization_ppm(struct vgpu_limiter *lim)
 {
-    nvml_utilization u;
-    if (g_nvml.state == 0)
-        nvml_load();
-    if (g_nvml.state < 0 || lim->nvml_state < 0)
+    const struct vgpu_nvml_api *nvml = vgpu_nvml();
+    struct vgpu_nvml_utilization u;
+    if (!nvml || !nvml->utilization || lim->nvml_state < 0)
         return -1;
     if (!lim->nvml_device) {
         char uuid[VGPU_UUID_LEN];
         memcpy(uuid, lim->gpu->uuid, sizeof(uuid));
         uuid[sizeof(uuid) - 1] = '\0';
-        if (g_nvml.by_uuid(uuid, &lim->nvml_device) != 0) {
+        if (!(lim->nvml_device = vgpu_nvml_device(uuid))) {
             lim->nvml_state = -1;
             return -1;
         }
         lim->nvml_state = 1;
     }
-    if (g_nvml.utilization(lim->nvml_device, &u) != 0)
+    if (nvml->utilization(lim->nvml_device, &u) != 0)
         return -1;
     return (int64_t)(u.gpu > 100 ? 100 : u.gpu) * 10000;
 }
@@ -123,20 +100,55 @@ static int poll_events(struct vgpu_limiter *lim)
         float ms = 0;
         int64_t device_ns = -1;
         if (rc == CUDA_SUCCESS && vgpu_helper.cuEventElapsedTime &&
-            vgpu_helper.cuEventElapsedTime(&ms, slot->start, slot->end) == CUDA_SUCCESS && ms >= 0)
+            (rc = vgpu_helper.cuEventElapsedTime(&ms, slot->start, slot->end)) == CUDA_SUCCESS && ms >= 0)
             device_ns = (int64_t)((double)ms * 1e6);
-        if (device_ns >= 0) {
-            int64_t *estimate = &lim->estimate_ns[slot->kind];
+        if (device_ns < 0) {
+            /* The launch ran but its time cannot be read: settled with the blind launches. */
+            vgpu_limit_error(lim->gpu, VGPU_ERRCALL_EVENT_READ, rc != CUDA_SUCCESS ? rc : CUDA_ERROR_NOT_FOUND);
+            __atomic_add_fetch(&lim->blind_launches, 1, __ATOMIC_RELAXED);
+            __atomic_add_fetch(&lim->blind_charged_ns, slot->charged_ns, __ATOMIC_RELAXED);
+        } else {
+            int64_t *estimate = &lim->head->estimate_ns[slot->kind];
             int64_t old = __atomic_load_n(estimate, __ATOMIC_RELAXED);
             __atomic_store_n(estimate, old ? old + (device_ns - old) / ESTIMATE_SMOOTHING : device_ns,
                              __ATOMIC_RELAXED);
             __atomic_add_fetch(&lim->gpu->limiter_state[VGPU_LIM_BUSY_NS], device_ns, __ATOMIC_RELAXED);
             if (slot->charged_ns)
                 vgpu_limiter_charge(lim, device_ns - slot->charged_ns);
-        } /* else an event error: the estimate charged stands for the launch */
+        }
         __atomic_store_n(&slot->state, VGPU_SLOT_FREE, __ATOMIC_RELEASE);
     }
     return in_flight;
+}
+
+/* ---- launches that could not be timed ------------------------------------------------------ */
+
+/* Every CONTROL_NS: charge this process's blind launches of the period their device time as NVML
+ * sees it (the whole device's: never less than the claim's own), or a fixed cost without NVML. */
+static void settle_blind(struct vgpu_limiter *lim, int64_t now)
+{
+    if (lim->blind_at == 0) {
+        lim->blind_at = now;
+        return;
+    }
+    if (now - lim->blind_at < CONTROL_NS)
+        return;
+    int64_t period = now - lim->blind_at;
+    lim->blind_at = now;
+    int64_t launches = __atomic_exchange_n(&lim->blind_launches, 0, __ATOMIC_RELAXED);
+    int64_t charged = __atomic_exchange_n(&lim->blind_charged_ns, 0, __ATOMIC_RELAXED);
+    if (launches == 0)
+        return;
+    int64_t device_ppm = device_utilization_ppm(lim), device_ns;
+    if (device_ppm >= 0) {
+        device_ns = device_ppm * period / 1000000;
+    } else {
+        vgpu_limit_error(lim->gpu, VGPU_ERRCALL_NVML_UTIL, NVML_ERROR_UNAVAILABLE);
+        device_ns = launches * VGPU_BLIND_LAUNCH_NS;
+    }
+    __atomic_add_fetch(&lim->gpu->limiter_state[VGPU_LIM_BUSY_NS], device_ns, __ATOMIC_RELAXED);
+    if (device_ns > charged)
+        vgpu_limiter_charge(lim, device_ns - charged);
 }
 
 /* ---- control -------------------------------------------------------------------------------- */
@@ -155,7 +167,16 @@ static void soft_decision(struct vgpu_limiter *lim, int64_t now, int64_t own_ppm
     int64_t device = device_utilization_ppm(lim);
     if (device < 0) {
         __atomic_store_n(&st[VGPU_LIM_OTHERS_PPM], -1, __ATOMIC_RELAXED);
+        vgpu_limit_error(lim->gpu, VGPU_ERRCALL_NVML_UTIL, NVML_ERROR_UNAVAILABLE);
         enforce(lim, now); /* cannot see the others: keep the cap */
+        return;
+    }
+    /* A driver call failed on a limit path this period: the claim's own share is not known
+     * exactly (blind launches count the whole device), so the others cannot be told apart. */
+    int64_t errors = __atomic_load_n(&lim->gpu->limit_errors, __ATOMIC_RELAXED);
+    if (errors != lim->errors_seen) {
+        lim->errors_seen = errors;
+        enforce(lim, now);
         return;
     }
     int64_t others = device - own_ppm;
@@ -214,7 +235,9 @@ static void *monitor(void *arg)
             struct vgpu_limiter *lim = vgpu_limiters[i];
             if (!lim)
                 continue;
-            in_flight += poll_events(lim);
+            if (vgpu_helper.cuEventQuery)
+                in_flight += poll_events(lim);
+            settle_blind(lim, now);
             control(lim, now);
         }
         struct timespec nap = {0, in_flight ? POLL_NS : IDLE_POLL_NS};
@@ -233,19 +256,30 @@ void vgpu_limiter_monitor_start(void)
         return;
     if (!__atomic_compare_exchange_n(&g_started, &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
         return;
-    if (!vgpu_helper.cuEventQuery)
-        return; /* no event API: launches are still charged their estimates (of zero) */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, 64 * 1024);
-    pthread_create(&thread, &attr, monitor, NULL);
+    int rc = pthread_create(&thread, &attr, monitor, NULL);
     pthread_attr_destroy(&attr);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        /* No thread, no timing: limiter.c charges every launch a fixed cost and holds soft caps. */
+        __atomic_store_n(&g_failed, 1, __ATOMIC_RELEASE);
+        for (int i = 0; i < vgpu_account_count; i++)
+            if (vgpu_limiters[i])
+                vgpu_limit_error(vgpu_limiters[i]->gpu, VGPU_ERRCALL_MONITOR, rc);
+    }
+}
+
+int vgpu_limiter_monitor_failed(void)
+{
+    return __atomic_load_n(&g_failed, __ATOMIC_RELAXED);
 }
 
 void vgpu_limiter_monitor_forget(void)
 {
     __atomic_store_n(&g_started, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&g_failed, 0, __ATOMIC_RELAXED);
 }

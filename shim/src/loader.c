@@ -138,6 +138,7 @@ static void atfork_child(void)
         return;
     vgpu_ptrmap_clear();
     vgpu_contexts_forget();
+    vgpu_hostpid_forget();
     for (int c = 0; c < g_claims.count; c++) {
         if (vgpu_region_reattach_child(g_region_paths[c], &g_regions[c]) != 0) {
             /* No slot of our own: refuse CUDA in this child rather than charge the parent's slot. */

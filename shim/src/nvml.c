@@ -164,25 +164,55 @@ VGPU_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v
     return NVML_SUCCESS;
 }
 
-/* Is pid one of the live processes of a claim this process holds on the GPU of account a? */
-static int claim_has_pid(const struct vgpu_account *head, unsigned int pid)
+/* Do NVML's PIDs differ from what the claim's processes call themselves (a container: NVML
+ * reports host PIDs)? Known as soon as one live process of the claims learned its host PID. */
+static int nvml_pids_foreign(const struct vgpu_account *head)
 {
     for (const struct vgpu_account *a = head; a; a = a->next) {
         const struct vgpu_region *r = a->region->map;
         uint32_t hw = __atomic_load_n(&r->proc_high_water, __ATOMIC_ACQUIRE);
-        for (uint32_t i = 0; i < hw && i < VGPU_MAX_PROCS; i++)
-            if (__atomic_load_n(&r->procs[i].state, __ATOMIC_ACQUIRE) == VGPU_PROC_LIVE &&
-                (unsigned int)__atomic_load_n(&r->procs[i].pid, __ATOMIC_RELAXED) == pid)
+        for (uint32_t i = 0; i < hw && i < VGPU_MAX_PROCS; i++) {
+            int32_t host = __atomic_load_n(&r->procs[i].host_pid, __ATOMIC_ACQUIRE);
+            if (host > 0 && host != __atomic_load_n(&r->procs[i].pid, __ATOMIC_RELAXED) &&
+                __atomic_load_n(&r->procs[i].state, __ATOMIC_ACQUIRE) == VGPU_PROC_LIVE)
                 return 1;
+        }
+    }
+    return 0;
+}
+
+/* Is NVML's pid one of the live processes of a claim this process holds on the GPU? Matched by
+ * the host PID the process learned (hostpid.c), else by its own PID while NVML's PIDs are not
+ * known to be foreign. *shown: the PID to report, the process's own when it lives in our PID
+ * namespace (so nvidia-smi in the pod shows the PIDs `ps` shows), else NVML's. */
+static int claim_process(const struct vgpu_account *head, unsigned int pid, int foreign, uint64_t my_ns,
+                         unsigned int *shown)
+{
+    for (const struct vgpu_account *a = head; a; a = a->next) {
+        const struct vgpu_region *r = a->region->map;
+        uint32_t hw = __atomic_load_n(&r->proc_high_water, __ATOMIC_ACQUIRE);
+        for (uint32_t i = 0; i < hw && i < VGPU_MAX_PROCS; i++) {
+            const struct vgpu_proc *p = &r->procs[i];
+            if (__atomic_load_n(&p->state, __ATOMIC_ACQUIRE) != VGPU_PROC_LIVE)
+                continue;
+            int32_t host = __atomic_load_n(&p->host_pid, __ATOMIC_ACQUIRE);
+            unsigned int own = (unsigned int)__atomic_load_n(&p->pid, __ATOMIC_RELAXED);
+            if (host > 0 ? (unsigned int)host != pid : (foreign || own != pid))
+                continue;
+            *shown = host > 0 && my_ns != 0 && __atomic_load_n(&p->pid_ns, __ATOMIC_RELAXED) == my_ns ? own : pid;
+            return 1;
+        }
     }
     return 0;
 }
 
 /* NVML's two-call protocol over a filtered list: fetch everything, keep the claim's entries, then
- * answer the caller's buffer size like NVML would. `size` is the caller's element size. */
+ * answer the caller's buffer size like NVML would. `size` is the caller's element size; both
+ * layouts start with the PID. */
 typedef nvmlReturn_t (*list_fn)(nvmlDevice_t, unsigned int *, void *);
 static nvmlReturn_t filtered_processes(list_fn real, nvmlDevice_t d, unsigned int *count, void *infos, size_t size)
 {
+    static uint64_t my_ns; /* this process's PID namespace, read once (any thread may race: same value) */
     struct vgpu_account *a = account_of(d);
     unsigned int n = 0, kept = 0;
     nvmlReturn_t rc;
@@ -201,12 +231,16 @@ static nvmlReturn_t filtered_processes(list_fn real, nvmlDevice_t d, unsigned in
         free(all);
         return rc;
     }
+    if (!__atomic_load_n(&my_ns, __ATOMIC_RELAXED))
+        __atomic_store_n(&my_ns, vgpu_pid_namespace(), __ATOMIC_RELAXED);
+    int foreign = nvml_pids_foreign(a);
     for (unsigned int i = 0; i < n; i++) {
-        unsigned int pid;
+        unsigned int pid, shown;
         memcpy(&pid, all + i * size, sizeof(pid));
-        if (claim_has_pid(a, pid)) {
+        if (claim_process(a, pid, foreign, __atomic_load_n(&my_ns, __ATOMIC_RELAXED), &shown)) {
             if (kept != i)
                 memmove(all + kept * size, all + i * size, size);
+            memcpy(all + kept * size, &shown, sizeof(shown));
             kept++;
         }
     }
@@ -253,10 +287,13 @@ VGPU_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtili
     if (rc != NVML_SUCCESS || !u)
         return rc;
     struct vgpu_account *a = account_of(d);
-    /* The limiter of the claim that governs this GPU's launches (several claims: limiter.c). */
+    /* The GPU's lanes (one per capped claim of this process, limiter.c): their shares added up,
+     * as their caps are. */
     struct vgpu_limiter *lim = a ? vgpu_limiters[a - vgpu_accounts] : NULL;
     if (lim) {
-        int64_t ppm = __atomic_load_n(&lim->gpu->measured_share_ppm, __ATOMIC_RELAXED);
+        int64_t ppm = 0;
+        for (; lim; lim = lim->next_lane)
+            ppm += __atomic_load_n(&lim->gpu->measured_share_ppm, __ATOMIC_RELAXED);
         real.gpu = ppm <= 0 ? 0 : ppm >= 1000000 ? 100 : (unsigned int)((ppm + 5000) / 10000);
     }
     *u = real;

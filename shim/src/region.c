@@ -62,8 +62,10 @@ static int lock_init_bounded(int fd)
     return -1;
 }
 
-/* Caller holds the slot's lock, so the previous owner is dead and nobody else touches the slot. */
-static void refund_slot(struct vgpu_region *r, int slot)
+/* Caller holds the slot's lock, so the previous owner is dead (or is the caller, at exit) and
+ * nobody else touches the slot. A dead owner's bytes are also added to dead_refunded_bytes: the
+ * driver freed them when it died, so a measurement across this refund must not see them as new. */
+static void refund_slot(struct vgpu_region *r, int slot, int owner_dead)
 {
     struct vgpu_proc *p = &r->procs[slot];
     unsigned gpus = __atomic_load_n(&r->gpu_count, __ATOMIC_ACQUIRE);
@@ -71,8 +73,11 @@ static void refund_slot(struct vgpu_region *r, int slot)
         gpus = VGPU_MAX_GPUS;
     for (unsigned g = 0; g < gpus; g++) {
         int64_t held = __atomic_exchange_n(&p->used[g], 0, __ATOMIC_ACQ_REL);
-        if (held > 0)
+        if (held > 0) {
             vgpu_sub_clamped(&r->gpus[g].used_bytes, held);
+            if (owner_dead)
+                __atomic_add_fetch(&r->dead_refunded_bytes, held, __ATOMIC_RELAXED);
+        }
     }
     __atomic_store_n(&p->state, VGPU_PROC_FREE, __ATOMIC_RELEASE);
 }
@@ -89,7 +94,7 @@ static int claim_slot(struct vgpu_attached_region *a)
         }
         struct vgpu_proc *p = &r->procs[i];
         if (__atomic_load_n(&p->state, __ATOMIC_ACQUIRE) != VGPU_PROC_FREE)
-            refund_slot(r, i); /* its owner died without anyone noticing yet */
+            refund_slot(r, i, 1); /* its owner died without anyone noticing yet */
         for (int g = 0; g < VGPU_MAX_GPUS; g++)
             __atomic_store_n(&p->used[g], 0, __ATOMIC_RELAXED);
         __atomic_store_n(&p->pid, (int32_t)getpid(), __ATOMIC_RELAXED);
@@ -152,39 +157,81 @@ static int init_locked(struct vgpu_region *r, const char *path, const struct vgp
     return 0;
 }
 
+/* Whether the region already holds what init_locked would write for cfg: then no process needs
+ * the init lock (this is the first CUDA call's path of every process but a claim's first). Read
+ * without the lock: magic is published last, gpu_count after each GPU entry's UUID. */
+static int initialised_for(const struct vgpu_region *r, const struct vgpu_claim_config *cfg)
+{
+    if (__atomic_load_n(&r->magic, __ATOMIC_ACQUIRE) != (uint64_t)VGPU_REGION_MAGIC ||
+        r->layout_version != VGPU_REGION_LAYOUT_VERSION || r->size_bytes != sizeof(struct vgpu_region) ||
+        strncmp(r->claim_uid, cfg->claim_uid, VGPU_CLAIM_LEN) != 0)
+        return 0;
+    unsigned n = __atomic_load_n(&r->gpu_count, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < cfg->gpu_count; i++) {
+        const struct vgpu_gpu_limit *g = &cfg->gpus[i];
+        unsigned k = 0;
+        while (k < n && k < VGPU_MAX_GPUS && strncmp(r->gpus[k].uuid, g->uuid, VGPU_UUID_LEN) != 0)
+            k++;
+        if (k >= n || k >= VGPU_MAX_GPUS ||
+            __atomic_load_n(&r->gpus[k].limit_bytes, __ATOMIC_RELAXED) != g->memory_bytes ||
+            __atomic_load_n(&r->gpus[k].core_cap, __ATOMIC_RELAXED) != g->cores ||
+            __atomic_load_n(&r->gpus[k].core_policy, __ATOMIC_RELAXED) != g->policy)
+            return 0;
+    }
+    return 1;
+}
+
 int vgpu_region_attach(const char *path, const struct vgpu_claim_config *cfg, struct vgpu_attached_region *out,
                        char *err, unsigned err_len)
 {
     const size_t size = sizeof(struct vgpu_region);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    int rc = 0, fd = open(path, O_RDWR | O_CLOEXEC);
     out->map = NULL;
-    if (fd >= 0)
-        fchmod(fd, 0666); /* every process of the claim, whatever its user, must be able to write */
     out->fd = -1;
     out->slot = -1;
+    if (fd < 0 && errno == ENOENT) {
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+        if (fd >= 0)
+            fchmod(fd, 0666); /* every process of the claim, whatever its user, must be able to write */
+    }
     if (fd < 0)
         return fail(err, err_len, "cannot open region %s: %s", path, strerror(errno));
-    if (lock_init_bounded(fd) != 0) {
-        int saved = errno;
-        close(fd);
-        return fail(err, err_len, "cannot lock region %s: %s", path, strerror(saved));
-    }
-    off_t cur = lseek(fd, 0, SEEK_END);
-    if (cur < 0 || ((size_t)cur < size && ftruncate(fd, (off_t)size) != 0)) {
+    off_t file_size = lseek(fd, 0, SEEK_END); /* not fstat: that is fstat@GLIBC_2.33 on new glibc */
+    if (file_size < 0) {
         int saved = errno;
         close(fd);
         return fail(err, err_len, "cannot size region %s: %s", path, strerror(saved));
     }
-    void *map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (map == MAP_FAILED) {
-        int saved = errno;
-        close(fd);
-        return fail(err, err_len, "cannot map region %s: %s", path, strerror(saved));
+    void *map = MAP_FAILED;
+    if ((size_t)file_size >= size)
+        map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED || !initialised_for(map, cfg)) {
+        /* Created, short, of another claim or with other limits: (re)initialise under the lock. */
+        if (lock_init_bounded(fd) != 0) {
+            int saved = errno;
+            if (map != MAP_FAILED)
+                munmap(map, size);
+            close(fd);
+            return fail(err, err_len, "cannot lock region %s: %s", path, strerror(saved));
+        }
+        if (map == MAP_FAILED) {
+            if ((size_t)file_size < size && ftruncate(fd, (off_t)size) != 0) {
+                int saved = errno;
+                close(fd);
+                return fail(err, err_len, "cannot size region %s: %s", path, strerror(saved));
+            }
+            map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            if (map == MAP_FAILED) {
+                int saved = errno;
+                close(fd);
+                return fail(err, err_len, "cannot map region %s: %s", path, strerror(saved));
+            }
+        }
+        rc = init_locked(map, path, cfg, err, err_len);
+        ofd_lock(fd, F_UNLCK, VGPU_LOCK_INIT);
     }
     out->map = map;
     out->fd = fd;
-    int rc = init_locked(out->map, path, cfg, err, err_len);
-    ofd_lock(fd, F_UNLCK, VGPU_LOCK_INIT);
     if (rc == 0 && claim_slot(out) != 0)
         rc = errno == EBUSY ? fail(err, err_len, "region %s: all %d process slots are in use", path, VGPU_MAX_PROCS)
                             : fail(err, err_len, "cannot lock a process slot in region %s: %s", path, strerror(errno));
@@ -214,7 +261,7 @@ void vgpu_region_detach(struct vgpu_attached_region *a)
 {
     if (a->slot < 0 || a->fd < 0)
         return;
-    refund_slot(a->map, a->slot); /* we still hold the slot lock: nobody else touches it */
+    refund_slot(a->map, a->slot, 0); /* we still hold the slot lock: nobody else touches it */
     ofd_lock(a->fd, F_UNLCK, VGPU_LOCK_SLOT_BASE + a->slot);
     a->slot = -1;
 }
@@ -232,7 +279,7 @@ int vgpu_region_reclaim_dead(struct vgpu_attached_region *a)
         if (ofd_lock(a->fd, F_WRLCK, VGPU_LOCK_SLOT_BASE + i) != 0)
             continue; /* alive */
         if (__atomic_load_n(&r->procs[i].state, __ATOMIC_ACQUIRE) == VGPU_PROC_LIVE) {
-            refund_slot(r, (int)i);
+            refund_slot(r, (int)i, 1);
             reclaimed++;
         }
         ofd_lock(a->fd, F_UNLCK, VGPU_LOCK_SLOT_BASE + i);

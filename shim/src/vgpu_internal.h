@@ -314,9 +314,11 @@ enum vgpu_launch_kind { VGPU_LAUNCH_KERNEL = 0, VGPU_LAUNCH_GRAPH = 1 };
 /* One measured launch: its start/end events (a slot of the limiter's table) and what it was
  * charged before it ran. Lives on the launching thread's stack between before and after. */
 struct vgpu_launch_ticket {
-    struct vgpu_limiter *lim; /* NULL: not limited (device in no capped claim) */
+    struct vgpu_limiter *lim; /* the lane charged; NULL: not limited (device in no capped claim) */
     int slot;                 /* timing slot, -1 when unmeasured */
     int kind;
+    int blind;                /* untimed because a driver call failed (fail-safe accounting) */
+    CUresult device_error;    /* the device could not be identified: the strictest cap was applied */
     int64_t estimate_ns;      /* the device time expected of this launch */
     int64_t charged_ns;       /* estimate charged to the virtual clock, 0 when the gate was open */
 };
@@ -342,27 +344,116 @@ struct vgpu_timing_slot {
 #define VGPU_SLOT_LAUNCHING 1
 #define VGPU_SLOT_PENDING 2
 
+/*
+ * A lane: one capped claim on one GPU, as this process sees it. A GPU in several capped claims of
+ * the process has one lane per claim, chained in claim-uid order; a launch goes through the first
+ * lane whose clock allows it and is charged there, so the claims' caps add up while each claim's
+ * clock (shared with its other processes) holds that claim to its own cap.
+ */
 struct vgpu_limiter {
     struct vgpu_gpu *gpu;     /* the claim's GPU entry in the region (shared state) */
     int cap;                  /* 1..99 percent, from the root-owned config */
     int policy;               /* VGPU_POLICY_* */
-    int64_t estimate_ns[2];   /* per vgpu_launch_kind: running mean of measured device time */
+    struct vgpu_limiter *next_lane; /* the GPU's next capped claim of this process, NULL usually */
+    struct vgpu_limiter *head;      /* the GPU's first lane (itself usually): owns the estimates */
+    int total_cap;            /* head only: the caps of all lanes added up (at most 100) */
+    int64_t estimate_ns[2];   /* head only, per vgpu_launch_kind: running mean of measured device time */
     unsigned next_slot;       /* where launchers start looking for a free timing slot */
-    unsigned launch_seq;      /* launches so far, for sampling the timing when far under the cap */
+    unsigned launch_seq;      /* launches so far, for timing one in 8 when far under the cap */
+    int64_t blind_launches;   /* untimed because of a driver error, since the monitor last looked */
+    int64_t blind_charged_ns; /* what those launches were charged */
+    int64_t blind_at;         /* monitor only: when it last settled the blind launches */
+    int64_t errors_seen;      /* monitor only: limit_errors when its controller last ran */
     void *nvml_device;        /* monitor thread only: NVML handle, NULL until found */
     int nvml_state;           /* monitor thread only: 0 unknown, 1 usable, -1 unavailable */
     struct vgpu_timing_slot slots[VGPU_TIMING_SLOTS];
 };
 
-/* Owned by limiter.c: one per account with a cap (indexed like vgpu_accounts), set up at init. */
+/* Owned by limiter.c: the lane of every account with a cap (indexed like vgpu_accounts; a chain
+ * head's entry is the GPU's first lane), set up at init. */
 extern struct vgpu_limiter *vgpu_limiters[VGPU_MAX_CLAIMS * VGPU_MAX_GPUS];
 int64_t vgpu_mono_ns(void);
 /* limiter_monitor.c: starts the monitor thread of this process (once; again in a fork child). */
 void vgpu_limiter_monitor_start(void);
 /* A fork child has no monitor thread: the next capped launch starts its own. */
 void vgpu_limiter_monitor_forget(void);
+/* Nonzero when the monitor thread could not be started: no launch can be timed. */
+int vgpu_limiter_monitor_failed(void);
 /* limiter.c: charge (or refund, negative) device time to a claim's virtual clock. */
 void vgpu_limiter_charge(struct vgpu_limiter *lim, int64_t device_ns);
+/* Device time charged for a launch that could not be timed when nothing better is known. */
+#define VGPU_BLIND_LAUNCH_NS 1000000LL
+
+/* ---- nvml_real.c: the real NVML for the shim's own questions --------------------------------- */
+
+struct vgpu_nvml_memory {
+    unsigned long long total, free, used;
+};
+struct vgpu_nvml_utilization {
+    unsigned int gpu, memory;
+};
+struct vgpu_nvml_process { /* nvmlProcessInfo_t of _v2/_v3 */
+    unsigned int pid;
+    unsigned long long used_gpu_memory;
+    unsigned int gpu_instance_id, compute_instance_id;
+};
+struct vgpu_nvml_api {
+    int (*by_uuid)(const char *uuid, void **device);
+    int (*memory)(void *device, struct vgpu_nvml_memory *out);
+    int (*utilization)(void *device, struct vgpu_nvml_utilization *out);
+    int (*processes)(void *device, unsigned int *count, struct vgpu_nvml_process *out);
+};
+/* Loaded and initialised at the first call, kept for the process's life; NULL without a usable
+ * NVML. Any member but by_uuid may be NULL (an older library). */
+const struct vgpu_nvml_api *vgpu_nvml(void);
+/* The NVML handle of the GPU with this UUID, or NULL. */
+void *vgpu_nvml_device(const char *uuid);
+
+/* ---- hostpid.c: this process's PID as NVML reports it (docs/shim.md, "Process lists") ------- */
+
+struct vgpu_pid_probe {
+    struct vgpu_account *head; /* the GPU's accounts */
+    int64_t bytes;             /* the allocation the probe watches */
+    void *device;              /* NVML handle */
+    void *before;              /* NVML's process list before the driver call */
+};
+/* 0 while still learning, 1 learned, -1 gave up; read relaxed at every allocation. */
+extern int vgpu_hostpid_state;
+/* Around one allocation of bytes charged to acct: begin (1 = probing, then call end with the
+ * driver's answer). Only allocations of at least 2 MiB are watched, and only until learned. */
+int vgpu_hostpid_begin(struct vgpu_pid_probe *probe, struct vgpu_account *acct, int64_t bytes);
+void vgpu_hostpid_end(struct vgpu_pid_probe *probe, CUresult rc);
+void vgpu_hostpid_forget(void); /* fork child: a new process, a new PID */
+/* The inode number of this process's PID namespace (readlink /proc/self/ns/pid), 0 if unknown. */
+uint64_t vgpu_pid_namespace(void);
+/* A host PID learned another way (the one process that appeared across a context creation). */
+void vgpu_hostpid_record(unsigned int pid);
+/* NVML's process list of the GPU with this UUID (malloc'd, free() it), NULL when unreadable. */
+struct vgpu_nvml_snapshot;
+struct vgpu_nvml_snapshot *vgpu_nvml_snapshot(const char *uuid);
+/* 1 when exactly one PID is listed in after and not in before: its PID and NVML usage. */
+int vgpu_nvml_newcomer(const struct vgpu_nvml_snapshot *before, const struct vgpu_nvml_snapshot *after,
+                       unsigned int *pid, int64_t *used);
+static inline int vgpu_hostpid_wanted(int64_t bytes)
+{
+    return VGPU_UNLIKELY(bytes >= (2LL << 20)) && __atomic_load_n(&vgpu_hostpid_state, __ATOMIC_RELAXED) == 0;
+}
+/* Wraps one allocating driver call: learns the host PID from it while still unknown. */
+#define VGPU_WATCHED_CALL(acct, bytes, call)                                                          \
+    ({                                                                                                \
+        struct vgpu_pid_probe probe_;                                                                 \
+        int probing_ = vgpu_hostpid_wanted(bytes) && vgpu_hostpid_begin(&probe_, (acct), (bytes));    \
+        CUresult watched_rc_ = (call);                                                                \
+        if (VGPU_UNLIKELY(probing_))                                                                  \
+            vgpu_hostpid_end(&probe_, watched_rc_);                                                   \
+        watched_rc_;                                                                                  \
+    })
+
+/* ---- failsafe.c: a driver call failed where its answer decides a limit ----------------------- */
+
+/* Counts the failure in the region (limit_errors, limit_error_call/code) and says so once per
+ * process and call on stderr. call is VGPU_ERRCALL_*; code the CUresult or nvmlReturn_t. */
+void vgpu_limit_error(struct vgpu_gpu *gpu, int call, int code);
 
 /* hooks_ctx.c: a fork child creates its own contexts, to be charged again. */
 void vgpu_contexts_forget(void);

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -344,3 +345,110 @@ def test_run_inside_run_refuses_to_replace_the_outer_claim(machine_env: dict[str
     assert "inner=2" in result.stdout
     outer = reports(result.stderr)["start"]["claim"]
     assert f"vgpu-dra run: error: this process is already under vgpu-dra claim(s) {outer}" in result.stderr
+
+
+def _processes_running(*commands: str) -> list[str]:
+    """Command lines of live processes that are exactly one of the commands (read from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cmdline.strip() in commands:
+            found.append(cmdline)
+    return found
+
+
+def _wait_for(condition, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+@needs_private_root
+def test_nothing_the_command_started_outlives_a_run_killed_with_sigkill(machine_env: dict[str, str]) -> None:
+    # The command and a process it started in the background: unique sleeps to find them by.
+    tag = f"{os.getpid() % 1000}{time.monotonic_ns() % 100000}"
+    child, grandchild = f"sleep 900.{tag}1", f"sleep 900.{tag}2"
+    proc = subprocess.Popen([sys.executable, "-m", "vgpu_dra.cli.main", "run", "--memory", "1Gi", "-o", "json",
+                             "--shim", str(PROD_SHIM), "--", "sh", "-c", f"{grandchild} & exec {child}"],
+                            env=machine_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stderr is not None
+        start = json.loads(proc.stderr.readline())
+        assert _wait_for(lambda: len(_processes_running(child, grandchild)) == 2), _processes_running(child, grandchild)
+        proc.send_signal(signal.SIGKILL)  # `run` alone, as an OOM killer or `kill -9 <pid>` would
+        proc.wait()
+        assert _wait_for(lambda: not _processes_running(child, grandchild)), _processes_running(child, grandchild)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # only if the test failed: leave nothing behind
+        except ProcessLookupError:
+            pass
+    # Nothing uses the directory any more: the next run removes it.
+    base = Path(start["claimDir"]).parent.parent
+    assert vgpu_dra("run", "--memory", "1Gi", "--shim", str(PROD_SHIM), "--", "true", env=machine_env).returncode == 0
+    assert not base.exists()
+
+
+def _left_behind() -> Path:
+    """A claim directory as a SIGKILLed run leaves it: its owner PID no longer runs."""
+    from vgpu_dra.cli.run_claim import create_private_claim, private_claims_parent
+
+    gpu = GpuInfo(uuid=HOMELAB_GPU, index=0, minor_number=0, product_name="x", brand="GeForce",
+                  architecture="Ampere", cuda_compute_capability="8.6", driver_version="550.54.15",
+                  cuda_driver_version="12.4", pci_bus_id="0000:01:00.0", numa_node=-1,
+                  memory_total_bytes=1 << 30, memory_reserved_bytes=0, mig_mode_enabled=False)
+    claim = create_private_claim([gpu], 1 << 30, 0, "soft")
+    os.close(claim.lock_fd)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (claim.base / "owner.pid").write_text(f"{gone.pid}\n")
+    assert claim.base.parent == private_claims_parent()
+    return claim.base
+
+
+LOCK_HOLDER = ("import fcntl, os, sys, time\n"
+               "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+               "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+               "print('held', flush=True)\n"
+               "time.sleep(60)\n")
+SLOT_HOLDER = ("import fcntl, mmap, os, struct, sys, time\n"
+               "from vgpu_dra.driver import region as r\n"
+               "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+               "with mmap.mmap(fd, r.REGION_SIZE) as mem:\n"
+               "    view = r.ffi.from_buffer('struct vgpu_region *', mem)\n"
+               "    view.procs[0].state = r.PROC_LIVE; view.proc_high_water = 1\n"
+               "    del view\n"
+               "fcntl.fcntl(fd, 37, struct.pack('hhqqi4x', fcntl.F_WRLCK, 0, r.LOCK_SLOT_BASE, 1, 0))\n"
+               "print('held', flush=True)\n"
+               "time.sleep(60)\n")
+
+
+@needs_private_root
+@pytest.mark.parametrize("holder", ["owner-lock", "region-slot"])
+def test_a_claim_directory_still_in_use_is_never_removed_by_the_next_run(
+        machine_env: dict[str, str], holder: str) -> None:
+    base = _left_behind()
+    # A process that still uses the directory although its run is gone: one that inherited the
+    # owner lock, or one attached to the claim's region (a CUDA process of the command).
+    region = next(base.glob("claims/*/region"))
+    script, target = (LOCK_HOLDER, base / "owner.lock") if holder == "owner-lock" else (SLOT_HOLDER, region)
+    user = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert user.stdout is not None and user.stdout.readline() == "held\n"
+        assert vgpu_dra("run", "--memory", "1Gi", "--shim", str(PROD_SHIM), "--", "true",
+                        env=machine_env).returncode == 0
+        assert base.is_dir() and region.is_file()  # the live user keeps its limits
+    finally:
+        user.kill()
+        user.wait()
+    assert vgpu_dra("run", "--memory", "1Gi", "--shim", str(PROD_SHIM), "--", "true", env=machine_env).returncode == 0
+    assert not base.exists()

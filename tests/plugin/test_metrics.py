@@ -143,3 +143,26 @@ def test_resync_refreshes_the_pods_of_prepared_claims(kubelet, claims, plugin, f
     (sample,) = [s for s in _scrape(plugin)["vgpu_dra_claim_memory_limit_bytes"]
                  if s.labels["claim_uid"] == claim.uid]
     assert sample.labels["pod"] == "first,second"
+
+
+def test_fail_safe_errors_of_the_shim_are_a_counter_and_one_log_line(kubelet, claims, plugin, settings):
+    """A driver call that failed on a limit path (the shim held the limit anyway) is visible."""
+    from structlog.testing import capture_logs
+
+    claim = claims.create([{"request": "gpu", "device": "gpu-0"}])
+    kubelet.prepare([claim.ref])
+    assert _one(_scrape(plugin), "vgpu_dra_claim_limit_errors_total", claim_uid=claim.uid) == 0
+    path = settings.claims_dir / claim.uid / "region"
+    with open(path, "r+b") as handle, mmap.mmap(handle.fileno(), region_layout.REGION_SIZE) as mem:
+        region = region_layout.ffi.from_buffer("struct vgpu_region *", mem)
+        region.gpus[0].limit_errors = 7  # what the shim counts, e.g. cuStreamIsCapturing answering 801
+        region.gpus[0].limit_error_call = 1
+        region.gpus[0].limit_error_code = 801
+        del region
+    with capture_logs() as logs:
+        first, second = _scrape(plugin), _scrape(plugin)
+    assert _one(first, "vgpu_dra_claim_limit_errors_total", claim_uid=claim.uid) == 7
+    assert _one(second, "vgpu_dra_claim_limit_errors_total", claim_uid=claim.uid) == 7
+    warned = [entry for entry in logs if entry.get("claim") == claim.name and entry["log_level"] == "warning"]
+    assert len(warned) == 1  # one line per claim and GPU, not one per scrape
+    assert (warned[0]["call"], warned[0]["code"], warned[0]["errors"]) == ("cuStreamIsCapturing", 801, 7)

@@ -71,6 +71,11 @@ class Node:
     ctx_bytes: int = 0
     fail: tuple[str, ...] = ()
     shared_state: Path | None = None  # another node's fake-driver state: the same physical GPUs
+    # A fake driver that lacks part of the API (tests/fakes/cuda/Makefile: "old-driver", "no-events").
+    driver: str | None = None
+    # NVML, as every node with the driver has it (tests/fakes/nvml, its memory, processes and
+    # utilization following the fake driver); False: a node without a usable NVML.
+    nvml: bool = True
 
     @property
     def claims_root(self) -> Path:
@@ -97,7 +102,7 @@ class Node:
     def env(self, shim: Path | None = TEST_SHIM, **extra: str) -> dict[str, str]:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LD_LIBRARY_PATH": str(FAKES_OUT),
+            "LD_LIBRARY_PATH": f"{FAKES_OUT / 'variants' / self.driver}:{FAKES_OUT}" if self.driver else str(FAKES_OUT),
             "VGPU_CLAIMS_ROOT": str(self.claims_root),
             "FAKE_CUDA_DEVICES": ",".join(f"{u}={b}" for u, b in self.devices.items()),
             "FAKE_CUDA_STATE": str(self.state_file),
@@ -105,6 +110,8 @@ class Node:
         }
         if self.fail:
             env["FAKE_CUDA_FAIL"] = ",".join(self.fail)
+        if self.nvml:
+            env["FAKE_NVML_INVENTORY"] = str(self.write_nvml_inventory())
         if shim is not None:
             env["LD_PRELOAD"] = str(shim)
         env.update(extra)
@@ -148,8 +155,19 @@ class Node:
             lines += ["gpu", f"uuid {uuid}", "name NVIDIA Fake", f"pci_bus_id 00000000:{index + 1:02x}:00.0",
                       f"memory_total {size}"]
         path = self.root / "nvml-inventory.txt"
-        path.write_text("\n".join(lines) + "\n")
+        text = "\n".join(lines) + "\n"
+        if not path.exists() or path.read_text() != text:
+            # Renamed into place: processes started earlier may be reading it right now.
+            scratch = path.with_suffix(f".{os.getpid()}.tmp")
+            scratch.write_text(text)
+            scratch.replace(path)
         return path
+
+    def fake_device_used(self, device: int = 0) -> int:
+        """Device-wide bytes live processes hold now, as the fake driver counts them."""
+        data = self.state_file.read_bytes()
+        offset = 8 + 8 * device
+        return int.from_bytes(data[offset : offset + 8], "little", signed=True)
 
     def fake_device_peak(self, device: int = 0) -> int:
         """Device-wide peak usage of live processes the fake driver saw (struct fake_state)."""

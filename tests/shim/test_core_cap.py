@@ -178,7 +178,7 @@ def test_soft_releases_the_cap_when_the_other_claim_goes_idle_and_hard_does_not(
 
 
 def test_no_deadlock_with_8_threads_on_4_streams_while_processes_of_the_claim_are_killed(node: Node) -> None:
-    node.add_claim("claim-a", {GPU0: 64 * MiB}, cores=50)
+    node.add_claim("claim-a", {GPU0: 64 * MiB}, cores=50, policy="hard")
     worker = node.start_loop("--seconds", "4", "--threads", "8", "--streams", "4", "--kernel-us", "300")
     rng = random.Random(7)
     deadline = time.monotonic() + 3.5

@@ -106,3 +106,77 @@ def test_nvml_free_never_exceeds_what_the_card_has_left(node: Node) -> None:
     total, used, free = probe_nvml(node, 1, GPU_A, other_bytes=7 * GiB)[GPU_A]["v1"]
     assert (total, used) == (2 * GiB, 0)
     assert free == 128 * MiB
+
+
+PID_PROBE = r"""
+import json, sys
+import pynvml as n
+n.nvmlInit()
+h = n.nvmlDeviceGetHandleByUUID(sys.argv[1].encode())
+print(json.dumps({
+    "v3": sorted([p.pid, p.usedGpuMemory] for p in n.nvmlDeviceGetComputeRunningProcesses(h)),
+    "v2": sorted([p.pid, p.usedGpuMemory] for p in n.nvmlDeviceGetComputeRunningProcesses_v2(h)),
+}))
+"""
+OFFSET = 100_000  # the fake NVML reports every PID 100,000 higher: host PIDs of a container
+
+
+def probe_processes(env: dict[str, str], gpu: str) -> dict:
+    probe = subprocess.run([sys.executable, "-c", PID_PROBE, gpu], env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    return json.loads(probe.stdout)
+
+
+def test_in_a_container_nvml_lists_the_pods_own_processes_with_their_usage(node: Node) -> None:
+    node.devices = {GPU_A: 8 * GiB}
+    node.add_claim("claim-a", {GPU_A: 2 * GiB})
+    # Another tenant on the same GPU, under its own claim.
+    tenant = Node(root=node.root / "tenant", devices=node.devices, shared_state=node.state_file)
+    tenant.add_claim("claim-b", {GPU_A: 2 * GiB})
+    offset = {"FAKE_NVML_PID_OFFSET": str(OFFSET)}
+    ours = [node.start("init", "ctx", "0", "alloc", str(512 * MiB), "hold", **offset),
+            node.start("init", "ctx", "0", "alloc", str(256 * MiB), "alloc", str(4 * MiB), "hold", **offset)]
+    theirs = tenant.start("init", "ctx", "0", "alloc", str(GiB), "hold", **offset)
+    try:
+        for proc in (*ours, theirs):
+            read_until(proc, "hold")
+        inside = probe_processes(node.env(**offset), GPU_A)
+        host = probe_processes(node.env(shim=None, **offset), GPU_A)
+        slots = {slot.pid: slot.host_pid for slot in node.region("claim-a").processes if slot.alive}
+    finally:
+        for proc in (*ours, theirs):
+            stop(proc)
+    # The host sees host PIDs, everyone's.
+    assert [pid for pid, _ in host["v3"]] == sorted(p.pid + OFFSET for p in (*ours, theirs))
+    # The pod sees its own two processes, under the PIDs it knows them by, with their usage; the
+    # other tenant's process is not there.
+    expected = sorted([[ours[0].pid, 512 * MiB], [ours[1].pid, 260 * MiB]])
+    assert inside["v3"] == expected and inside["v2"] == expected
+    # Each process learned its host PID once and keeps it in its slot.
+    assert {slots[p.pid] for p in ours} == {p.pid + OFFSET for p in ours}
+
+
+def test_a_process_that_could_not_learn_its_host_pid_is_not_shown_in_a_container(node: Node) -> None:
+    node.devices = {GPU_A: 8 * GiB}
+    node.ctx_bytes = 2 * MiB
+    node.add_claim("claim-a", {GPU_A: 2 * GiB})
+    offset = {"FAKE_NVML_PID_OFFSET": str(OFFSET)}
+    # The claim's first process measures its context through NVML's process list and learns its
+    # host PID on the way; a later one is charged that measurement without asking NVML, and
+    # allocates too little (1 MiB) for its allocation to be watched.
+    first = node.start("init", "ctx", "0", "alloc", str(MiB), "hold", **offset)
+    try:
+        read_until(first, "hold")
+        later = node.start("init", "ctx", "0", "alloc", str(MiB), "hold", **offset)
+        try:
+            read_until(later, "hold")
+            inside = probe_processes(node.env(**offset), GPU_A)
+            slots = {slot.pid: slot.host_pid for slot in node.region("claim-a").processes if slot.alive}
+        finally:
+            stop(later)
+    finally:
+        stop(first)
+    assert (slots[first.pid], slots[later.pid]) == (first.pid + OFFSET, 0)
+    # Never a wrong one: the unknown process is left out rather than matched by its own PID.
+    assert inside["v3"] == [[first.pid, 3 * MiB]]

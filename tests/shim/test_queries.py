@@ -1,6 +1,6 @@
 """Memory queries report the claim's view; two claims on two GPUs are each enforced by UUID."""
 
-from tests.shim.harness import GPU_A, GPU_B, MiB, Node
+from tests.shim.harness import GPU0, GPU_A, GPU_B, MiB, Node
 
 
 def two_gpu_node(node: Node) -> Node:
@@ -73,12 +73,43 @@ def test_context_footprint_is_measured_and_charged(node: Node) -> None:
     assert gpu.peak_bytes == 3 * MiB
 
 
+def test_the_claims_first_process_measures_its_context_and_later_ones_reuse_it(node: Node) -> None:
+    node.ctx_bytes = 3 * MiB
+    node.add_claim("claim-a", {GPU0: 16 * MiB})
+    # The first process has no context yet when it retains the primary one: NVML's device-wide
+    # used memory (following the fake driver) before and after is the footprint.
+    first = node.run("init", "ctx", "0", "info")
+    assert first.rcs() == [0, 0, 0] and int(first.lines[2]["free"]) == 13 * MiB
+    gpu = node.region("claim-a").gpu(GPU0)
+    assert (gpu.context_bytes, gpu.limit_errors) == (3 * MiB, 0)
+    # A later process is charged the claim's measurement without asking NVML (here it has none).
+    node.nvml = False
+    later = node.run("init", "ctx", "0", "info", "alloc", str(13 * MiB), "alloc", "1")
+    assert later.rcs() == [0, 0, 0, 0, 2]
+    assert int(later.lines[2]["free"]) == 13 * MiB
+    assert node.region("claim-a").gpu(GPU0).limit_errors == 0
+
+
+def test_a_context_nobody_could_measure_is_counted(node: Node) -> None:
+    node.ctx_bytes = 3 * MiB
+    node.nvml = False
+    node.add_claim("claim-a", {GPU0: 16 * MiB})
+    # No NVML and no context current before the primary one: nothing to measure against.
+    result = node.run("init", "ctx", "0", "info")
+    assert result.rcs() == [0, 0, 0]
+    gpu = node.region("claim-a").gpu(GPU0)
+    assert gpu.limit_errors == 1 and gpu.limit_error_call.startswith("context footprint")
+    assert "the context footprint could not be measured" in result.stderr
+
+
 def test_a_context_that_does_not_fit_is_refused(node: Node) -> None:
     node.ctx_bytes = 8 * MiB
     node.devices = {GPU_A: 8 << 30}
     node.add_claim("claim-a", {GPU_A: 4 * MiB})
+    # Neither the primary context nor a created one fits: both are undone and refused.
     result = node.run("init", "ctx", "0", "ctxcreate", "0")
-    assert result.rcs() == [0, 0, 2]
+    assert result.rcs() == [0, 2, 2]
+    assert node.region("claim-a").gpu(GPU_A).used_bytes == 0
 
 
 def test_a_pool_allocation_is_charged_to_the_pools_device_not_the_current_one(node: Node) -> None:

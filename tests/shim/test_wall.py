@@ -1,8 +1,10 @@
 """The memory wall on every allocation path: refusal past the limit, exact refunds, rollback."""
 
+from typing import Any
+
 import pytest
 
-from tests.shim.harness import GPU0, MiB, Node
+from tests.shim.harness import GPU0, MiB, Node, read_until, stop
 
 LIMIT = 64 * MiB
 
@@ -134,3 +136,70 @@ def test_a_tampered_region_cannot_raise_the_limit_or_free_room(claimed: Node) ->
     result = claimed.run("init", "ctx", "0", "alloc", str(LIMIT), "alloc", "1")
     assert result.rcs() == [0, 0, 0, 2]  # ...but the wall comes from the read-only config
     assert claimed.region("claim-a").gpu(GPU0).limit_bytes == LIMIT  # and is rewritten from it
+
+
+# A driver without the memory-requirements calls (before CUDA 11.6, or a minimal one), or where
+# they fail: the shim cannot ask what an array really takes, so what it charges must be an upper
+# bound. Small mipmapped arrays are the hard case: the fake driver starts every level on a 64 KiB
+# boundary, so a 256 x 256 RGBA8 mipmap with 9 levels takes 768 KiB for 341 KiB of texels.
+FALLBACKS: dict[str, dict[str, Any]] = {
+    "old-driver": {"driver": "old-driver"},
+    "failing-calls": {"fail": ("cuArrayGetMemoryRequirements", "cuMipmappedArrayGetMemoryRequirements")},
+    # Levels on 256 KiB boundaries: coarser than the shim's structural bound assumes, so only what
+    # device-wide free memory says the creation took keeps the charge an upper bound.
+    "coarse-layout": {"driver": "old-driver", "env": {"FAKE_CUDA_LEVEL_ALIGN": str(256 * 1024)}},
+}
+
+
+@pytest.mark.parametrize("fill", [["fillmip", "256", "256", "9"], ["fillmip", "1024", "1024", "11"],
+                                  ["fillarray", "100", "100"], ["fillarray", "1000", "3"]],
+                         ids=["small-mipmaps", "large-mipmaps", "small-arrays", "thin-arrays"])
+@pytest.mark.parametrize("how", sorted(FALLBACKS))
+def test_arrays_stay_under_the_wall_when_the_driver_cannot_tell_their_size(
+        node: Node, how: str, fill: list[str]) -> None:
+    settings = dict(FALLBACKS[how])
+    env = settings.pop("env", {})
+    for key, value in settings.items():
+        setattr(node, key, value)
+    # 500 KiB more than LIMIT: the last small mipmap's texels fit in what is left, its 768 KiB do not.
+    wall = LIMIT + 500 * 1024
+    node.add_claim("claim-a", {GPU0: wall})
+    holder = node.start("init", "ctx", "0", *fill, "info", "hold", **env)
+    try:
+        lines = read_until(holder, "hold")
+        assert lines[2]["rc"] == "2" and int(lines[2]["count"]) > 0, lines  # filled up to the wall
+        assert node.fake_device_used() <= wall  # what the driver holds for the claim: within the wall
+        gpu = node.region("claim-a").gpu(GPU0)
+    finally:
+        stop(holder)
+    if how == "old-driver":
+        # Known up front (no such call): the bound is reserved before each creation, so the
+        # driver never held more than the wall even for a moment.
+        assert node.fake_device_peak() <= wall
+    assert gpu.limit_errors > 0
+    assert gpu.limit_error_call.startswith("cuMipmappedArray" if fill[0] == "fillmip" else "cuArrayGet")
+    assert holder.stderr is not None and "upper bound" in holder.stderr.read()
+
+
+def test_with_the_requirements_calls_arrays_fill_the_wall_exactly(claimed: Node) -> None:
+    # The same small mipmaps on a driver that tells their size: exactly LIMIT // 768 KiB of them.
+    result = claimed.run("init", "ctx", "0", "fillmip", "256", "256", "9", "info")
+    assert int(result.lines[2]["count"]) == LIMIT // (768 * 1024)
+    assert claimed.region("claim-a").gpu(GPU0).limit_errors == 0
+
+
+def test_an_allocation_the_driver_will_not_undo_keeps_its_charge(node: Node) -> None:
+    # A 1000 x 1000 float array is reserved at its 4,000,000 texel bytes; the driver needs
+    # 4,096,000, which does not fit under this wall, so the shim undoes it. If the driver refuses
+    # to destroy it, the memory is still there: the reservation stays charged and is counted.
+    node.add_claim("claim-a", {GPU0: 4_050_000})
+    node.fail = ("cuArrayDestroy",)
+    holder = node.start("init", "ctx", "0", "array", "1000", "1000", "info", "hold")
+    try:
+        lines = read_until(holder, "hold")
+        assert lines[2]["rc"] == "2"  # CUDA_ERROR_OUT_OF_MEMORY: the array does not fit
+        assert int(lines[3]["free"]) == 50_000  # not 4,050,000: the driver still holds the array
+        gpu = node.region("claim-a").gpu(GPU0)
+    finally:
+        stop(holder)
+    assert gpu.limit_errors == 1 and gpu.limit_error_call.startswith("undoing an allocation")

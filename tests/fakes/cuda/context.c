@@ -26,12 +26,30 @@ static __thread int t_depth; /* t_stack[t_depth-1] is current */
 #define INJECT()                                                                                      \
     do {                                                                                              \
         if (fake_should_fail(__func__))                                                               \
-            return CUDA_ERROR_UNKNOWN;                                                                \
+            return (CUresult)fake_should_fail(__func__);                                                                \
     } while (0)
 
 int fake_current_device(void)
 {
     return t_depth > 0 && t_stack[t_depth - 1] ? t_stack[t_depth - 1]->dev : -1;
+}
+
+/* Contexts this process holds per device (created + primary retained once); NVML lists a process
+ * on a device while it holds one there, like the real driver. */
+static int g_contexts[FAKE_MAX_DEVICES];
+
+void fake_contexts_forget(void)
+{
+    memset(g_contexts, 0, sizeof(g_contexts));
+}
+
+void fake_context_count(int dev, int delta)
+{
+    int now = __atomic_add_fetch(&g_contexts[dev], delta, __ATOMIC_ACQ_REL);
+    if (now > 0)
+        __atomic_or_fetch(&g_fake_me->ctx_mask, 1 << dev, __ATOMIC_RELEASE);
+    else
+        __atomic_and_fetch(&g_fake_me->ctx_mask, ~(1 << dev), __ATOMIC_RELEASE);
 }
 
 FAKE_EXPORT CUresult cuInit(unsigned int flags)
@@ -146,6 +164,7 @@ static CUresult create(CUcontext *pctx, CUdevice dev)
         return CUDA_ERROR_OUT_OF_MEMORY;
     CUcontext c = calloc(1, sizeof(*c));
     c->dev = dev;
+    fake_context_count(dev, 1);
     if (t_depth < STACK_DEPTH)
         t_stack[t_depth++] = c;
     *pctx = c;
@@ -195,6 +214,7 @@ FAKE_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx)
             break;
         }
     fake_uncharge(ctx->dev, g_fake_ctx_bytes);
+    fake_context_count(ctx->dev, -1);
     free(ctx);
     return CUDA_SUCCESS;
 }
@@ -209,6 +229,8 @@ FAKE_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
         return CUDA_ERROR_INVALID_DEVICE;
     if (g_primary_refs[dev] == 0 && fake_charge(dev, g_fake_ctx_bytes) != CUDA_SUCCESS)
         return CUDA_ERROR_OUT_OF_MEMORY;
+    if (g_primary_refs[dev] == 0)
+        fake_context_count(dev, 1);
     g_primary_refs[dev]++;
     g_primary[dev].dev = dev;
     g_primary[dev].primary = 1;
@@ -221,8 +243,10 @@ FAKE_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
     CHECK_INIT();
     if (!fake_valid_device(dev) || g_primary_refs[dev] == 0)
         return CUDA_ERROR_INVALID_CONTEXT;
-    if (--g_primary_refs[dev] == 0)
+    if (--g_primary_refs[dev] == 0) {
         fake_uncharge(dev, g_fake_ctx_bytes);
+        fake_context_count(dev, -1);
+    }
     return CUDA_SUCCESS;
 }
 
@@ -267,6 +291,7 @@ FAKE_EXPORT CUresult cuCtxPopCurrent_v2(CUcontext *pctx)
 FAKE_EXPORT CUresult cuCtxGetDevice(CUdevice *dev)
 {
     CHECK_INIT();
+    INJECT();
     if (!dev)
         return CUDA_ERROR_INVALID_VALUE;
     int d = fake_current_device();

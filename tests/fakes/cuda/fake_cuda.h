@@ -8,10 +8,12 @@
  *                       GPU-00000000-0000-0000-0000-000000000000
  *   FAKE_CUDA_STATE     path of the shared state file (created if missing); unset = this process only
  *   FAKE_CUDA_CTX_BYTES device memory a context occupies (default 0)
- *   FAKE_CUDA_FAIL      comma-separated entry points that fail with CUDA_ERROR_UNKNOWN (fault injection)
+ *   FAKE_CUDA_FAIL      comma-separated entry points that fail (fault injection): "name" answers
+ *                       CUDA_ERROR_UNKNOWN, "name:801" that code (e.g. cuStreamIsCapturing:801)
  *   FAKE_CUDA_NS_PER_THREAD  device time a launched kernel takes per thread (default 1 ns): a kernel
  *                       occupies its stream for gridX*gridY*gridZ * blockX*blockY*blockZ * this
  *   FAKE_CUDA_QUEUE_NS  how much work a stream may have queued before a launch blocks (default 20 ms)
+ *   FAKE_CUDA_LEVEL_ALIGN  the boundary every mipmap level starts on (default 65536 bytes)
  *
  * State file layout (the peak is read by tests/shim/harness.py, the occupancy by the fake NVML):
  * struct fake_state below.
@@ -30,7 +32,7 @@
 
 struct fake_proc {
     int32_t pid;
-    int32_t pad;
+    int32_t ctx_mask; /* bit d: the process holds a context on device d (NVML lists it there) */
     int64_t used[FAKE_MAX_DEVICES];
 };
 
@@ -61,6 +63,7 @@ extern struct fake_state *g_fake_state;
 extern struct fake_proc *g_fake_me;
 extern int g_fake_initialized; /* cuInit called */
 
+/* 0, or the CUresult the entry point named function must answer (FAKE_CUDA_FAIL). */
 int fake_should_fail(const char *function);
 /* Charge bytes to dev for this process; CUDA_ERROR_OUT_OF_MEMORY when the device is full. */
 CUresult fake_charge(int dev, int64_t bytes);
@@ -74,6 +77,8 @@ int fake_forget(uint64_t addr, int64_t *bytes, int *dev);
 
 /* context.c */
 int fake_current_device(void); /* -1 without a current context */
+void fake_context_count(int dev, int delta); /* keeps g_fake_me->ctx_mask in step */
+void fake_contexts_forget(void);            /* fork child: the parent's contexts are not its own */
 
 /* launch.c */
 int64_t fake_now_ns(void); /* CLOCK_MONOTONIC: the same clock in every process */

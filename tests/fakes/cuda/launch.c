@@ -146,7 +146,7 @@ static int64_t kernel_ns(unsigned gx, unsigned gy, unsigned gz, unsigned bx, uns
     do {                                                                                              \
         (void)f, (void)shmem, (void)params;                                                           \
         if (fake_should_fail(__func__))                                                               \
-            return CUDA_ERROR_UNKNOWN;                                                                \
+            return (CUresult)fake_should_fail(__func__);                                                                \
         if (!gx || !gy || !gz || !bx || !by || !bz)                                                   \
             return CUDA_ERROR_INVALID_VALUE;                                                          \
         return occupy(stream, ptsz, kernel_ns(gx, gy, gz, bx, by, bz));                               \
@@ -182,7 +182,7 @@ FAKE_EXPORT CUresult cuLaunchKernelEx(const CUlaunchConfig *c, CUfunction f, voi
 {
     (void)f, (void)params, (void)extra;
     if (fake_should_fail(__func__))
-        return CUDA_ERROR_UNKNOWN;
+        return (CUresult)fake_should_fail(__func__);
     return launch_ex(c, 0);
 }
 
@@ -190,7 +190,7 @@ FAKE_EXPORT CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *c, CUfunction f
 {
     (void)f, (void)params, (void)extra;
     if (fake_should_fail(__func__))
-        return CUDA_ERROR_UNKNOWN;
+        return (CUresult)fake_should_fail(__func__);
     return launch_ex(c, 1);
 }
 
@@ -218,14 +218,14 @@ static CUresult graph_launch(CUgraphExec g, CUstream s, int ptsz)
 FAKE_EXPORT CUresult cuGraphLaunch(CUgraphExec g, CUstream s)
 {
     if (fake_should_fail(__func__))
-        return CUDA_ERROR_UNKNOWN;
+        return (CUresult)fake_should_fail(__func__);
     return graph_launch(g, s, 0);
 }
 
 FAKE_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s)
 {
     if (fake_should_fail(__func__))
-        return CUDA_ERROR_UNKNOWN;
+        return (CUresult)fake_should_fail(__func__);
     return graph_launch(g, s, 1);
 }
 
@@ -303,10 +303,13 @@ FAKE_EXPORT CUresult cuCtxSynchronize(void)
     return CUDA_SUCCESS;
 }
 
-/* Stream capture is not simulated: no stream is ever capturing. */
+/* Stream capture is not simulated: no stream is ever capturing (unless FAKE_CUDA_FAIL makes the
+ * query fail, as some drivers answer CUDA_ERROR_NOT_SUPPORTED, 801). */
 FAKE_EXPORT CUresult cuStreamIsCapturing(CUstream s, int *status)
 {
     (void)s;
+    if (fake_should_fail(__func__))
+        return (CUresult)fake_should_fail(__func__);
     if (!status)
         return CUDA_ERROR_INVALID_VALUE;
     *status = 0; /* CU_STREAM_CAPTURE_STATUS_NONE */
@@ -322,10 +325,14 @@ FAKE_EXPORT CUresult cuThreadExchangeStreamCaptureMode(int *mode)
 }
 
 /* ---- events: the time the stream's queued work completes ------------------------------------ */
+/* The "no-events" variant (Makefile) lacks the whole event API, like a minimal driver. */
+#ifndef FAKE_OMIT_EVENTS
 
 FAKE_EXPORT CUresult cuEventCreate(CUevent *out, unsigned int flags)
 {
     (void)flags;
+    if (fake_should_fail(__func__))
+        return (CUresult)fake_should_fail(__func__);
     if (!g_fake_initialized)
         return CUDA_ERROR_NOT_INITIALIZED;
     if (!out)
@@ -362,6 +369,8 @@ static CUresult record(CUevent e, CUstream handle, int ptsz)
 
 FAKE_EXPORT CUresult cuEventRecord(CUevent e, CUstream s)
 {
+    if (fake_should_fail(__func__))
+        return (CUresult)fake_should_fail(__func__);
     return record(e, s, 0);
 }
 
@@ -372,6 +381,8 @@ FAKE_EXPORT CUresult cuEventRecord_ptsz(CUevent e, CUstream s)
 
 FAKE_EXPORT CUresult cuEventQuery(CUevent e)
 {
+    if (fake_should_fail(__func__))
+        return (CUresult)fake_should_fail(__func__);
     if (!e)
         return CUDA_ERROR_INVALID_HANDLE;
     if (!__atomic_load_n(&e->recorded, __ATOMIC_ACQUIRE))
@@ -390,6 +401,8 @@ FAKE_EXPORT CUresult cuEventSynchronize(CUevent e)
 
 FAKE_EXPORT CUresult cuEventElapsedTime(float *ms, CUevent start, CUevent end)
 {
+    if (fake_should_fail(__func__))
+        return (CUresult)fake_should_fail(__func__);
     if (!ms)
         return CUDA_ERROR_INVALID_VALUE;
     if (!start || !end || !__atomic_load_n(&start->recorded, __ATOMIC_ACQUIRE) ||
@@ -401,6 +414,8 @@ FAKE_EXPORT CUresult cuEventElapsedTime(float *ms, CUevent start, CUevent end)
     *ms = (float)((double)(end->at - start->at) / 1e6);
     return CUDA_SUCCESS;
 }
+
+#endif /* FAKE_OMIT_EVENTS */
 
 /* ---- test hooks (not CUDA APIs) ------------------------------------------------------------- */
 

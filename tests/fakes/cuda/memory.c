@@ -16,7 +16,7 @@
 #define INJECT()                                                                                      \
     do {                                                                                              \
         if (fake_should_fail(__func__))                                                               \
-            return CUDA_ERROR_UNKNOWN;                                                                \
+            return (CUresult)fake_should_fail(__func__);                                                                \
     } while (0)
 
 /* ---- address -> (bytes, device): a chained hash table under one mutex ------------------------ */
@@ -390,8 +390,11 @@ FAKE_EXPORT CUresult cuArrayDestroy(CUarray arr)
     return CUDA_SUCCESS;
 }
 
+/* The "old-driver" variant (Makefile) lacks both memory-requirements calls (new in CUDA 11.6). */
+#ifndef FAKE_OMIT_MEMORY_REQUIREMENTS
 FAKE_EXPORT CUresult cuArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *req, CUarray arr, CUdevice dev)
 {
+    INJECT();
     if (!req || !arr || dev != arr->dev)
         return CUDA_ERROR_INVALID_VALUE;
     memset(req, 0, sizeof(*req));
@@ -399,6 +402,7 @@ FAKE_EXPORT CUresult cuArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS
     req->alignment = 512;
     return CUDA_SUCCESS;
 }
+#endif
 
 FAKE_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *h, const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels)
 {
@@ -407,10 +411,15 @@ FAKE_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *h, const CUDA_ARRA
     int64_t total = 0;
     if (!h || !d || d->Width == 0 || levels == 0)
         return CUDA_ERROR_INVALID_VALUE;
+    /* Each level starts on a 64 KiB boundary (like a block-linear layout's level alignment), so
+     * small levels take far more than their texels; FAKE_CUDA_LEVEL_ALIGN makes it coarser. */
+    const char *align_env = getenv("FAKE_CUDA_LEVEL_ALIGN");
+    int64_t align = align_env && atoll(align_env) > 0 ? atoll(align_env) : 65536;
     for (unsigned l = 0; l < levels; l++) {
         size_t w = d->Width >> l, hh = d->Height >> l, z = d->Depth >> l;
-        total += array_size(w ? w : 1, d->Height ? (hh ? hh : 1) : 0, d->Depth ? (z ? z : 1) : 0, d->Format,
-                            d->NumChannels);
+        int64_t level = array_size(w ? w : 1, d->Height ? (hh ? hh : 1) : 0, d->Depth ? (z ? z : 1) : 0, d->Format,
+                                   d->NumChannels);
+        total += (level + align - 1) / align * align;
     }
     if (fake_charge(dev, total) != CUDA_SUCCESS)
         return CUDA_ERROR_OUT_OF_MEMORY;
@@ -431,9 +440,11 @@ FAKE_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray h)
     return CUDA_SUCCESS;
 }
 
+#ifndef FAKE_OMIT_MEMORY_REQUIREMENTS
 FAKE_EXPORT CUresult cuMipmappedArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *req, CUmipmappedArray h,
                                                            CUdevice dev)
 {
+    INJECT();
     if (!req || !h || dev != h->dev)
         return CUDA_ERROR_INVALID_VALUE;
     memset(req, 0, sizeof(*req));
@@ -441,3 +452,4 @@ FAKE_EXPORT CUresult cuMipmappedArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQ
     req->alignment = 512;
     return CUDA_SUCCESS;
 }
+#endif

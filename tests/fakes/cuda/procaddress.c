@@ -70,10 +70,14 @@ static const struct variant g_table[] = {
     {"cuArrayCreate", 3020, (void *)cuArrayCreate_v2, 0},
     {"cuArray3DCreate", 3020, (void *)cuArray3DCreate_v2, 0},
     {"cuArrayDestroy", 2000, (void *)cuArrayDestroy, 0},
+#ifndef FAKE_OMIT_MEMORY_REQUIREMENTS
     {"cuArrayGetMemoryRequirements", 11060, (void *)cuArrayGetMemoryRequirements, 0},
+#endif
     {"cuMipmappedArrayCreate", 5000, (void *)cuMipmappedArrayCreate, 0},
     {"cuMipmappedArrayDestroy", 5000, (void *)cuMipmappedArrayDestroy, 0},
+#ifndef FAKE_OMIT_MEMORY_REQUIREMENTS
     {"cuMipmappedArrayGetMemoryRequirements", 11060, (void *)cuMipmappedArrayGetMemoryRequirements, 0},
+#endif
     {"cuMemCreate", 10020, (void *)cuMemCreate, 0},
     {"cuMemRelease", 10020, (void *)cuMemRelease, 0},
     {"cuMemAllocAsync", 11020, (void *)cuMemAllocAsync, (void *)cuMemAllocAsync_ptsz},
@@ -92,14 +96,16 @@ static const struct variant g_table[] = {
     {"cuStreamDestroy", 4000, (void *)cuStreamDestroy_v2, 0},
     {"cuStreamSynchronize", 2000, (void *)cuStreamSynchronize, (void *)cuStreamSynchronize_ptsz},
     {"cuCtxSynchronize", 2000, (void *)cuCtxSynchronize, 0},
-    {"cuEventCreate", 2000, (void *)cuEventCreate, 0},
     {"cuStreamIsCapturing", 10000, (void *)cuStreamIsCapturing, 0},
     {"cuThreadExchangeStreamCaptureMode", 10010, (void *)cuThreadExchangeStreamCaptureMode, 0},
+#ifndef FAKE_OMIT_EVENTS
+    {"cuEventCreate", 2000, (void *)cuEventCreate, 0},
     {"cuEventDestroy", 4000, (void *)cuEventDestroy_v2, 0},
     {"cuEventRecord", 2000, (void *)cuEventRecord, (void *)cuEventRecord_ptsz},
     {"cuEventQuery", 2000, (void *)cuEventQuery, 0},
     {"cuEventSynchronize", 2000, (void *)cuEventSynchronize, 0},
     {"cuEventElapsedTime", 2000, (void *)cuEventElapsedTime, 0},
+#endif
 };
 
 static CUresult lookup(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,

@@ -95,6 +95,7 @@ static struct fake_proc *try_claim(int me)
                                          __ATOMIC_RELAXED))
             continue;
         memset(g_fake_state->procs[i].used, 0, sizeof(g_fake_state->procs[i].used));
+        __atomic_store_n(&g_fake_state->procs[i].ctx_mask, 0, __ATOMIC_RELEASE);
         int hw = __atomic_load_n(&g_fake_state->proc_high_water, __ATOMIC_RELAXED);
         while (hw < i + 1 && !__atomic_compare_exchange_n(&g_fake_state->proc_high_water, &hw, i + 1, 1,
                                                           __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
@@ -121,6 +122,7 @@ static struct fake_proc *claim_proc(void)
 static void after_fork_child(void)
 {
     g_fake_me = claim_proc();
+    fake_contexts_forget();
 }
 
 __attribute__((constructor)) static void fake_load(void)
@@ -176,10 +178,18 @@ __attribute__((destructor)) static void fake_unload(void)
 int fake_should_fail(const char *function)
 {
     char key[128];
+    const char *at;
+    size_t n;
     if (!g_fail[0])
         return 0;
-    snprintf(key, sizeof(key), ",%s,", function);
-    return strstr(g_fail, key) != NULL;
+    n = (size_t)snprintf(key, sizeof(key), ",%s", function);
+    for (at = strstr(g_fail, key); at; at = strstr(at + 1, key)) {
+        if (at[n] == ',')
+            return CUDA_ERROR_UNKNOWN;
+        if (at[n] == ':')
+            return atoi(at + n + 1) > 0 ? atoi(at + n + 1) : CUDA_ERROR_UNKNOWN;
+    }
+    return 0;
 }
 
 int fake_valid_device(CUdevice dev)

@@ -5,10 +5,18 @@
  * the fake driver's state file and the GPU's UUID among its devices, `gpu` is the percentage of
  * the last sample period (100 ms, like NVML's own sampling) the device spent running kernels of
  * any process (the sum of their device time, capped at 100). Otherwise both numbers come from
- * the inventory file. Process lists and memory in use always come from the inventory.
+ * the inventory file.
+ *
+ * Processes and memory in use: the inventory's processes, plus (same condition) every live process
+ * of the fake driver that holds a context or memory on the GPU, with the bytes it holds there.
+ * NVML reports PIDs as the host sees them: FAKE_NVML_PID_OFFSET (default 0) is added to the
+ * fake driver's PIDs and to `self`, as if every caller ran in a container whose PIDs differ from
+ * the host's by that much. An inventory entry wins over a fake-driver process of the same PID.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,17 +107,74 @@ nvmlReturn_t fake_activity_utilization(const struct fake_gpu *gpu, nvmlUtilizati
     return NVML_SUCCESS;
 }
 
+static unsigned int pid_offset(void)
+{
+    const char *env = getenv("FAKE_NVML_PID_OFFSET");
+    return env && *env ? (unsigned int)strtoul(env, NULL, 10) : 0;
+}
+
 unsigned int fake_activity_pid(const struct fake_process *process)
 {
-    return process->is_self ? (unsigned int)getpid() : process->pid;
+    return process->is_self ? (unsigned int)getpid() + pid_offset() : process->pid;
+}
+
+/* One process using the GPU, as NVML lists it. */
+struct listed {
+    unsigned int pid;
+    unsigned long long used;
+};
+
+/* The GPU's processes: the inventory's, then the fake driver's live ones on it. Returns how
+ * many there are (processes come and go: possibly more than cap); fills at most cap entries of
+ * out (out may be NULL to count). */
+static size_t list_processes(const struct fake_gpu *gpu, struct listed *out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < gpu->process_count; i++, n++)
+        if (out && n < cap)
+            out[n] = (struct listed){fake_activity_pid(&gpu->processes[i]), gpu->processes[i].used_bytes};
+    pthread_mutex_lock(&g_occ_lock);
+    const struct fake_state *st = occupancy();
+    pthread_mutex_unlock(&g_occ_lock);
+    int dev = -1;
+    for (int d = 0; st && d < FAKE_MAX_DEVICES && dev < 0; d++)
+        if (strncmp(st->uuid[d], gpu->uuid, sizeof(st->uuid[d])) == 0)
+            dev = d;
+    if (dev < 0)
+        return n;
+    int high = __atomic_load_n(&st->proc_high_water, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < high && i < FAKE_MAX_PROCS; i++) {
+        const struct fake_proc *p = &st->procs[i];
+        int pid = __atomic_load_n(&p->pid, __ATOMIC_ACQUIRE);
+        long long used = __atomic_load_n(&p->used[dev], __ATOMIC_RELAXED);
+        int on_gpu = (__atomic_load_n(&p->ctx_mask, __ATOMIC_RELAXED) >> dev) & 1;
+        if (pid <= 0 || (!on_gpu && used <= 0) || (kill(pid, 0) != 0 && errno == ESRCH))
+            continue; /* a free entry, not on this GPU, or a killed process the driver reaped */
+        unsigned int shown = (unsigned int)pid + pid_offset();
+        int listed_already = 0;
+        for (size_t k = 0; k < gpu->process_count; k++)
+            listed_already |= fake_activity_pid(&gpu->processes[k]) == shown;
+        if (listed_already)
+            continue;
+        if (out && n < cap)
+            out[n] = (struct listed){shown, used > 0 ? (unsigned long long)used : 0};
+        n++;
+    }
+    return n;
 }
 
 unsigned long long fake_activity_used_bytes(const struct fake_gpu *gpu)
 {
+    size_t n = list_processes(gpu, NULL, 0);
+    struct listed *all = calloc(n ? n : 1, sizeof(*all));
     unsigned long long used = 0;
-    size_t i;
-    for (i = 0; i < gpu->process_count; i++)
-        used += gpu->processes[i].used_bytes;
+    if (!all)
+        return 0;
+    size_t cap = n;
+    n = list_processes(gpu, all, cap);
+    for (size_t i = 0; i < n && i < cap; i++)
+        used += all[i].used;
+    free(all);
     return used;
 }
 
@@ -126,69 +191,63 @@ FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device,
 /*
  * NVML's two-call protocol: with *count smaller than the number of processes (or infos NULL)
  * the call stores the needed count and answers INSUFFICIENT_SIZE; otherwise it fills the array
- * and stores how many it wrote. Zero processes answer SUCCESS with *count = 0.
+ * and stores how many it wrote. Zero processes answer SUCCESS with *count = 0. `v1` selects the
+ * unversioned symbol's layout (pid, usedGpuMemory).
  */
-static nvmlReturn_t check_process_query(nvmlDevice_t device, const char *function, unsigned int *count,
-                                        const void *infos)
+static nvmlReturn_t processes(nvmlDevice_t device, const char *function, unsigned int *count, void *infos, int v1)
 {
     nvmlReturn_t rc = fake_check_device(device, function);
     if (rc != NVML_SUCCESS)
         return rc;
     if (count == NULL)
         return NVML_ERROR_INVALID_ARGUMENT;
-    if (device->process_count == 0) {
-        *count = 0;
-        return NVML_SUCCESS;
-    }
-    if (infos == NULL || *count < device->process_count) {
-        *count = (unsigned int)device->process_count;
+    size_t n = list_processes(device, NULL, 0), cap = n + 8; /* room for processes starting now */
+    struct listed *all = calloc(cap, sizeof(*all));
+    if (!all)
+        return NVML_ERROR_MEMORY;
+    n = list_processes(device, all, cap);
+    if (n > cap)
+        n = cap;
+    if (n > 0 && (infos == NULL || *count < n)) {
+        *count = (unsigned int)n;
+        free(all);
         return NVML_ERROR_INSUFFICIENT_SIZE;
     }
-    *count = (unsigned int)device->process_count;
-    return NVML_SUCCESS;
-}
-
-static nvmlReturn_t processes_current(nvmlDevice_t device, const char *function, unsigned int *count,
-                                      nvmlProcessInfo_t *infos)
-{
-    nvmlReturn_t rc = check_process_query(device, function, count, infos);
-    size_t i;
-    if (rc != NVML_SUCCESS || device->process_count == 0)
-        return rc;
-    for (i = 0; i < device->process_count; i++) {
-        memset(&infos[i], 0, sizeof(infos[i]));
-        infos[i].pid = fake_activity_pid(&device->processes[i]);
-        infos[i].usedGpuMemory = device->processes[i].used_bytes;
-        /* Not a MIG device: NVML reports both instance ids as "not available". */
-        infos[i].gpuInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
-        infos[i].computeInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
+    for (size_t i = 0; i < n; i++) {
+        if (v1) {
+            nvmlProcessInfo_v1_t *out = (nvmlProcessInfo_v1_t *)infos + i;
+            memset(out, 0, sizeof(*out));
+            out->pid = all[i].pid;
+            out->usedGpuMemory = all[i].used;
+        } else {
+            nvmlProcessInfo_t *out = (nvmlProcessInfo_t *)infos + i;
+            memset(out, 0, sizeof(*out));
+            out->pid = all[i].pid;
+            out->usedGpuMemory = all[i].used;
+            /* Not a MIG device: NVML reports both instance ids as "not available". */
+            out->gpuInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
+            out->computeInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
+        }
     }
+    *count = (unsigned int)n;
+    free(all);
     return NVML_SUCCESS;
 }
 
 FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
                                                                       nvmlProcessInfo_t *infos)
 {
-    return processes_current(device, __func__, infoCount, infos);
+    return processes(device, __func__, infoCount, infos, 0);
 }
 
 FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t device, unsigned int *infoCount,
                                                                       nvmlProcessInfo_t *infos)
 {
-    return processes_current(device, __func__, infoCount, infos);
+    return processes(device, __func__, infoCount, infos, 0);
 }
 
 FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses(nvmlDevice_t device, unsigned int *infoCount,
                                                                    nvmlProcessInfo_v1_t *infos)
 {
-    nvmlReturn_t rc = check_process_query(device, __func__, infoCount, infos);
-    size_t i;
-    if (rc != NVML_SUCCESS || device->process_count == 0)
-        return rc;
-    for (i = 0; i < device->process_count; i++) {
-        memset(&infos[i], 0, sizeof(infos[i]));
-        infos[i].pid = fake_activity_pid(&device->processes[i]);
-        infos[i].usedGpuMemory = device->processes[i].used_bytes;
-    }
-    return NVML_SUCCESS;
+    return processes(device, __func__, infoCount, infos, 1);
 }

@@ -14,6 +14,7 @@
  *   array3d W H Z | mipmap W H LEVELS | vmm D N | vmmhost N | async N | pool N | free I |
  *   info | info1 | infonull | total D | launch K | resolve NAME VER FLAGS | fork CMDS... |
  *   exec CMDS... | hold | sleep MS | fill N (alloc N-byte blocks until refused; prints count) |
+ *   fillarray W H | fillmip W H LEVELS (arrays / mipmapped arrays until refused; prints count) |
  *   busy MS US (launch US-microsecond kernels back to back for MS ms; prints the share of the
  *   device its kernels used over the second half, from the fake driver's fakeCudaBusyNs)
  */
@@ -339,6 +340,28 @@ static int run_one(char **argv, int i, int argc, const char *self, const char *m
         if (rc == CUDA_SUCCESS)
             record('a', (unsigned long long)(uintptr_t)a);
         return three ? 4 : 3;
+    }
+    if (!strcmp(cmd, "fillarray") || !strcmp(cmd, "fillmip")) {
+        /* Create W x H arrays (float) or mipmapped arrays (RGBA8, LEVELS levels) until refused. */
+        int mip = !strcmp(cmd, "fillmip");
+        NEED(mip ? 3 : 2);
+        long count = 0;
+        for (;;) {
+            if (mip) {
+                CUmipmappedArray m = NULL;
+                CUDA_ARRAY3D_DESCRIPTOR d = {num(argv[i + 1]), num(argv[i + 2]), 0, CU_AD_FORMAT_UNSIGNED_INT8, 4, 0};
+                rc = api.cuMipmappedArrayCreate(&m, &d, (unsigned)num(argv[i + 3]));
+            } else {
+                CUarray a = NULL;
+                CUDA_ARRAY_DESCRIPTOR d = {num(argv[i + 1]), num(argv[i + 2]), CU_AD_FORMAT_FLOAT, 1};
+                rc = api.cuArrayCreate_v2(&a, &d);
+            }
+            if (rc != CUDA_SUCCESS)
+                break;
+            count++;
+        }
+        printf("%s rc=%d count=%ld\n", cmd, rc, count);
+        return mip ? 4 : 3;
     }
     if (!strcmp(cmd, "mipmap")) {
         NEED(3);
