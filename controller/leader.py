@@ -15,7 +15,7 @@ a leader past it.
 Unlike client-go, candidates also watch the Lease and act on the newest copy they have seen: a
 released Lease is taken with one PUT the moment its release arrives, instead of at the next poll,
 and an expiry is acted on when it falls due. A candidate re-reads the Lease (GET) only when it
-heard nothing for a retry period (a broken watch), before taking over an expired Lease (the watch
+heard nothing for two retry periods (a broken watch, or a dead leader), before taking over an expired Lease (the watch
 may have missed a renewal), and after a write conflicted.
 """
 from __future__ import annotations
@@ -185,9 +185,10 @@ class LeaderElector:
                 if result is _Write.ERROR:
                     not_before = time.monotonic() + self.retry_period_s
                 continue
-            # Woken early by a Lease event (released, renewed, deleted) or by `stop`; a wait that
-            # runs out with nothing heard means the watch may be broken: re-read.
-            stale = not self._wake.wait(min(delay, self.retry_period_s))
+            # Woken early by a Lease event (released, renewed, deleted) or by `stop`. A live leader
+            # renews every retry period, so two without a word mean the watch may be broken (or
+            # the leader dead): re-read.
+            stale = not self._wake.wait(min(delay, 2 * self.retry_period_s))
 
     def _released(self) -> bool:
         """The newest copy seen has no holder: nothing to re-check, it may be taken at once."""
