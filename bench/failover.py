@@ -159,6 +159,15 @@ class Bench:
 
     def clean_up(self) -> None:
         """Stop every replica, delete what `set_up` and the runs created."""
+        claims = [f"c{i:03d}" for i in range(next(self._claims))]
+        if self.server is None:
+            # While a leader still runs: it deallocates the claims and drops its finalizer.
+            for name in claims:
+                self._delete(PODS, f"p-{name}", self.namespace)
+                self._delete(RESOURCE_CLAIMS, name, self.namespace)
+            deadline = time.monotonic() + 60
+            while self._remaining(claims) and time.monotonic() < deadline:
+                time.sleep(0.5)
         for replica in self.replicas:
             if replica.process.poll() is None:
                 replica.process.send_signal(signal.SIGTERM)
@@ -174,15 +183,22 @@ class Bench:
         if self.server is not None:
             self.server.stop()
             return
-        for i in range(next(self._claims)):
-            for resource, name in ((PODS, f"p-c{i:03d}"), (RESOURCE_CLAIMS, f"c{i:03d}")):
-                self._delete(resource, name, self.namespace)
+        for name in self._remaining(claims):  # no leader left to release them
+            try:
+                self.api.patch(RESOURCE_CLAIMS, name, {"metadata": {"finalizers": None}}, self.namespace)
+            except ApiError as exc:
+                print(f"could not release claim {name}: {exc}", file=sys.stderr)
         self._delete(LEASES, LEASE, self.namespace)
         for node in NODE_NAMES:
             for item in self.api.list(RESOURCE_SLICES, field_selector=f"spec.nodeName={node}").get("items") or []:
                 self._delete(RESOURCE_SLICES, item["metadata"]["name"])
             self._delete(NODES, node)
         self._delete(DEVICE_CLASSES, CLASS)
+
+    def _remaining(self, claims: list[str]) -> list[str]:
+        items = self.api.list(RESOURCE_CLAIMS, self.namespace).get("items") or []
+        left = {item["metadata"]["name"] for item in items}
+        return [name for name in claims if name in left]
 
     def _delete(self, resource, name: str, namespace: str | None = None) -> None:
         try:
@@ -371,8 +387,9 @@ def main() -> int:
               f"median / lease duration {statistics.median(allocated) / lease_duration:5.2f}, "
               f"median / baseline {statistics.median(allocated) / steady:6.1f}")
     if load is not None:
+        gap = f"{load.longest_gap_s:.3f} s" if load.longest_gap_s else "none seen (too short a burst)"
         print(f"burst of {load.pods} pods allocated at {load.pods_per_s:.0f}/s: {load.step_downs} step-downs, "
-              f"longest gap between renewals {load.longest_gap_s:.3f} s (renew deadline: steps down past it)")
+              f"longest gap between renewals {gap} (the renew deadline is where a leader steps down)")
     for latency, count in flaps.items():
         print(f"every API request {latency:g} s late for {args.latency_window:g} s: {count} step-downs"
               f"{'' if count == 0 else ' (the leader lost the Lease)'}")
