@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -30,15 +31,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--lease-namespace", default="kube-system", help="namespace of the leader Lease")
     parser.add_argument("--lease-name", default="vgpu-dra-controller", help="name of the leader Lease")
     parser.add_argument("--identity", default=None, help="leader identity (default: hostname + random suffix)")
-    parser.add_argument("--lease-duration", type=float, default=15.0, help="seconds a Lease lasts unrenewed")
+    parser.add_argument("--lease-duration", type=float, default=4.0,
+                        help="seconds a Lease lasts unrenewed: a standby takes over this long after the leader "
+                             "dies (default: 4)")
+    parser.add_argument("--renew-deadline", type=float, default=None,
+                        help="seconds a leader keeps leading while its renewals fail (default: 3/4 of the lease "
+                             "duration)")
+    parser.add_argument("--retry-period", type=float, default=None,
+                        help="seconds between renewals (default: 1/8 of the lease duration)")
     parser.add_argument("--retry-refused-after", type=float, default=30.0,
                         help="seconds before a refused pod is retried even if nothing changed")
     add_log_format_argument(parser)
     parser.set_defaults(handler=run)
-
-
-
-
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,15 +53,22 @@ def run(args: argparse.Namespace) -> int:
     from vgpu_dra.controller.service import ControllerService, LeaderSettings
     from vgpu_dra.driver.placement_policy import PlacementPolicy
 
+    leader = LeaderSettings(enabled=args.leader_elect, namespace=args.lease_namespace, name=args.lease_name,
+                            lease_duration_s=args.lease_duration,
+                            renew_deadline_s=args.renew_deadline if args.renew_deadline is not None
+                            else args.lease_duration * 3 / 4,
+                            retry_period_s=args.retry_period if args.retry_period is not None
+                            else args.lease_duration / 8,
+                            **({"identity": args.identity} if args.identity else {}))
+    problem = leader.problem() if args.leader_elect else None
+    if problem:
+        print(f"vgpu-dra controller: error: {problem}; fix --lease-duration, --renew-deadline or --retry-period",
+              file=sys.stderr)
+        return 2
     configure_logging(args.log_format)
     log = structlog.get_logger("vgpu_dra.controller")
     settings = TermSettings(policy=PlacementPolicy.parse(args.node_policy, args.gpu_policy), workers=args.workers,
                             retry_refused_after_s=args.retry_refused_after)
-    leader = LeaderSettings(enabled=args.leader_elect, namespace=args.lease_namespace, name=args.lease_name,
-                            lease_duration_s=args.lease_duration,
-                            renew_deadline_s=min(10.0, args.lease_duration * 2 / 3),
-                            retry_period_s=min(2.0, args.lease_duration / 5),
-                            **({"identity": args.identity} if args.identity else {}))
     service = ControllerService(api_client(
         args.kubeconfig,
         # Five watches hold connections for their whole life; workers, events and the Lease need
@@ -69,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     log.info("starting", node_policy=args.node_policy, gpu_policy=args.gpu_policy, leader_elect=args.leader_elect,
-             identity=leader.identity, metrics_port=args.metrics_port)
+             identity=leader.identity, metrics_port=args.metrics_port, lease_duration_s=leader.lease_duration_s,
+             renew_deadline_s=leader.renew_deadline_s, retry_period_s=leader.retry_period_s)
     service.run(stop)
     log.info("stopped")
     return 0

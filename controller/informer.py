@@ -42,6 +42,8 @@ class Informer:
     resource: Resource
     handler: Handler
     name: str = ""
+    namespace: str | None = None
+    """One namespace of a namespaced resource (None: all namespaces)."""
     label_selector: str | None = None
     field_selector: str | None = None
     watch_timeout_s: int = 60
@@ -102,7 +104,7 @@ class Informer:
         items: dict[str, JsonObject] = {}
         token: str | None = None
         while True:
-            page = self.api.list(self.resource, label_selector=self.label_selector,
+            page = self.api.list(self.resource, self.namespace, label_selector=self.label_selector,
                                  field_selector=self.field_selector, limit=self.page_size,
                                  continue_token=token)
             for obj in page.get("items") or []:
@@ -148,7 +150,8 @@ class Informer:
         self._response = response
 
     def _watch(self, stop: threading.Event) -> None:
-        for event in self.api.watch(self.resource, self._resource_version, timeout_seconds=self.watch_timeout_s,
+        for event in self.api.watch(self.resource, self._resource_version, namespace=self.namespace,
+                                    timeout_seconds=self.watch_timeout_s,
                                     label_selector=self.label_selector, field_selector=self.field_selector,
                                     on_open=self._opened):
             obj = event.get("object") or {}

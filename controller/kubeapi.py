@@ -116,9 +116,10 @@ class KubeApi:
             raise _error_from(response.status, response.reason, data)
         return json.loads(data) if data else {}
 
-    def get(self, resource: Resource, name: str, namespace: str | None = None) -> JsonObject:
-        """One object."""
-        return self._request("GET", resource.path(namespace, name))
+    def get(self, resource: Resource, name: str, namespace: str | None = None, *,
+            timeout_s: float | None = None) -> JsonObject:
+        """One object (`timeout_s` overrides the client's request timeout)."""
+        return self._request("GET", resource.path(namespace, name), timeout=timeout_s)
 
     def list(self, resource: Resource, namespace: str | None = None, *, label_selector: str | None = None,
              field_selector: str | None = None, limit: int | None = None,
@@ -162,14 +163,17 @@ class KubeApi:
         finally:
             response.release_conn()
 
-    def create(self, resource: Resource, body: JsonObject, namespace: str | None = None) -> JsonObject:
+    def create(self, resource: Resource, body: JsonObject, namespace: str | None = None, *,
+               timeout_s: float | None = None) -> JsonObject:
         """POST."""
-        return self._request("POST", resource.path(namespace), body=body)
+        return self._request("POST", resource.path(namespace), body=body, timeout=timeout_s)
 
-    def update(self, resource: Resource, body: JsonObject, *, subresource: str | None = None) -> JsonObject:
+    def update(self, resource: Resource, body: JsonObject, *, subresource: str | None = None,
+               timeout_s: float | None = None) -> JsonObject:
         """PUT (optimistic concurrency through `metadata.resourceVersion`)."""
         meta = body["metadata"]
-        return self._request("PUT", resource.path(meta.get("namespace"), meta["name"], subresource), body=body)
+        return self._request("PUT", resource.path(meta.get("namespace"), meta["name"], subresource), body=body,
+                             timeout=timeout_s)
 
     def patch(self, resource: Resource, name: str, patch: Any, namespace: str | None = None, *,
               subresource: str | None = None, patch_type: str = "application/merge-patch+json") -> JsonObject:

@@ -26,15 +26,29 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class LeaderSettings:
-    """Where the Lease lives and how long a term lasts without renewal."""
+    """Where the Lease lives and how long a term lasts without renewal (see docs/controller.md for
+    why 4 / 3 / 0.5 s: a standby leads within 4 s of a crashed leader's last renewal, and a leader
+    steps down only after 3 s in which not one of its renewals got through)."""
 
     enabled: bool = True
     namespace: str = "kube-system"
     name: str = "vgpu-dra-controller"
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
-    lease_duration_s: float = 15.0
-    renew_deadline_s: float = 10.0
-    retry_period_s: float = 2.0
+    lease_duration_s: float = 4.0
+    renew_deadline_s: float = 3.0
+    retry_period_s: float = 0.5
+
+    def problem(self) -> str | None:
+        """What is wrong with the three durations (client-go's rules), or None."""
+        if min(self.lease_duration_s, self.renew_deadline_s, self.retry_period_s) <= 0:
+            return "lease duration, renew deadline and retry period must all be more than 0 seconds"
+        if self.lease_duration_s <= self.renew_deadline_s:
+            return (f"the lease duration ({self.lease_duration_s:g} s) must be longer than the renew deadline "
+                    f"({self.renew_deadline_s:g} s), or a standby could lead while the old leader still does")
+        if self.renew_deadline_s <= 1.2 * self.retry_period_s:
+            return (f"the renew deadline ({self.renew_deadline_s:g} s) must be more than 1.2 x the retry period "
+                    f"({self.retry_period_s:g} s), or a leader gets no second try before it steps down")
+        return None
 
 
 class ControllerService:
@@ -62,6 +76,9 @@ class ControllerService:
         if not self.leader.enabled:
             self._lead(stop)
             return
+        problem = self.leader.problem()
+        if problem:
+            raise ValueError(problem)
         self.elector = LeaderElector(self.api, self.leader.namespace, self.leader.name, self.leader.identity,
                                      on_started=self._lead, lease_duration_s=self.leader.lease_duration_s,
                                      renew_deadline_s=self.leader.renew_deadline_s,

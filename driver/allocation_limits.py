@@ -3,15 +3,19 @@
 Pure: takes the claim as the raw JSON the API server returned (so fields newer than the Python
 client's models survive) and returns data. The size of a device comes from, in order:
 
-1. the result's ``consumedCapacity`` for each capacity the claim requested explicitly;
+1. the result's ``consumedCapacity`` (kube-scheduler or the controller shared the device);
 2. else the merged ``VgpuConfig`` entries of ``allocation.devices.config`` that apply to the
    result's request (class entries, then claim entries, then the controller's resolved entry:
-   later wins), skipping entries of other drivers, for each capacity they state;
-3. else the rest of ``consumedCapacity`` (what the allocator booked by the slice's defaults);
-4. else the whole GPU with no core cap.
+   later wins), skipping entries of other drivers;
+3. else the whole GPU with no core cap.
 
-The core policy, which capacity cannot express, always comes from the configs. Every refusal is a ``ClaimRejected`` whose message is meant
-for the kubelet's event on the pod.
+``consumedCapacity`` wins over configs for memory and cores; the core policy, which capacity cannot
+express, still comes from the configs. One exception keeps a claim's limits the same whichever
+allocator placed it: kube-scheduler does not read VgpuConfig, so for a capacity the request did
+not name it books the slice's default (the whole memory, 0 cores); there the VgpuConfig, when it
+states that capacity, decides — as the controller does, whose own results (its finalizer is on
+the claim) already carry the resolved values. Every refusal is a ``ClaimRejected`` whose message
+is meant for the kubelet's event on the pod.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from vgpu_dra.api.config import InvalidConfigError, VgpuConfig, merge_configs, parse_config
-from vgpu_dra.api.names import CAPACITY_CORES, CAPACITY_MEMORY, DRIVER_NAME
+from vgpu_dra.api.names import CAPACITY_CORES, CAPACITY_MEMORY, DRIVER_NAME, FINALIZER
 from vgpu_dra.driver.limits import LimitError, ResolvedShare, ShareRequest
 
 LimitSource = Literal["consumedCapacity", "config", "wholeGpu"]
@@ -151,23 +155,53 @@ def _configs_for(entries: Sequence[Mapping[str, Any]], request: str, driver: str
     return configs
 
 
-def _share_for(result: Mapping[str, Any], configs: list[VgpuConfig], requested: frozenset[str],
-               usable_memory_bytes: int) -> tuple[ResolvedShare, LimitSource]:
-    """The device's limits. A capacity the claim requested explicitly is taken as consumed (the
-    allocator's rounding included); one it did not request comes from its VgpuConfig when that
-    states it, and only then from ``consumedCapacity``, where an allocator that books by the
-    slice's requestPolicy (kube-scheduler) wrote the policy's default (all memory, 0 cores), which
-    is not what the claim asked for. So a claim gets the same limits in both allocator modes."""
+def _capacity_name(name: str, driver: str) -> str:
+    return name.removeprefix(f"{driver}/")
+
+
+def requested_capacities(claim: Mapping[str, Any], request: str, driver: str = DRIVER_NAME) -> frozenset[str] | None:
+    """The capacities (``memory``, ``cores``) a claim's request — ``req`` or ``req/subrequest`` —
+    names in ``capacity.requests``; None when the claim's spec has no such request."""
+    name, _, sub = request.partition("/")
+    for raw in _get(claim, "spec", "devices", "requests") or ():
+        if raw.get("name") != name:
+            continue
+        if sub:
+            found = next((s for s in raw.get("firstAvailable") or () if s.get("name") == sub), None)
+        else:
+            found = raw.get("exactly")
+        if found is None:
+            return None
+        return frozenset(_capacity_name(k, driver) for k in _get(found, "capacity", "requests") or {})
+    return None
+
+
+def _config_states(config: VgpuConfig | None, capacity: str) -> bool:
+    if config is None:
+        return False
+    if capacity == CAPACITY_MEMORY:
+        return config.memory is not None or config.memory_percent is not None
+    return capacity == CAPACITY_CORES and config.cores is not None
+
+
+def _scheduler_defaults_dropped(consumed: Mapping[str, Any], requested: frozenset[str], config: VgpuConfig | None,
+                                driver: str) -> dict[str, Any]:
+    """`consumed` without the slice defaults kube-scheduler booked for capacities the request did
+    not name but its VgpuConfig states (those come from the config)."""
+    return {k: v for k, v in consumed.items()
+            if _capacity_name(k, driver) in requested or not _config_states(config, _capacity_name(k, driver))}
+
+
+def _share_for(result: Mapping[str, Any], configs: list[VgpuConfig], usable_memory_bytes: int, *,
+               requested: frozenset[str] | None, by_controller: bool,
+               driver: str = DRIVER_NAME) -> tuple[ResolvedShare, LimitSource]:
     merged = merge_configs(configs)
-    consumed = dict(result.get("consumedCapacity") or {})
+    consumed = result.get("consumedCapacity") or None
+    if consumed and requested is not None and not by_controller:
+        consumed = _scheduler_defaults_dropped(consumed, requested, merged, driver) or None
     if result.get("adminAccess"):
         # Admin access is for monitoring tools: the whole device, never throttled.
         return ShareRequest().resolve(usable_memory_bytes), "wholeGpu"
-    if merged is not None:
-        stated = {CAPACITY_MEMORY: merged.memory is not None or merged.memory_percent is not None,
-                  CAPACITY_CORES: merged.cores is not None}
-        consumed = {name: value for name, value in consumed.items()
-                    if name in requested or not stated.get(_capacity_name(name), False)}
     source: LimitSource = "consumedCapacity" if consumed else ("config" if merged else "wholeGpu")
     try:
         request = ShareRequest.from_sources(merged, consumed)
@@ -175,25 +209,6 @@ def _share_for(result: Mapping[str, Any], configs: list[VgpuConfig], requested: 
     except LimitError as exc:
         where = "consumedCapacity" if consumed else "VgpuConfig"
         raise InvalidClaimConfig(f"device {result.get('device')} ({where}): {exc}") from None
-
-
-def _capacity_name(name: str) -> str:
-    return name.split("/", 1)[1] if "/" in name else name
-
-
-def _requested_capacities(claim: Mapping[str, Any], request: str) -> frozenset[str]:
-    """Capacity names the claim's spec requests explicitly for `request` (``name`` or
-    ``name/subrequest``), without a driver domain."""
-    main, _, sub = request.partition("/")
-    for entry in _get(claim, "spec", "devices", "requests") or ():
-        if entry.get("name") != main:
-            continue
-        exactly = entry.get("exactly")
-        if sub:
-            exactly = next((s for s in entry.get("firstAvailable") or () if s.get("name") == sub), None)
-        requests = _get(exactly or {}, "capacity", "requests") or {}
-        return frozenset(_capacity_name(name) for name in requests)
-    return frozenset()
 
 
 def claim_allocation(claim: Mapping[str, Any], *, expected_uid: str, node_name: str,
@@ -227,8 +242,9 @@ def claim_allocation(claim: Mapping[str, Any], *, expected_uid: str, node_name: 
         if device not in usable_memory:
             raise ClaimOnOtherNode(f"{label}: device {device} does not exist on node {node_name} "
                                    f"(devices here: {', '.join(sorted(usable_memory)) or 'none'})")
-        share, source = _share_for(result, _configs_for(entries, request, driver),
-                                   _requested_capacities(claim, request), usable_memory[device])
+        share, source = _share_for(result, _configs_for(entries, request, driver), usable_memory[device],
+                                   requested=requested_capacities(claim, request, driver),
+                                   by_controller=FINALIZER in (meta.get("finalizers") or ()), driver=driver)
         devices.append(DeviceLimit(request=request, pool=pool, device=device,
                                    share_id=result.get("shareID") or None, share=share, source=source))
     pods = tuple(sorted(r.get("name", "") for r in _get(claim, "status", "reservedFor") or ()

@@ -29,15 +29,23 @@ def _evaluate(expression: str, activation: dict[str, Any]) -> Any:
     return result
 
 
-def admit(operation: str, user: str, node_of_token: str | None, old: dict | None, new: dict | None) -> str | None:
-    """None when the write is allowed, else the denial message."""
+NO_EXTRA = object()
+
+
+def admit(operation: str, user: str, node_of_token: str | None, old: dict | None, new: dict | None, *,
+          extra: Any = None) -> str | None:
+    """None when the write is allowed, else the denial message. The request's `userInfo.extra`
+    holds the token's node name, or `extra` when given; `NO_EXTRA` leaves the field out, as the
+    API server does for a user without extras."""
     policy = render().one("ValidatingAdmissionPolicy")
     (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
     if operation not in rule["operations"]:
         return None
-    extra = {NODE_NAME_KEY: [node_of_token]} if node_of_token else {}
+    if extra is None:
+        extra = {NODE_NAME_KEY: [node_of_token]} if node_of_token else {}
+    user_info: dict[str, Any] = {"username": user, **({} if extra is NO_EXTRA else {"extra": extra})}
     activation: dict[str, Any] = {
-        "request": celpy.json_to_cel({"operation": operation, "userInfo": {"username": user, "extra": extra}}),
+        "request": celpy.json_to_cel({"operation": operation, "userInfo": user_info}),
         "object": celpy.json_to_cel(new), "oldObject": celpy.json_to_cel(old),
     }
     if not all(_evaluate(c["expression"], activation) for c in policy["spec"]["matchConditions"]):
@@ -77,9 +85,12 @@ def test_a_plugin_cannot_publish_slices_for_all_nodes():
     assert message == "the vgpu-dra kubelet plugin on node node-a may not modify ResourceSlices without a node"
 
 
-def test_a_token_without_a_node_is_refused_with_the_reason():
-    message = admit("CREATE", PLUGIN_USER, None, None, _slice("node-a"))
-    assert message is not None and "names no node" in message
+@pytest.mark.parametrize("extra", [{}, NO_EXTRA, {"authentication.kubernetes.io/pod-name": ["plugin-x"]},
+                                   {NODE_NAME_KEY: []}],
+                         ids=["empty extras", "no extras at all", "extras without the node name", "empty node name"])
+def test_a_token_without_a_node_is_refused_with_the_policys_own_reason(extra):
+    message = admit("CREATE", PLUGIN_USER, None, None, _slice("node-a"), extra=extra)
+    assert message is not None and "names no node" in message, message
 
 
 @pytest.mark.parametrize("user", ["system:node:node-b", f"system:serviceaccount:{NAMESPACE}:vgpu-dra-controller",

@@ -224,6 +224,36 @@ def test_controller_lease_access_is_its_own_lease_in_the_release_namespace():
     assert (args.lease_name, args.lease_namespace) == ("gpu-allocator", NAMESPACE)
 
 
+def test_controller_lease_timings_reach_the_cli_and_are_ones_it_accepts():
+    from vgpu_dra.controller.service import LeaderSettings
+
+    for values, expected in (({}, (4, 3, 0.5)),
+                             ({"leaseDurationSeconds": 15, "renewDeadlineSeconds": 10, "retryPeriodSeconds": 2},
+                              (15, 10, 2))):
+        args = _parsed_cli(_container(render({"controller": {"leaderElection": values}}).one("Deployment"),
+                                      "controller"))
+        assert (args.lease_duration, args.renew_deadline, args.retry_period) == expected
+        assert LeaderSettings(lease_duration_s=args.lease_duration, renew_deadline_s=args.renew_deadline,
+                              retry_period_s=args.retry_period).problem() is None
+
+
+@pytest.mark.parametrize("timings, named", [
+    ({"leaseDurationSeconds": 3}, "leaseDurationSeconds (3) must be more than renewDeadlineSeconds (3)"),
+    ({"retryPeriodSeconds": 2.5}, "renewDeadlineSeconds (3) must be more than 1.2 x retryPeriodSeconds (2.5)"),
+    ({"renewDeadlineSeconds": 1.2, "retryPeriodSeconds": 1}, "(1.2) must be more than 1.2 x retryPeriodSeconds (1)"),
+])
+def test_lease_timings_a_standby_could_act_on_too_early_fail_the_install_naming_them(timings, named):
+    with pytest.raises(helm_python.HelmRenderError) as raised:
+        render({"controller": {"leaderElection": timings}})
+    assert named in str(raised.value)
+
+
+def test_a_standby_may_watch_its_own_lease():
+    role = render().one("Role", "-leader-election")
+    named = next(r for r in role["rules"] if r.get("resourceNames"))
+    assert {"get", "list", "watch", "update"} <= set(named["verbs"])
+
+
 def test_kubelet_plugin_can_publish_slices_but_never_write_claims():
     rules = set(_rules(render().one("ClusterRole", "-kubelet-plugin")))
     assert {v for g, r, v in rules if r == "resourceslices"} == {
@@ -404,6 +434,8 @@ def test_image_tag_from_values_reaches_every_container():
     ({"kubeletPlugin": {"stateDir": "var/lib/vgpu-dra"}}, "/kubeletPlugin/stateDir"),
     # Two replicas without a leader would both allocate and oversubscribe GPUs.
     ({"controller": {"leaderElection": {"enabled": False}}}, "/controller/replicas"),
+    # A Lease stores whole seconds.
+    ({"controller": {"leaderElection": {"leaseDurationSeconds": 4.5}}}, "/controller/leaderElection/leaseDurationSeconds"),
 ])
 def test_values_schema_rejects_bad_values_naming_the_key(values, where):
     with pytest.raises(helm_python.HelmValuesError) as raised:

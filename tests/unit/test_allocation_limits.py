@@ -184,3 +184,38 @@ def test_input_is_not_modified():
     before = copy.deepcopy(claim)
     _resolve(claim)
     assert claim == before
+
+
+def _spec(capacity=None):
+    exactly = {"deviceClassName": "vgpu.dra.dev", "count": 2}
+    if capacity:
+        exactly["capacity"] = {"requests": capacity}
+    return {"devices": {"requests": [{"name": "gpu", "exactly": exactly}]}}
+
+
+def test_kube_scheduler_defaults_give_way_to_the_configs_where_the_request_named_no_capacity():
+    # kube-scheduler booked the slice defaults (whole memory, 0 cores): it never reads VgpuConfig.
+    config = [{"source": "FromClaim", "requests": ["gpu"], "opaque": _vgpu(memory="1Gi", cores=20)}]
+    claim = _claim([_result(shareID=SHARE, consumedCapacity={"memory": str(10 * GIB), "cores": "0"})], config)
+    claim["spec"] = _spec()
+    (device,) = _resolve(claim).devices
+    assert (device.share.memory_bytes, device.share.cores, device.source) == (GIB, 20, "config")
+    # A capacity the request named is what kube-scheduler booked, whatever the config says.
+    claim["spec"] = _spec({"memory": "3Gi"})
+    claim["status"]["allocation"]["devices"]["results"][0]["consumedCapacity"]["memory"] = str(3 * GIB)
+    (device,) = _resolve(claim).devices
+    assert (device.share.memory_bytes, device.share.cores) == (3 * GIB, 20)
+
+
+def test_the_controllers_own_consumed_capacity_is_exact_per_gpu():
+    # memoryPercent 20 on GPUs of 10 and 20 GiB: the controller books 2 and 4 GiB and writes the
+    # smaller one in its resolved entry (what a server without consumable capacity goes by).
+    config = [{"source": "FromClaim", "requests": ["gpu"], "opaque": _vgpu(memoryPercent=20)},
+              {"source": "FromClaim", "requests": ["gpu"], "opaque": _vgpu(memory=str(2 * GIB), cores=0)}]
+    results = [_result(device="gpu-0", shareID=SHARE, consumedCapacity={"memory": str(2 * GIB), "cores": "0"}),
+               _result(device="gpu-1", shareID=SHARE.replace("7", "8"),
+                       consumedCapacity={"memory": str(4 * GIB), "cores": "0"})]
+    claim = _claim(results, config)
+    claim["spec"] = _spec()
+    claim["metadata"]["finalizers"] = ["vgpu.dra.dev/allocation"]
+    assert [d.share.memory_bytes for d in _resolve(claim).devices] == [2 * GIB, 4 * GIB]
