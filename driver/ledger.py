@@ -31,6 +31,8 @@ from types import MappingProxyType
 from typing import Protocol
 
 from vgpu_dra.api.names import CORES_MAX
+from vgpu_dra.driver.capacity_policy import RequestPolicy
+from vgpu_dra.driver.device_taints import DeviceTaint
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -58,6 +60,9 @@ class GpuDevice:
     ``attributes`` are the unqualified attribute names of the driver's domain (``uuid``,
     ``productName``, ``numaNode`` …) with their typed values; ``memory_bytes`` is the usable
     memory capacity and ``cores`` the cores capacity (always 100 for this driver).
+    ``memory_policy`` / ``cores_policy`` are the published requestPolicies when they differ from
+    the driver's own (None = what the kubelet plugin publishes, see `capacity_policy`);
+    ``taints`` are the device's published taints.
     """
 
     name: str
@@ -67,6 +72,9 @@ class GpuDevice:
     numa_node: int = -1
     product_name: str = ""
     attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    memory_policy: RequestPolicy | None = None
+    cores_policy: RequestPolicy | None = None
+    taints: tuple[DeviceTaint, ...] = ()
 
     def __post_init__(self) -> None:
         if self.memory_bytes <= 0:
@@ -133,7 +141,8 @@ class NodeState:
 
     __slots__ = ("name", "gpus", "index", "used_memory", "used_cores", "max_free_memory",
                  "max_free_memory_gpu", "max_free_fraction", "max_free_fraction_gpu", "max_free_cores",
-                 "max_usable_memory", "largest_gpu", "gpu_sizes", "score", "total_memory", "total_cores")
+                 "max_usable_memory", "largest_gpu", "gpu_sizes", "score", "total_memory", "total_cores",
+                 "plain")
 
     def __init__(self, name: str, gpus: tuple[GpuDevice, ...]):
         self.name = name
@@ -150,6 +159,9 @@ class NodeState:
             sizes[gpu.memory_bytes] = sizes.get(gpu.memory_bytes, 0) + 1
         self.gpu_sizes = tuple(sorted(sizes.items()))
         """(usable bytes, how many GPUs of that size): static checks without a GPU scan."""
+        self.plain = all(not gpu.taints and gpu.memory_policy is None and gpu.cores_policy is None
+                         and gpu.cores == CORES_MAX for gpu in gpus)
+        """No taints and the driver's own request policies: sizes alone decide what fits."""
         self.max_free_memory = 0
         self.max_free_memory_gpu = -1
         self.max_free_fraction = 0.0
@@ -217,6 +229,9 @@ class Ledger:
         self._book: dict[str, tuple[Consumption, ...]] = {}
         # (node, device) -> claim key -> (memory, cores): survives the GPU's absence.
         self._holders: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
+        # Nodes publishing a memory requestPolicy other than the driver's own: the allocator's
+        # thresholds assume the driver's rounding and are loosened while any exist.
+        self._custom_policy_nodes: set[str] = set()
 
     # --- nodes -----------------------------------------------------------------------------
 
@@ -238,9 +253,19 @@ class Ledger:
         state.refresh()
         self._nodes[name] = state
         self._index(state)
+        if any(gpu.memory_policy is not None for gpu in devices):
+            self._custom_policy_nodes.add(name)
+        else:
+            self._custom_policy_nodes.discard(name)
+
+    @property
+    def has_custom_policies(self) -> bool:
+        """Whether any node publishes a memory requestPolicy other than the driver's own."""
+        return bool(self._custom_policy_nodes)
 
     def remove_node(self, name: str) -> None:
         """Forget a node's GPUs (its booked consumption stays until released)."""
+        self._custom_policy_nodes.discard(name)
         state = self._nodes.pop(name, None)
         if state is not None:
             self._unindex(state)

@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vgpu_dra.driver.claim_model import ClaimRejected, claim_policy, claim_request
+from vgpu_dra.driver.claim_model import ClaimRejected
+from vgpu_dra.driver.claim_requests import claim_policy, claim_request
 from vgpu_dra.driver.published_gpus import SliceDeviceError, gpu_from_device
 from vgpu_dra.driver.allocator import (ClaimRequest, Placement, PlacementPolicy, PodRequest, Refusal, RefusalKind,
                                        allocate)
@@ -285,7 +286,7 @@ class _Planner:
 def _selector_errors(claims: Sequence[ClaimRequest]) -> list[str]:
     errors: list[str] = []
     for claim in claims:
-        for request in claim.requests:
+        for request in claim.device_requests():
             for error in getattr(request.selector, "errors", ()):
                 if error not in errors:
                     errors.append(error)
