@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
+from vgpu_dra.driver.allocation_request import ClaimRequest, selector_errors
 from vgpu_dra.driver.allocator import Placement, PodRequest, Refusal, allocate
 from vgpu_dra.driver.claim_model import (ClaimRejected, allocated_node, allocation, booked_consumptions, claim_label,
                                          is_ours, meta)
@@ -110,7 +111,7 @@ class PodSync:
             self._refuse(pod, pending, f"cannot allocate: {decision}", "invalid-claim")
             return
         if isinstance(decision, Refusal):
-            self._refuse(pod, pending, decision.reason + _selector_errors(requests), decision.kind.value)
+            self._refuse(pod, pending, decision.reason + _selector_note(requests), decision.kind.value)
             return
         self._commit(pod, pending, decision, classes)
 
@@ -222,16 +223,9 @@ class PodSync:
         self.queue.add_after(("pod", key), self.settings.retry_refused_after_s)
 
 
-def _selector_errors(requests: Iterable[Any]) -> str:
-    """Selector evaluation errors seen for these requests, for a refusal message ('' if none):
-    a GPU a selector failed on did not match, and the user should learn why."""
-    errors: list[str] = []
-    for claim in requests:
-        for request in claim.device_requests():
-            for error in getattr(request.selector, "errors", ()):
-                if error not in errors:
-                    errors.append(error)
-    return f" ({'; '.join(errors[:3])})" if errors else ""
+def _selector_note(requests: Iterable[ClaimRequest]) -> str:
+    errors = selector_errors(requests)
+    return f" ({'; '.join(errors)})" if errors else ""
 
 
 def _rejects(claim: JsonObject, classes: Mapping[str, JsonObject], policy: PlacementPolicy) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from vgpu_dra.api.names import MEBIBYTE
 from vgpu_dra.api.quantity import humanize_bytes
 from vgpu_dra.driver.allocation_request import (DistinctAttribute, MatchAttribute, PodRequest, Refusal,
                                                 RefusalKind)
@@ -73,6 +74,15 @@ def _no_node_reason(pod: PodRequest, states: list[NodeState]) -> str:
     return f"no node with GPUs is eligible for this pod: {len(excluded)} node(s) with GPUs, " + "; ".join(parts)
 
 
+def _below(value: int, asked: int | None) -> str:
+    """``value`` for a sentence that says it is less than ``asked``: rounded for people, unless the
+    rounding would make it read as much as what was asked (then to the MiB, rounded down)."""
+    text = humanize_bytes(value)
+    if asked is not None and value < asked and text == humanize_bytes(asked):
+        return f"{value // MEBIBYTE} MiB"
+    return text
+
+
 def _gives(need: Need, gpu: GpuDevice) -> bool:
     return need.memory_on(gpu) is not None and need.cores_on(gpu) is not None
 
@@ -128,7 +138,7 @@ def _static_refusal(considered: list[NodeState], need: Need) -> Refusal | None:
         assert largest is not None
         product = f"{largest.product_name}, " if largest.product_name else ""
         return Refusal(f"{need.where()}{need.describe()} is more than any GPU{which} can give "
-                       f"(largest: {product}{humanize_bytes(largest.memory_bytes)})",
+                       f"(largest: {product}{_below(largest.memory_bytes, need.min_free_memory)})",
                        RefusalKind.TOO_LARGE, need.claim.key, need.request.name)
     return Refusal(f"{need.where()}needs {wanted} GPUs{which} that can give {need.describe()} on one node; "
                    f"the node with the most, {best_node}, has {best_count}",
@@ -221,7 +231,7 @@ def _best_free(ledger: Ledger, pod: PodRequest, considered: list[NodeState], may
     needed = need.memory_on(state.gpus[index])
     if needed is not None and free >= needed and not need.cores:
         return None
-    text = humanize_bytes(free)
+    text = _below(free, needed)
     if percent:
         text += f" ({100 * free // state.gpus[index].memory_bytes} %)"
     return f"largest free: {text} on {state.name} {state.gpus[index].name}"

@@ -8,7 +8,7 @@ request got and what share of each; a `Refusal` says why nothing fits.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -275,3 +275,15 @@ class Refusal:
 
     def __str__(self) -> str:
         return self.reason
+
+
+def selector_errors(claims: Iterable[ClaimRequest], limit: int = 3) -> list[str]:
+    """Distinct CEL evaluation errors the claims' selectors met (a GPU a selector failed on did not
+    match; a refusal should say why), at most ``limit`` of them."""
+    errors: list[str] = []
+    for claim in claims:
+        for request in claim.device_requests():
+            for error in getattr(request.selector, "errors", ()):
+                if error not in errors:
+                    errors.append(error)
+    return errors[:limit]
