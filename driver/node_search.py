@@ -359,7 +359,8 @@ class _Search:
             gpu = self.state.gpus[i]
             memory, cores = need.memory_on(gpu), need.cores_on(gpu)
             assert memory is not None and cores is not None
-            if memory > self.free_memory[i] or cores > self.free_cores[i]:
+            if memory > self.free_memory[i] or cores > self.free_cores[i] or (
+                    need.all_devices and not need.may_use(self.state, i)):  # All takes tainted ones too: or fails
                 if need.all_devices:
                     return False
                 continue
