@@ -207,7 +207,7 @@ def _best_free(ledger: Ledger, pod: PodRequest, considered: list[NodeState], may
                 return None
             return f"where the memory fits, the most cores free is {cores} % (on {node} {gpu_name})"
     best: tuple[NodeState, int] | None = None
-    if need.selector is None and all(state.plain for state in considered):
+    if need.selector is None and ledger.all_plain:
         # The index's tail is the node whose best GPU has the most free.
         ordered = ledger.with_free_fraction(0.0) if percent else ledger.with_free_memory(0)
         for state in reversed(ordered):

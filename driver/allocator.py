@@ -36,11 +36,10 @@ first combination of alternatives (in claim and request order) that fits on any 
 How a placement is found, cheapest first. Nodes are walked in the node policy's order
 (`Ledger.nodes_by_free`) and rejected on their summary (largest free memory, free fraction and free
 cores on any one GPU, GPU count) before any GPU is looked at; on each node the greedy pass places
-requests largest first (`node_search.place_greedy`); the first node where it succeeds wins, GPUs
-chosen by the GPU policy. Only when no node takes the pod that way, and the pod has several
-requests, the nodes that passed the summary are searched completely, within a budget
-(`node_search.place_searching`). Only a refusal pays for a wider look, to say what is missing and
-where the best near-miss is.
+requests largest first (`node_search.place_greedy`), and only when it fails on a pod with several
+requests that node is searched completely, within a budget (`node_search.place_searching`); the
+first node where either succeeds wins, GPUs chosen by the GPU policy. Only a refusal pays for a
+wider look, to say what is missing and where the best near-miss is.
 """
 from __future__ import annotations
 
@@ -143,33 +142,36 @@ def _place(ledger: Ledger, pod: PodRequest, claims: list[list[Need]], policy: Pl
     min_cores = max(need.cores for need in flat)
     min_count = max(need.least_count for need in flat)
     searchable = needs_search(claims)
-    passed: list[NodeState] = []
-    for state in _candidate_nodes(ledger, pod, policy, min_memory, min_fraction, min_cores):
+    # Nodes without a single GPU a request's compiled selectors accept are never looked at.
+    selected = [ledger.nodes_selected_by(need.selector) for need in flat  # type: ignore[arg-type]
+                if getattr(need.selector, "device_only", False)]
+    narrowest = min(selected, key=len) if selected else None
+    for state in _candidate_nodes(ledger, pod, policy, min_memory, min_fraction, min_cores, narrowest):
         if (state.max_free_memory < min_memory or state.max_free_fraction < min_fraction
                 or state.max_free_cores < min_cores or len(state.gpus) < min_count
                 or not pod.allows(state.name)):
             continue
+        if selected and not all(state.name in nodes for nodes in selected):
+            continue
         if len(flat) > 1 and not all(need.summary_allows(state) for need in flat):
             continue
         picks = place_greedy(state, claims, policy.gpu)
-        if picks is not None:
-            return _placement(state, claims, picks)
-        if searchable:
-            passed.append(state)
-    for state in passed:
-        picks = place_searching(state, claims, policy.gpu, budget)
+        if picks is None and searchable:
+            picks = place_searching(state, claims, policy.gpu, budget)
         if picks is not None:
             return _placement(state, claims, picks)
     return None
 
 
 def _candidate_nodes(ledger: Ledger, pod: PodRequest, policy: PlacementPolicy, min_memory: int,
-                     min_fraction: float, min_cores: int) -> Iterable[NodeState]:
+                     min_fraction: float, min_cores: int, selected: frozenset[str] | None) -> Iterable[NodeState]:
     """Nodes in the node policy's order, skipping (by bisect) those whose best GPU is too small."""
     spread = policy.node is Policy.SPREAD
-    if pod.allowed_nodes is not None and len(pod.allowed_nodes) <= _FEW_NODES:
-        # A short allow-list (a claim shared with a pod already placed): rank just those.
-        states = [state for name in pod.allowed_nodes if (state := ledger.node(name)) is not None]
+    short = min((names for names in (pod.allowed_nodes, selected) if names is not None), key=len, default=None)
+    if short is not None and len(short) <= _FEW_NODES:
+        # A short allow-list (a claim shared with a pod already placed, a selector few nodes
+        # match): rank just those.
+        states = [state for name in short if (state := ledger.node(name)) is not None]
     else:
         narrowed = ledger.nodes_that_may_fit(min_memory, min_fraction, min_cores, _FEW_NODES)
         if narrowed is None:

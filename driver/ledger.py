@@ -25,7 +25,7 @@ take a request at all). That is what lets the allocator reject most nodes withou
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
@@ -83,6 +83,11 @@ class GpuDevice:
             raise ValueError(f"GPU {self.name}: cores capacity must be positive, got {self.cores}")
         object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
 
+    @property
+    def capacity(self) -> Mapping[str, int]:
+        """Published capacities: ``memory`` (usable bytes) and ``cores``."""
+        return {"memory": self.memory_bytes, "cores": self.cores}
+
 
 @dataclass(frozen=True, slots=True)
 class Consumption:
@@ -116,7 +121,7 @@ class GpuCandidate:
     @property
     def capacity(self) -> Mapping[str, int]:
         """Published capacities: ``memory`` (usable bytes) and ``cores`` (100)."""
-        return {"memory": self.device.memory_bytes, "cores": self.device.cores}
+        return self.device.capacity
 
     @property
     def free_memory_bytes(self) -> int:
@@ -142,7 +147,7 @@ class NodeState:
     __slots__ = ("name", "gpus", "index", "used_memory", "used_cores", "max_free_memory",
                  "max_free_memory_gpu", "max_free_fraction", "max_free_fraction_gpu", "max_free_cores",
                  "max_usable_memory", "largest_gpu", "gpu_sizes", "score", "total_memory", "total_cores",
-                 "plain")
+                 "plain", "memory_capacity", "cores_capacity")
 
     def __init__(self, name: str, gpus: tuple[GpuDevice, ...]):
         self.name = name
@@ -162,6 +167,8 @@ class NodeState:
         self.plain = all(not gpu.taints and gpu.memory_policy is None and gpu.cores_policy is None
                          and gpu.cores == CORES_MAX for gpu in gpus)
         """No taints and the driver's own request policies: sizes alone decide what fits."""
+        self.memory_capacity = [gpu.memory_bytes for gpu in gpus]
+        self.cores_capacity = [gpu.cores for gpu in gpus]
         self.max_free_memory = 0
         self.max_free_memory_gpu = -1
         self.max_free_fraction = 0.0
@@ -171,6 +178,11 @@ class NodeState:
 
     def free_memory(self, i: int) -> int:
         return max(0, self.gpus[i].memory_bytes - self.used_memory[i])
+
+    def free_lists(self) -> tuple[list[int], list[int]]:
+        """What is free on each GPU now, (memory bytes, cores): fresh lists a decision may change."""
+        return ([c - u if c > u else 0 for c, u in zip(self.memory_capacity, self.used_memory)],
+                [c - u if c > u else 0 for c, u in zip(self.cores_capacity, self.used_cores)])
 
     def free_cores(self, i: int) -> int:
         return max(0, self.gpus[i].cores - self.used_cores[i])
@@ -232,6 +244,11 @@ class Ledger:
         # Nodes publishing a memory requestPolicy other than the driver's own: the allocator's
         # thresholds assume the driver's rounding and are loosened while any exist.
         self._custom_policy_nodes: set[str] = set()
+        self._not_plain_nodes: set[str] = set()  # nodes whose `NodeState.plain` is False
+        # Bumped whenever any node's GPUs change: what a device-only selector matches stays valid
+        # until then (selector id -> (selector, topology, nodes with a matching GPU)).
+        self._topology = 0
+        self._selected: dict[int, tuple[object, int, frozenset[str]]] = {}
 
     # --- nodes -----------------------------------------------------------------------------
 
@@ -246,6 +263,7 @@ class Ledger:
         else:
             bisect.insort(self._names, name)
         state = NodeState(name, devices)
+        self._topology += 1
         for i, gpu in enumerate(devices):
             for memory, cores in self._holders.get((name, gpu.name), {}).values():
                 state.used_memory[i] += memory
@@ -253,10 +271,17 @@ class Ledger:
         state.refresh()
         self._nodes[name] = state
         self._index(state)
-        if any(gpu.memory_policy is not None for gpu in devices):
-            self._custom_policy_nodes.add(name)
-        else:
-            self._custom_policy_nodes.discard(name)
+        for flagged, nodes in ((any(gpu.memory_policy is not None for gpu in devices), self._custom_policy_nodes),
+                               (not state.plain, self._not_plain_nodes)):
+            if flagged:
+                nodes.add(name)
+            else:
+                nodes.discard(name)
+
+    @property
+    def all_plain(self) -> bool:
+        """Whether every node is `NodeState.plain` (no device taints, the driver's own policies)."""
+        return not self._not_plain_nodes
 
     @property
     def has_custom_policies(self) -> bool:
@@ -266,10 +291,24 @@ class Ledger:
     def remove_node(self, name: str) -> None:
         """Forget a node's GPUs (its booked consumption stays until released)."""
         self._custom_policy_nodes.discard(name)
+        self._not_plain_nodes.discard(name)
+        self._topology += 1
         state = self._nodes.pop(name, None)
         if state is not None:
             self._unindex(state)
             del self._names[bisect.bisect_left(self._names, name)]
+
+    def nodes_selected_by(self, selector: Callable[[GpuDevice], bool]) -> frozenset[str]:
+        """The nodes with at least one GPU ``selector`` accepts. Only for selectors that read the
+        published device alone (compiled CEL): the answer is kept until a node's GPUs change."""
+        cached = self._selected.get(id(selector))
+        if cached is not None and cached[0] is selector and cached[1] == self._topology:
+            return cached[2]
+        nodes = frozenset(name for name, state in self._nodes.items() if any(selector(gpu) for gpu in state.gpus))
+        if len(self._selected) > 1024:
+            self._selected.clear()
+        self._selected[id(selector)] = (selector, self._topology, nodes)
+        return nodes
 
     def node(self, name: str) -> NodeState | None:
         """The node's state, or None when it publishes no GPUs."""

@@ -89,25 +89,32 @@ def value_order(value: AttributeValue) -> tuple[str, str]:
 
 def free_lists(state: NodeState) -> tuple[list[int], list[int]]:
     """What is free on each GPU of the node now: (memory bytes, cores)."""
-    return ([state.free_memory(i) for i in range(len(state.gpus))],
-            [state.free_cores(i) for i in range(len(state.gpus))])
+    return state.free_lists()
 
 
 def eligible(state: NodeState, need: Need, mask: list[bool] | None, free_memory: list[int],
              free_cores: list[int], policy: Policy) -> list[Eligible]:
     """Every GPU the request may use and has room for it now, with its policy sort key."""
     found = []
+    plain = state.plain
+    selector = need.selector
     for i, gpu in enumerate(state.gpus):
         if mask is not None and not mask[i]:
             continue
-        memory = need.memory_on(gpu)
-        if memory is None or memory > free_memory[i]:
-            continue
-        cores = need.cores_on(gpu)
-        if cores is None or cores > free_cores[i]:
-            continue
-        if (gpu.taints or need.selector is not None) and not need.may_use(state, i):
-            continue
+        if plain:  # the common case: sizes decide, no taints (what this loop was before policies)
+            memory = need.memory_for_size(gpu.memory_bytes)
+            cores = need.cores
+            if memory is None or memory > free_memory[i] or cores > free_cores[i]:
+                continue
+            if selector is not None and not need.selects(state, i):
+                continue
+        else:
+            memory = need.memory_on(gpu)
+            if memory is None or memory > free_memory[i]:
+                continue
+            cores = need.cores_on(gpu)
+            if cores is None or cores > free_cores[i] or not need.may_use(state, i):
+                continue
         free_after = gpu_free_after(free_memory[i], memory, gpu.memory_bytes, free_cores[i], cores, gpu.cores)
         found.append((gpu_sort_key(policy, free_after, i), i, memory, cores))
     return found
@@ -227,8 +234,18 @@ def _choose(state: NodeState, found: list[Eligible], count: int, distinct: _Dist
             which: list[int]) -> list[Eligible] | None:
     """``count`` GPUs in policy order: the first NUMA node to collect them wins, else the first
     ``count`` overall (distinct values only, under distinctAttribute)."""
+    if not which:
+        if count > 1:
+            groups_plain: dict[int, list[Eligible]] = {}
+            for entry in found:
+                group = groups_plain.setdefault(state.gpus[entry[1]].numa_node, [])
+                group.append(entry)
+                if len(group) == count:
+                    return group
+        return found[:count]
+
     def fits(entry: Eligible, group: list[Eligible]) -> bool:
-        return not which or distinct.allows(state.gpus[entry[1]], which, [state.gpus[e[1]] for e in group])
+        return distinct.allows(state.gpus[entry[1]], which, [state.gpus[e[1]] for e in group])
 
     if count > 1:
         groups: dict[int, list[Eligible]] = {}

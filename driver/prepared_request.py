@@ -111,7 +111,9 @@ class Need:
         chosen = self._selected.get(key)
         if chosen is None:
             try:
-                chosen = bool(self.selector(state.candidate(i)))
+                # Compiled CEL reads the published device only: no usage view needs building.
+                chosen = bool(self.selector(state.gpus[i] if getattr(self.selector, "device_only", False)  # type: ignore[arg-type]
+                                            else state.candidate(i)))
             except Exception as exc:  # a CEL runtime error aborts the decision, as in Kubernetes
                 raise SelectorFailed(Refusal(
                     f"{self.where()}selector failed on {state.name} {state.gpus[i].name}: {exc}",

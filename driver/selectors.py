@@ -207,6 +207,10 @@ class CompiledSelectors:
     distinct evaluation error once.
     """
 
+    device_only = True
+    """CEL reads the published device alone (never what is used of it): callers may pass the
+    `GpuDevice` itself instead of a `GpuCandidate` view."""
+
     expressions: tuple[str, ...]
     _programs: tuple[celpy.Runner, ...]
     errors: list[str] = field(default_factory=list)

@@ -201,3 +201,18 @@ def test_valid_range_rounds_up_from_its_minimum_by_its_step():
     assert (small.claims[0].shares("gpu")[0].share.memory_bytes, small.claims[0].shares("gpu")[0].share.cores) == (
         GIBIBYTE, 10)  # below min → min; cores not asked for → the policy's default
     assert refused(ledger, pod(req(gib=7))).kind is RefusalKind.TOO_LARGE  # above max
+
+
+def test_nodes_a_compiled_selector_rules_out_are_skipped_until_their_gpus_change():
+    from vgpu_dra.driver.selectors import compile_selectors
+
+    a2 = compile_selectors(['device.attributes["vgpu.dra.dev"].productName == "NVIDIA A2"'])
+    ledger = ledger_of({"node-a": [gpu(0)]})
+    assert refused(ledger, pod(req(selector=a2))).kind is RefusalKind.NO_MATCHING_GPU
+    ledger.set_node("node-b", [gpu(0), gpu(1, product="NVIDIA A2")])
+    assert (placed(ledger, pod(req(selector=a2))).node, devices(placed(ledger, pod(req(selector=a2))))) == (
+        "node-b", ["gpu-1"])
+    ledger.set_node("node-b", [gpu(0)])  # the A2 is gone again
+    assert isinstance(allocate(ledger, pod(req(selector=a2))), Refusal)
+    ledger.set_node("node-a", [gpu(0, product="NVIDIA A2")])
+    assert placed(ledger, pod(req(selector=a2))).node == "node-a"
