@@ -209,8 +209,7 @@ def _best_free(ledger: Ledger, pod: PodRequest, considered: list[NodeState], may
     best: tuple[NodeState, int] | None = None
     if need.selector is None and ledger.all_plain:
         # The index's tail is the node whose best GPU has the most free.
-        ordered = ledger.with_free_fraction(0.0) if percent else ledger.with_free_memory(0)
-        for state in reversed(ordered):
+        for state in ledger.most_free(fraction=percent):
             if pod.allows(state.name):
                 index = state.max_free_fraction_gpu if percent else state.max_free_memory_gpu
                 best = (state, index) if index >= 0 else None

@@ -167,10 +167,12 @@ def _candidate_nodes(ledger: Ledger, pod: PodRequest, policy: PlacementPolicy, m
                      min_fraction: float, min_cores: int, selected: frozenset[str] | None) -> Iterable[NodeState]:
     """Nodes in the node policy's order, skipping (by bisect) those whose best GPU is too small."""
     spread = policy.node is Policy.SPREAD
-    short = min((names for names in (pod.allowed_nodes, selected) if names is not None), key=len, default=None)
-    if short is not None and len(short) <= _FEW_NODES:
-        # A short allow-list (a claim shared with a pod already placed, a selector few nodes
-        # match): rank just those.
+    # A short allow-list (a claim shared with a pod already placed) or the nodes a selector
+    # matches when they are a small part of the cluster: rank just those (sorting a quarter of
+    # the nodes costs less than walking all of them).
+    limits = ((pod.allowed_nodes, _FEW_NODES), (selected, max(_FEW_NODES, ledger.node_count() // 4)))
+    short = min((names for names, limit in limits if names is not None and len(names) <= limit), key=len, default=None)
+    if short is not None:
         states = [state for name in short if (state := ledger.node(name)) is not None]
     else:
         narrowed = ledger.nodes_that_may_fit(min_memory, min_fraction, min_cores, _FEW_NODES)

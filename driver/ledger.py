@@ -138,6 +138,20 @@ class HasConsumptions(Protocol):
     def claim_consumptions(self) -> Iterable[tuple[str, tuple[Consumption, ...]]]: ...
 
 
+class _FreeView:
+    """``capacity[i] - used[i]``, never negative, without building a list."""
+
+    __slots__ = ("capacity", "used")
+
+    def __init__(self, capacity: list[int], used: list[int]):
+        self.capacity = capacity
+        self.used = used
+
+    def __getitem__(self, i: int) -> int:
+        free = self.capacity[i] - self.used[i]
+        return free if free > 0 else 0
+
+
 class NodeState:
     """One node's GPUs, their used totals and the summary the allocator filters on.
 
@@ -178,6 +192,10 @@ class NodeState:
 
     def free_memory(self, i: int) -> int:
         return max(0, self.gpus[i].memory_bytes - self.used_memory[i])
+
+    def free_now(self) -> tuple[_FreeView, _FreeView]:
+        """What is free on each GPU now, read in place (indexable like `free_lists`, not copied)."""
+        return _FreeView(self.memory_capacity, self.used_memory), _FreeView(self.cores_capacity, self.used_cores)
 
     def free_lists(self) -> tuple[list[int], list[int]]:
         """What is free on each GPU now, (memory bytes, cores): fresh lists a decision may change."""
@@ -314,6 +332,10 @@ class Ledger:
         """The node's state, or None when it publishes no GPUs."""
         return self._nodes.get(name)
 
+    def node_count(self) -> int:
+        """How many nodes publish GPUs."""
+        return len(self._nodes)
+
     def node_names(self) -> list[str]:
         """All known nodes, sorted by name."""
         return list(self._names)
@@ -362,6 +384,13 @@ class Ledger:
         """The nodes `count_with_free_fraction` counts, most free last."""
         order = self._by_max_free_fraction
         return [self._nodes[name] for _, name in order[bisect.bisect_left(order, (min_fraction, "")):]]
+
+    def most_free(self, *, fraction: bool) -> Iterator[NodeState]:
+        """Nodes from the one whose best GPU has the most memory (or fraction of it) free, down."""
+        order = self._by_max_free_fraction if fraction else self._by_max_free_memory
+        nodes = self._nodes
+        for _, name in reversed(order):
+            yield nodes[name]
 
     def nodes_by_free(self, *, most_free_first: bool) -> Iterator[NodeState]:
         """Nodes ordered by how much of them is free (ties by name): the node policy's walk."""

@@ -154,8 +154,23 @@ class _Distinct:
                 self.used[j].discard(_value_key(gpu.attributes[self.constraints[j].key]))
 
 
+_NO_DISTINCT = _Distinct(())
+
+
 def place_greedy(state: NodeState, claims: Sequence[Sequence[Need]], policy: Policy) -> Picks | None:
     """The greedy pass over all the pod's claims on one node; None when it does not fit."""
+    if len(claims) == 1 and len(claims[0]) == 1:
+        need = claims[0][0]
+        claim = need.claim
+        if not (need.all_devices or claim.match_attributes or claim.distinct_attributes):
+            # One request, nothing to keep consistent: read what is free in place (most nodes
+            # the walk looks at do not fit, and copying their free lists would dominate).
+            memory, cores = state.free_now()
+            found = eligible(state, need, None, memory, cores, policy)
+            if len(found) < need.count:
+                return None
+            found.sort()
+            return [{need.order: [i for _, i, _, _ in _choose(state, found, need.count, _NO_DISTINCT, [])]}]
     free_memory, free_cores = free_lists(state)
     picks = []
     for needs in claims:

@@ -216,3 +216,31 @@ def test_nodes_a_compiled_selector_rules_out_are_skipped_until_their_gpus_change
     assert isinstance(allocate(ledger, pod(req(selector=a2))), Refusal)
     ledger.set_node("node-a", [gpu(0, product="NVIDIA A2")])
     assert placed(ledger, pod(req(selector=a2))).node == "node-a"
+
+
+def test_ranking_the_nodes_a_selector_matches_decides_as_walking_every_node():
+    """Compiled selectors narrow the walk to the nodes they match; a plain predicate saying the
+    same walks every node: both must decide alike, placement after placement."""
+    import random
+
+    from vgpu_dra.driver.placement_policy import PlacementPolicy, Policy
+    from vgpu_dra.driver.selectors import compile_selectors
+
+    rng = random.Random(7)
+    products = ["NVIDIA A2", "NVIDIA L4", "Tesla T4"]
+    layout = {f"node-{n}": [gpu(i, rng.choice([8, 16, 24]), numa=i % 2, product=rng.choice(products))
+                            for i in range(rng.randint(1, 4))] for n in range(40)}
+    compiled = compile_selectors(['device.attributes["vgpu.dra.dev"].productName == "NVIDIA A2"'])
+    plain = lambda c: c.attributes["productName"] == "NVIDIA A2"  # noqa: E731
+    for node_policy in Policy:
+        ledgers = [ledger_of(layout), ledger_of(layout)]
+        for step in range(60):
+            gib, cores = rng.choice([1, 2, 4, 8]), rng.choice([0, 25, 50])
+            outcomes = [allocate(ledger, pod(req(gib=gib, cores=cores, selector=selector), key=f"c{step}"),
+                                 PlacementPolicy(node_policy, Policy.BINPACK))
+                        for ledger, selector in zip(ledgers, (compiled, plain))]
+            assert type(outcomes[0]) is type(outcomes[1])
+            if isinstance(outcomes[0], Placement):
+                assert (outcomes[0].node, devices(outcomes[0])) == (outcomes[1].node, devices(outcomes[1]))
+                for ledger, outcome in zip(ledgers, outcomes):
+                    ledger.apply(outcome)
