@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from vgpu_dra.api.names import MEBIBYTE
 from vgpu_dra.api.quantity import humanize_bytes
+from vgpu_dra.driver.capacity_policy import driver_memory_policy
 from vgpu_dra.driver.allocation_request import (DistinctAttribute, MatchAttribute, PodRequest, Refusal,
                                                 RefusalKind)
 from vgpu_dra.driver.device_taints import DeviceTaint
@@ -83,6 +84,22 @@ def _below(value: int, asked: int | None) -> str:
     return text
 
 
+def _policy_refuses(need: Need, gpu: GpuDevice) -> str:
+    """Why a GPU with room for the raw request still cannot give it: its requestPolicy ('' if
+    the request is simply larger than the GPU)."""
+    share = need.request.share
+    if need.memory_on(gpu) is None and share.memory_bytes is not None and share.memory_bytes <= gpu.memory_bytes:
+        policy = gpu.memory_policy or driver_memory_policy(gpu.memory_bytes)
+        rounded = policy.rounded(share.memory_bytes, gpu.memory_bytes)
+        if rounded > gpu.memory_bytes:
+            return (f"; its memory requestPolicy rounds {humanize_bytes(share.memory_bytes)} up to "
+                    f"{humanize_bytes(rounded)}")
+        return f"; its memory requestPolicy does not allow {humanize_bytes(share.memory_bytes)}"
+    if need.memory_on(gpu) is not None and need.cores_on(gpu) is None:
+        return f"; its cores requestPolicy does not allow {need.cores} %"
+    return ""
+
+
 def _gives(need: Need, gpu: GpuDevice) -> bool:
     return need.memory_on(gpu) is not None and need.cores_on(gpu) is not None
 
@@ -137,8 +154,10 @@ def _static_refusal(considered: list[NodeState], need: Need) -> Refusal | None:
     if best_count == 0:
         assert largest is not None
         product = f"{largest.product_name}, " if largest.product_name else ""
+        policy = _policy_refuses(need, largest)
+        size = humanize_bytes(largest.memory_bytes) if policy else _below(largest.memory_bytes, need.min_free_memory)
         return Refusal(f"{need.where()}{need.describe()} is more than any GPU{which} can give "
-                       f"(largest: {product}{_below(largest.memory_bytes, need.min_free_memory)})",
+                       f"(largest: {product}{size}{policy})",
                        RefusalKind.TOO_LARGE, need.claim.key, need.request.name)
     return Refusal(f"{need.where()}needs {wanted} GPUs{which} that can give {need.describe()} on one node; "
                    f"the node with the most, {best_node}, has {best_count}",
@@ -192,7 +211,7 @@ def _best_free(ledger: Ledger, pod: PodRequest, considered: list[NodeState], may
     free; None when that nearest miss would in fact satisfy the request."""
     percent = need.request.share.memory_percent is not None
     if need.cores:
-        best_cores: tuple[int, str, str] | None = None
+        best_cores: tuple[int, str, GpuDevice] | None = None
         for state in may_fit:
             for i, gpu in enumerate(state.gpus):
                 memory = need.memory_on(gpu)
@@ -200,12 +219,14 @@ def _best_free(ledger: Ledger, pod: PodRequest, considered: list[NodeState], may
                     continue
                 cores = state.free_cores(i)
                 if best_cores is None or cores > best_cores[0]:
-                    best_cores = (cores, state.name, gpu.name)
+                    best_cores = (cores, state.name, gpu)
         if best_cores is not None:
-            cores, node, gpu_name = best_cores
-            if cores >= need.cores:
-                return None
-            return f"where the memory fits, the most cores free is {cores} % (on {node} {gpu_name})"
+            cores, node, gpu = best_cores
+            taken = need.cores_on(gpu)
+            if taken is not None and cores >= taken:
+                return None  # that GPU could take it after all: the reason lies elsewhere
+            rounded = f", where the request takes {taken} %" if taken is not None and taken != need.cores else ""
+            return f"where the memory fits, the most cores free is {cores} % (on {node} {gpu.name}{rounded})"
     best: tuple[NodeState, int] | None = None
     if need.selector is None and ledger.all_plain:
         # The index's tail is the node whose best GPU has the most free.
@@ -218,7 +239,7 @@ def _best_free(ledger: Ledger, pod: PodRequest, considered: list[NodeState], may
         best_measure = -1.0
         for state in considered:
             for i, gpu in enumerate(state.gpus):
-                if need.may_use(state, i):
+                if need.may_use(state, i) and _gives(need, gpu):  # GPUs that could give it when idle
                     free = state.free_memory(i)
                     measure = free / gpu.memory_bytes if percent else free
                     if measure > best_measure:
@@ -233,7 +254,9 @@ def _best_free(ledger: Ledger, pod: PodRequest, considered: list[NodeState], may
     text = _below(free, needed)
     if percent:
         text += f" ({100 * free // state.gpus[index].memory_bytes} %)"
-    return f"largest free: {text} on {state.name} {state.gpus[index].name}"
+    rounded = (f", where the request takes {humanize_bytes(needed)}"
+               if needed is not None and not percent and needed != need.min_free_memory else "")
+    return f"largest free: {text} on {state.name} {state.gpus[index].name}{rounded}"
 
 
 def _claim_fits_alone(state: NodeState, needs: Sequence[Need], policy: Policy, budget: SearchBudget) -> bool:

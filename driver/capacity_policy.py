@@ -81,15 +81,18 @@ class RequestPolicy:
 
     def consumed(self, requested: int | None, capacity: int) -> int | None:
         """What a request consumes of a capacity of ``capacity`` units; None if it violates the policy."""
-        if requested is None:
-            amount = capacity if self.default is None else self.default
-        elif self.has_range and self.minimum is not None:
-            amount = _round_up_range(requested, self.minimum, self.step)
-        elif self.valid_values:
-            amount = next((value for value in self.valid_values if requested <= value), requested)
-        else:
-            amount = requested
+        amount = self.rounded(requested, capacity)
         return None if self._violates(amount) else amount
+
+    def rounded(self, requested: int | None, capacity: int) -> int:
+        """The request as the policy rounds it, before asking whether the result is allowed."""
+        if requested is None:
+            return capacity if self.default is None else self.default
+        if self.has_range and self.minimum is not None:
+            return _round_up_range(requested, self.minimum, self.step)
+        if self.valid_values:
+            return next((value for value in self.valid_values if requested <= value), requested)
+        return requested
 
     def at_most(self, wanted: int) -> int:
         """The largest amount on the policy's grid not above ``wanted`` (the smallest when none is):

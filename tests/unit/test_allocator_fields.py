@@ -244,3 +244,12 @@ def test_ranking_the_nodes_a_selector_matches_decides_as_walking_every_node():
                 assert (outcomes[0].node, devices(outcomes[0])) == (outcomes[1].node, devices(outcomes[1]))
                 for ledger, outcome in zip(ledgers, outcomes):
                     ledger.apply(outcome)
+
+
+def test_a_cores_refusal_on_a_rounding_policy_says_what_the_request_takes_there():
+    tens = RequestPolicy(default=0, minimum=0, maximum=100, step=10, has_range=True)
+    ledger = ledger_of({"node": [gpu(0, cores_policy=tens)]})
+    fill(ledger, "node", "gpu-0", 1, cores=72)  # 28 % free: 25 % would fit, its rounding to 30 % does not
+    refusal = refused(ledger, pod(req(cores=25)))
+    assert refusal.reason == ("no GPU has 1 GiB and 25 % cores free; where the memory fits, the most cores free is "
+                              "28 % (on node gpu-0, where the request takes 30 %)")

@@ -16,15 +16,27 @@ from vgpu_dra.driver.allocator import (
     ClaimRequest, DeviceRequest, DistinctAttribute, FirstAvailable, GpuDevice, Ledger, MatchAttribute, Placement,
     PodRequest, Refusal, RefusalKind, allocate,
 )
+from vgpu_dra.driver.capacity_policy import RequestPolicy
 from vgpu_dra.driver.device_taints import DeviceTaint, Toleration
 from vgpu_dra.driver.ledger import Consumption
 from vgpu_dra.driver.limits import ShareRequest
 
 
-def gpu(index: int, gib: int = 10, numa: int = 0, taint: bool = False) -> GpuDevice:
+POLICIES = {
+    "driver": (None, None),
+    "steps": (RequestPolicy(default=2 * GIBIBYTE, minimum=GIBIBYTE, maximum=4 * GIBIBYTE, step=GIBIBYTE,
+                            has_range=True), RequestPolicy(default=0, minimum=0, maximum=100, step=25, has_range=True)),
+    "values": (RequestPolicy(default=GIBIBYTE, valid_values=(GIBIBYTE, 2 * GIBIBYTE, 3 * GIBIBYTE, 6 * GIBIBYTE)),
+               RequestPolicy(default=10, valid_values=(10, 50, 100))),
+}
+
+
+def gpu(index: int, gib: int = 10, numa: int = 0, taint: bool = False, policy: str = "driver") -> GpuDevice:
+    memory_policy, cores_policy = POLICIES[policy]
     return GpuDevice(f"gpu-{index}", f"GPU-{index}", gib * GIBIBYTE, numa_node=numa,
                      attributes={"uuid": f"GPU-{index}", "numaNode": numa, "index": index},
-                     taints=(DeviceTaint("t", "", "NoSchedule"),) if taint else ())
+                     taints=(DeviceTaint("t", "", "NoSchedule"),) if taint else (),
+                     memory_policy=memory_policy, cores_policy=cores_policy)
 
 
 def request(name: str, gib: int | None, cores: int = 0, count: int = 1, **fields) -> DeviceRequest:
@@ -89,8 +101,9 @@ ToleratesT = (Toleration("t", "Exists"),)
 
 
 def _share_fits(req: DeviceRequest, device: GpuDevice) -> tuple[int, int] | None:
-    memory = req.share.consumed_memory(device.memory_bytes)
-    return None if memory is None else (memory, req.share.cores)
+    memory = req.share.consumed_memory(device.memory_bytes, device.memory_policy)
+    cores = req.share.consumed_cores(device.cores, device.cores_policy)
+    return None if memory is None or cores is None else (memory, cores)
 
 
 def _attribute(device: GpuDevice, key: str):
@@ -205,23 +218,26 @@ def _humanized(text: str) -> float:
 
 
 def assert_refusal_does_not_contradict_itself(reason: str) -> None:
-    cores = re.search(r"and (\d+) % cores free; where the memory fits, the most cores free is (\d+) %", reason)
+    cores = re.search(r"and (\d+) % cores free; where the memory fits, the most cores free is (\d+) %"
+                      r"(?:.*where the request takes (\d+) %)?", reason)
     if cores:
-        assert int(cores.group(2)) < int(cores.group(1)), reason
-    memory = re.search(r"no GPU.*? has ([\d.]+ [KMGT]?i?B) free; largest free: ([\d.]+ [KMGT]?i?B) on", reason)
+        assert int(cores.group(2)) < int(cores.group(3) or cores.group(1)), reason
+    memory = re.search(r"no GPU.*? has ([\d.]+ [KMGT]?i?B) free; largest free: ([\d.]+ [KMGT]?i?B) on \S+ \S+?"
+                       r"(?:, where the request takes ([\d.]+ [KMGT]?i?B))?$", reason)
     if memory:
-        assert _humanized(memory.group(2)) < _humanized(memory.group(1)), reason
+        assert _humanized(memory.group(2)) < _humanized(memory.group(3) or memory.group(1)), reason
     counts = re.search(r"needs (\d+) GPUs.*?, has (\d+)", reason)
     if counts:
         assert int(counts.group(2)) < int(counts.group(1)), reason
     large = re.search(r"^(?:.*: )?([\d.]+ [KMGT]?i?B) (?:and \d+ % cores )?is more than any GPU.*largest: (?:[^,]*, )?"
                       r"([\d.]+ [KMGT]?i?B)\)", reason)
-    if large:
+    if large and "requestPolicy" not in reason:
         assert _humanized(large.group(2)) < _humanized(large.group(1)), reason
 
 
-gpus = st.builds(lambda gib, numa, taint: (gib, numa, taint), st.sampled_from([2, 4, 6]), st.integers(0, 1),
-                 st.sampled_from([False, False, False, True]))
+gpus = st.builds(lambda gib, numa, taint, policy: (gib, numa, taint, policy), st.sampled_from([2, 4, 6]),
+                 st.integers(0, 1), st.sampled_from([False, False, False, True]),
+                 st.sampled_from(["driver"] * 4 + ["steps", "values"]))
 nodes = st.lists(st.lists(gpus, min_size=1, max_size=3), min_size=1, max_size=2)
 used = st.lists(st.tuples(st.integers(0, 6), st.sampled_from([0, 0, 50, 100])), max_size=6)
 
@@ -288,7 +304,7 @@ def check_against_exhaustive_search(layout, booked, pod) -> None:
     ledger = Ledger()
     all_gpus = []
     for n, specs in enumerate(layout):
-        devices = [gpu(i, gib, numa, taint) for i, (gib, numa, taint) in enumerate(specs)]
+        devices = [gpu(i, gib, numa, taint, policy) for i, (gib, numa, taint, policy) in enumerate(specs)]
         ledger.set_node(f"node-{n}", devices)
         all_gpus += [(f"node-{n}", device) for device in devices]
     for k, (gib, cores) in enumerate(booked):

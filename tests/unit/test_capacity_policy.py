@@ -21,6 +21,7 @@ OPEN_RANGE = RequestPolicy.parse({"default": "4", "validRange": {"min": "2"}}, f
     (RANGE, 8 * GIBIBYTE + 1, None),                  # above max: the device cannot take it
     (VALUES, None, 20),
     (VALUES, 11, 20),                                 # the first valid value at or above the request
+    (VALUES, 50, 50),                                 # a valid value stays what it is
     (VALUES, 51, 100),
     (VALUES, 101, None),                              # above every valid value
     (OPEN_RANGE, 1, 2),
