@@ -67,6 +67,19 @@ def _unknown(fields: Mapping[str, Any], known: Sequence[str], where: str) -> Non
                             f"(known: {', '.join(known)})")
 
 
+def _expressions(selectors: Sequence[Mapping[str, Any]] | None, where: str) -> list[str]:
+    """CEL expressions of a selector list; any other kind of selector is refused, not skipped
+    (kube-scheduler fails such a request too)."""
+    found = []
+    for index, selector in enumerate(selectors or ()):
+        cel = selector.get("cel") if isinstance(selector, Mapping) else None
+        if not isinstance(cel, Mapping) or not isinstance(cel.get("expression"), str):
+            kinds = ", ".join(sorted(selector)) if isinstance(selector, Mapping) else type(selector).__name__
+            raise ClaimRejected(f"{where}[{index}]: only CEL selectors are supported (got {kinds or 'nothing'})")
+        found.append(cel["expression"])
+    return found
+
+
 def claim_policy(claim: Mapping[str, Any], default: PlacementPolicy) -> PlacementPolicy:
     """The placement policy for a claim: the controller default, overridden by annotations."""
     annotations = meta(claim).get("annotations") or {}
@@ -167,8 +180,8 @@ def _device_request(name: str, fields: Mapping[str, Any], classes: Mapping[str, 
     except TaintError as exc:
         raise ClaimRejected(str(exc)) from None
     class_spec = device_class.get("spec") or {}
-    expressions = [s["cel"]["expression"] for s in class_spec.get("selectors") or [] if s.get("cel")]
-    expressions += [s["cel"]["expression"] for s in fields.get("selectors") or [] if s.get("cel")]
+    expressions = (_expressions(class_spec.get("selectors"), f"DeviceClass {class_name} selectors")
+                   + _expressions(fields.get("selectors"), f"{where} selectors"))
     try:
         selector = compile_selectors(expressions) if expressions else None
     except SelectorError as exc:

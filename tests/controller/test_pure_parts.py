@@ -106,6 +106,9 @@ def test_sizes_layer_class_then_claim_then_capacity_requests():
      "tolerations\\[0\\].operator: 'In' is not Equal or Exists"),
     (claim("c", constraints=[{"matchAttribute": "vgpu.dra.dev/uuid", "distinctAttribute": "vgpu.dra.dev/uuid"}]),
      "sets both matchAttribute and distinctAttribute"),
+    (claim("c", requests=[{"name": "gpu", "exactly": {"deviceClassName": "vgpu.dra.dev",
+                                                      "selectors": [{"nvml": {"model": "A100"}}]}}]),
+     "request 'gpu' selectors\\[0\\]: only CEL selectors are supported \\(got nvml\\)"),
     (claim("c", count=33), "at most 32"),
 ])
 def test_claims_that_cannot_be_allocated_as_written(obj, message):
