@@ -73,6 +73,8 @@ def allocate(ledger: Ledger, pod: PodRequest, policy: PlacementPolicy = Placemen
     budget = SearchBudget()
     loose = ledger.has_custom_policies
     first: list[list[Need]] | None = None
+    last: list[list[Need]] | None = None
+    fallback: Refusal | None = None
     tried = 0
     try:
         for choice in _alternative_choices(pod):
@@ -80,23 +82,26 @@ def allocate(ledger: Ledger, pod: PodRequest, policy: PlacementPolicy = Placemen
                 budget.cut_nodes.append("(firstAvailable combinations)")
                 break
             tried += 1
-            claims = _prepare(pod, choice, loose)
-            first = first or claims
-            placed = _place(ledger, pod, claims, policy, budget)
+            last = _prepare(pod, choice, loose)
+            first = first or last
+            placed = _place(ledger, pod, last, policy, budget)
             if placed is not None:
                 return placed
-        assert first is not None
+        assert first is not None and last is not None
         refusal = diagnose(ledger, pod, first, policy.gpu, budget)
+        if tried > 1 and refusal.kind is not RefusalKind.SEARCH_BUDGET and not budget.exhausted:
+            fallback = diagnose(ledger, pod, last, policy.gpu, budget)
     except SelectorFailed as failure:
         return failure.refusal
     if tried > 1 and refusal.kind is not RefusalKind.SEARCH_BUDGET:
         if budget.exhausted:
             return budget_refusal(budget)
+        assert fallback is not None
         names = ", ".join(entry.name for claim in pod.claims for entry in claim.requests
                           if isinstance(entry, FirstAvailable))
-        refusal = Refusal(f"no combination of the firstAvailable alternatives of {names} fits "
-                          f"({tried} tried); the first choice: {refusal.reason}", refusal.kind,
-                          refusal.claim_key, refusal.request)
+        refusal = Refusal(f"no combination of the firstAvailable alternatives of {names} fits ({tried} tried): "
+                          f"the first choice, {refusal.reason}; the last, {fallback.reason}", fallback.kind,
+                          fallback.claim_key, fallback.request)
     return refusal
 
 

@@ -92,8 +92,11 @@ def test_first_available_choices_are_tried_in_request_order():
 def test_first_available_refusal_says_no_alternative_fits():
     ledger = ledger_of({"node": [gpu(0, 1)]})
     refusal = refused(ledger, pod(FirstAvailable("gpu", (req("gpu/big", 8), req("gpu/medium", 4)))))
-    assert refusal.reason.startswith("no combination of the firstAvailable alternatives of gpu fits (2 tried); "
-                                     "the first choice: request gpu/big: 8 GiB is more than any GPU can give")
+    assert refusal.reason == ("no combination of the firstAvailable alternatives of gpu fits (2 tried): the first "
+                              "choice, request gpu/big: 8 GiB is more than any GPU can give (largest: NVIDIA L4, 1 GiB); "
+                              "the last, request gpu/medium: 4 GiB is more than any GPU can give (largest: NVIDIA L4, "
+                              "1 GiB)")
+    assert refusal.request == "gpu/medium"
 
 
 # --- allocationMode All ------------------------------------------------------------------------
