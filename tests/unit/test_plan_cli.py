@@ -177,3 +177,35 @@ def test_empty_and_odd_paths_are_errors_that_say_what_they_are(tmp_path, capsys)
         captured = capsys.readouterr()
         assert captured.out == "" and captured.err.count("\n") == 1 and "Traceback" not in captured.err
         assert captured.err.startswith("vgpu-dra plan: error: ") and message in captured.err, captured.err
+
+
+def test_plan_places_first_available_claims_by_the_controllers_rules(tmp_path, capsys):
+    (tmp_path / "app.yaml").write_text(textwrap.dedent("""
+        apiVersion: resource.k8s.io/v1
+        kind: ResourceClaimTemplate
+        metadata: {name: flexible}
+        spec:
+          spec:
+            devices:
+              requests:
+                - name: gpu
+                  firstAvailable:
+                    - {name: big, deviceClassName: vgpu.dra.dev, capacity: {requests: {memory: 16Gi}}}
+                    - {name: small, deviceClassName: vgpu.dra.dev, capacity: {requests: {memory: 3Gi, cores: "30"}}}
+        ---
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {name: app}
+        spec:
+          replicas: 4
+          template:
+            spec:
+              resourceClaims: [{name: gpu, resourceClaimTemplateName: flexible}]
+              containers: [{name: c, resources: {claims: [{name: gpu}]}}]
+        """))
+    assert main(["plan", str(tmp_path), "-o", "json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert [(s["request"], s["memoryBytes"], s["cores"]) for s in data["gpus"][0]["shares"]] == [
+        ("gpu/small", 3 << 30, 30)] * 3
+    (refused,) = [p for p in data["pods"] if not p["placed"]]
+    assert refused["refusal"]["reason"].startswith("no combination of the firstAvailable alternatives of gpu fits")
