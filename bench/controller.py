@@ -40,7 +40,7 @@ from tests.controller.cluster import VGPU_SELECTOR, claim, gpu, pod, vgpu_config
 from tests.fakes.apiserver import FakeApiServer  # noqa: E402
 from tests.fakes.kubeconfig import api_client_for, write_kubeconfig  # noqa: E402
 from vgpu_dra.api.names import ALLOCATOR_CONTROLLER, ALLOCATOR_LABEL, DEVICE_CLASS  # noqa: E402
-from vgpu_dra.driver.claim_model import claim_request  # noqa: E402
+from vgpu_dra.driver.claim_requests import claim_request  # noqa: E402
 from vgpu_dra.controller.kubeapi import RESOURCE_CLAIMS, KubeApi  # noqa: E402
 from vgpu_dra.driver.published_gpus import gpus_by_node  # noqa: E402
 from vgpu_dra.driver.allocator import Placement, PodRequest, allocate  # noqa: E402

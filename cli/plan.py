@@ -20,7 +20,7 @@ from vgpu_dra.api.quantity import format_bytes, humanize_bytes
 from vgpu_dra.cli.table_format import format_table
 from vgpu_dra.driver.inventory import InventoryError, NodeInventory
 from vgpu_dra.driver.inventory_file import load_inventories, parse_inventory
-from vgpu_dra.driver.manifests import MANIFEST_SUFFIXES, ManifestError, Manifests, load_manifests
+from vgpu_dra.driver.manifests import MANIFEST_SUFFIXES, ManifestError, Manifests, load_manifests, path_problem
 from vgpu_dra.driver.placement_policy import PlacementPolicy, Policy
 from vgpu_dra.driver.planner import Plan, PlanInputError, plan
 
@@ -85,14 +85,17 @@ def _inventories(given: Sequence[Path] | None, manifests: Manifests) -> list[Nod
     if given:
         nodes: list[NodeInventory] = []
         for path in given:
+            problem = path_problem(path)
+            if problem == "no such file or folder":
+                raise InventoryError(f"{path}: no such inventory file or folder")
+            if problem is not None:
+                raise InventoryError(f"{path}: {problem} (--inventory takes a NodeInventory file or a folder of them)")
             if path.is_dir():
                 files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in MANIFEST_SUFFIXES)
                 if not files:
                     raise InventoryError(f"{path}: no inventory files (*.yaml, *.yml, *.json) in the folder")
-            elif path.is_file():
-                files = [path]
             else:
-                raise InventoryError(f"{path}: no such inventory file or folder")
+                files = [path]
             for file in files:
                 nodes.extend(load_inventories(file))
         return nodes

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from vgpu_dra.driver.device_taints import DeviceTaint, TaintError, Toleration
+
 JsonObject = Mapping[str, Any]
 
 _BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
@@ -72,16 +74,15 @@ def node_selector_matches(node: JsonObject, selector: JsonObject | None) -> bool
 
 
 def _tolerates(tolerations: Sequence[JsonObject], taint: JsonObject) -> bool:
-    for toleration in tolerations:
-        effect = toleration.get("effect") or ""
-        if effect and effect != taint.get("effect"):
-            continue
-        key = toleration.get("key") or ""
-        operator = toleration.get("operator") or "Equal"
-        if operator == "Exists":
-            if not key or key == taint.get("key"):
-                return True
-        elif key == taint.get("key") and (toleration.get("value") or "") == (taint.get("value") or ""):
+    # Node taints and pod tolerations match by the same rule as device taints and request
+    # tolerations (core/v1 ToleratesTaint): one implementation for both.
+    node_taint = DeviceTaint(str(taint.get("key") or ""), str(taint.get("value") or ""), str(taint.get("effect") or ""))
+    for raw in tolerations:
+        try:
+            toleration = Toleration.parse(raw, field="toleration")
+        except TaintError:
+            continue  # an operator the API server would not have accepted tolerates nothing
+        if toleration.tolerates(node_taint):
             return True
     return False
 

@@ -1,40 +1,28 @@
-"""ResourceClaims (raw JSON) ↔ the allocator's terms. Pure: no I/O.
+"""ResourceClaims (raw JSON): what the controller reads of them, and what an allocation books. Pure.
 
-- `claim_request`: a claim + its DeviceClasses → an allocator `ClaimRequest` (selectors compiled,
-  sizes from VgpuConfig layers and capacity requests), or `ClaimRejected` with a sentence a user
-  can act on.
-- `allocation_status`: a placed claim → the exact ``status.allocation`` the design specifies.
+- small readers: `meta`, `claim_label`, `allocation`, `allocated_node`, `has_finalizer`,
+  `reserved_for`, `is_ours` (a claim naming a controller DeviceClass);
 - `booked_consumptions`: any claim's allocation (ours or anybody's) → what it takes per GPU.
+
+The claim → allocator translation is `vgpu_dra.driver.claim_requests`; the placement →
+``status.allocation`` writer is `vgpu_dra.driver.allocation_status`.
 """
 from __future__ import annotations
 
-import os
-import random
-import threading
-import uuid
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from typing import Any
 
-from vgpu_dra.api.config import InvalidConfigError, VgpuConfig, merge_configs, parse_config
+from vgpu_dra.api.config import InvalidConfigError, parse_config
 from vgpu_dra.api.names import (ALLOCATOR_CONTROLLER, ALLOCATOR_LABEL, CAPACITY_CORES, CAPACITY_MEMORY, CORES_MAX,
-                                DRIVER_NAME, FINALIZER, GPU_POLICY_ANNOTATION, NODE_POLICY_ANNOTATION)
-from vgpu_dra.api.quantity import QuantityError, format_bytes, parse_bytes
-from vgpu_dra.driver.allocator import (AllocationInputError, ClaimPlacement, ClaimRequest, DeviceRequest,
-                                       MatchAttribute)
+                                DRIVER_NAME, FINALIZER)
+from vgpu_dra.api.quantity import QuantityError, parse_bytes
 from vgpu_dra.driver.ledger import Consumption
-from vgpu_dra.driver.limits import LimitError, ShareRequest, parse_cores
-from vgpu_dra.driver.placement_policy import PlacementPolicy
-from vgpu_dra.driver.selectors import SelectorError, compile_selectors
+from vgpu_dra.driver.limits import LimitError, parse_cores
 
 JsonObject = dict[str, Any]
 
 EXCLUSIVE_MEMORY_BYTES = 1 << 50
 """Booked for an exclusive (no shareID) allocation of a GPU this controller does not know yet."""
-
-
-MAX_ALLOCATION_RESULTS = 32
-"""`status.allocation.devices.results` holds at most this many entries (AllocationResultsMaxSize)."""
 
 
 class ClaimRejected(ValueError):
@@ -102,167 +90,6 @@ def has_finalizer(claim: Mapping[str, Any]) -> bool:
 def reserved_for(claim: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """``status.reservedFor`` entries."""
     return (claim.get("status") or {}).get("reservedFor") or []
-
-
-# --- claim → allocator request ----------------------------------------------------------------
-
-
-def _our_configs(entries: Sequence[Mapping[str, Any]], where: str) -> list[tuple[tuple[str, ...], VgpuConfig]]:
-    configs = []
-    for index, entry in enumerate(entries):
-        opaque = entry.get("opaque") or {}
-        if opaque.get("driver") != DRIVER_NAME:
-            continue  # addressed to another driver
-        try:
-            config = parse_config(opaque.get("parameters") or {})
-        except InvalidConfigError as exc:
-            raise ClaimRejected(f"{where} config[{index}]: {exc}") from None
-        configs.append((tuple(entry.get("requests") or ()), config))
-    return configs
-
-
-def _applies(scope: tuple[str, ...], request: str) -> bool:
-    return not scope or request in scope
-
-
-def claim_policy(claim: Mapping[str, Any], default: PlacementPolicy) -> PlacementPolicy:
-    """The placement policy for a claim: the controller default, overridden by annotations."""
-    annotations = meta(claim).get("annotations") or {}
-    node = annotations.get(NODE_POLICY_ANNOTATION)
-    gpu = annotations.get(GPU_POLICY_ANNOTATION)
-    if node is None and gpu is None:
-        return default
-    try:
-        parsed = PlacementPolicy.parse(node or default.node.value, gpu or default.gpu.value)
-    except ValueError as exc:
-        raise ClaimRejected(f"annotation {NODE_POLICY_ANNOTATION if node else GPU_POLICY_ANNOTATION}: {exc}") from None
-    return parsed
-
-
-def claim_request(claim: Mapping[str, Any], classes: Mapping[str, Mapping[str, Any]]) -> ClaimRequest:
-    """The allocator's view of a claim; raises `ClaimRejected` when it cannot be allocated as written."""
-    label = claim_label(claim)
-    spec_devices = (claim.get("spec") or {}).get("devices") or {}
-    claim_configs = _our_configs(spec_devices.get("config") or [], "claim")
-    requests: list[DeviceRequest] = []
-    for raw in spec_devices.get("requests") or []:
-        name = raw.get("name", "")
-        if raw.get("firstAvailable"):
-            raise ClaimRejected(f"request {name!r} uses firstAvailable, which the vgpu.dra.dev allocation "
-                                "controller does not support: name one DeviceClass with `exactly`")
-        exactly = raw.get("exactly") or {}
-        class_name = exactly.get("deviceClassName", "")
-        device_class = classes.get(class_name)
-        if device_class is None:
-            raise ClaimRejected(f"request {name!r}: DeviceClass {class_name!r} does not exist")
-        if not is_controller_class(device_class):
-            raise ClaimRejected(f"request {name!r}: DeviceClass {class_name!r} is not allocated by the vgpu.dra.dev "
-                                "controller, and one claim cannot mix allocators")
-        if exactly.get("adminAccess"):
-            raise ClaimRejected(f"request {name!r}: adminAccess is not supported for fractional GPUs")
-        mode = exactly.get("allocationMode") or "ExactCount"
-        if mode != "ExactCount":
-            raise ClaimRejected(f"request {name!r}: allocationMode {mode} is not supported; use ExactCount with a count")
-        class_spec = device_class.get("spec") or {}
-        expressions = [s["cel"]["expression"] for s in class_spec.get("selectors") or [] if s.get("cel")]
-        expressions += [s["cel"]["expression"] for s in exactly.get("selectors") or [] if s.get("cel")]
-        try:
-            selector = compile_selectors(expressions) if expressions else None
-        except SelectorError as exc:
-            raise ClaimRejected(f"request {name!r}: {exc}") from None
-        layers = [config for _, config in _our_configs(class_spec.get("config") or [], f"DeviceClass {class_name}")]
-        layers += [config for scope, config in claim_configs if _applies(scope, name)]
-        try:
-            share = ShareRequest.from_sources(merge_configs(layers),
-                                              (exactly.get("capacity") or {}).get("requests"))
-        except (LimitError, InvalidConfigError) as exc:
-            raise ClaimRejected(f"request {name!r}: {exc}") from None
-        try:
-            requests.append(DeviceRequest(name=name, share=share, count=int(exactly.get("count") or 1),
-                                          selector=selector))
-        except AllocationInputError as exc:
-            raise ClaimRejected(str(exc)) from None
-    results = sum(r.count for r in requests)
-    if results > MAX_ALLOCATION_RESULTS:
-        raise ClaimRejected(f"the claim asks for {results} GPUs in all; an allocation holds at most "
-                            f"{MAX_ALLOCATION_RESULTS} devices")
-    constraints = []
-    for raw in spec_devices.get("constraints") or []:
-        if raw.get("distinctAttribute"):
-            raise ClaimRejected("constraint distinctAttribute is not supported by the vgpu.dra.dev controller "
-                                "(the GPUs of one request are always distinct)")
-        if raw.get("matchAttribute"):
-            constraints.append(MatchAttribute(raw["matchAttribute"], tuple(raw.get("requests") or ())))
-    try:
-        return ClaimRequest(key=meta(claim)["uid"], requests=tuple(requests), match_attributes=tuple(constraints),
-                            label=label)
-    except AllocationInputError as exc:
-        raise ClaimRejected(str(exc)) from None
-
-
-# --- placement → status.allocation ------------------------------------------------------------
-
-
-# shareIDs must be unique, not secret: a PRNG seeded from the OS once avoids a getrandom() call
-# per allocation (slow on entropy-starved VMs).
-_share_ids = random.Random(os.urandom(32))
-_share_ids_lock = threading.Lock()
-
-
-def new_share_id() -> str:
-    """A random (version 4) UUID for a result's ``shareID``."""
-    with _share_ids_lock:
-        bits = _share_ids.getrandbits(128)
-    return str(uuid.UUID(int=bits, version=4))
-
-
-def _timestamp() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def allocation_status(claim: Mapping[str, Any], classes: Mapping[str, Mapping[str, Any]], node: str,
-                      placed: ClaimPlacement, *, share_ids: Sequence[str] | None = None) -> JsonObject:
-    """``status.allocation`` for a claim placed on `node`: results with shareID and full
-    consumedCapacity, class configs (FromClass), claim configs (FromClaim), then one resolved
-    VgpuConfig per request, the node selector and the allocation timestamp."""
-    spec_devices = (claim.get("spec") or {}).get("devices") or {}
-    results: list[JsonObject] = []
-    class_configs: list[JsonObject] = []
-    resolved_configs: list[JsonObject] = []
-    ids = iter(share_ids or ())
-    for raw in spec_devices.get("requests") or []:
-        name = raw["name"]
-        class_name = (raw.get("exactly") or {}).get("deviceClassName", "")
-        for entry in ((classes.get(class_name) or {}).get("spec") or {}).get("config") or []:
-            if entry.get("opaque"):
-                class_configs.append({"source": "FromClass", "requests": [name], "opaque": entry["opaque"]})
-        shares = placed.shares(name)
-        for item in shares:
-            results.append({
-                "request": name, "driver": DRIVER_NAME, "pool": node, "device": item.device.name,
-                "shareID": next(ids, None) or new_share_id(),
-                "consumedCapacity": {CAPACITY_MEMORY: format_bytes(item.share.memory_bytes),
-                                     CAPACITY_CORES: str(item.share.cores)},
-            })
-        if shares:
-            # consumedCapacity is exact per GPU; the config entry (what a cluster without consumable
-            # capacity goes by) holds for every GPU of the request, so it states the smallest share.
-            first = shares[0].share
-            memory = min(item.share.memory_bytes for item in shares)
-            resolved = VgpuConfig.model_validate({"apiVersion": "vgpu.dra.dev/v1alpha1", "kind": "VgpuConfig",
-                                                  "memory": memory, "cores": first.cores,
-                                                  "corePolicy": first.core_policy})
-            resolved_configs.append({"source": "FromClaim", "requests": [name],
-                                     "opaque": {"driver": DRIVER_NAME, "parameters": resolved.to_parameters()}})
-    claim_configs = [{"source": "FromClaim", **({"requests": list(e["requests"])} if e.get("requests") else {}),
-                      "opaque": e["opaque"]}
-                     for e in spec_devices.get("config") or [] if e.get("opaque")]
-    return {
-        "devices": {"results": results, "config": class_configs + claim_configs + resolved_configs},
-        "nodeSelector": {"nodeSelectorTerms": [{"matchFields": [
-            {"key": "metadata.name", "operator": "In", "values": [node]}]}]},
-        "allocationTimestamp": _timestamp(),
-    }
 
 
 # --- any allocation → consumption -------------------------------------------------------------

@@ -173,9 +173,17 @@ def parse_inventory(document: object, *, source: str = "<inventory>") -> NodeInv
 def load_inventories(path: Path) -> list[NodeInventory]:
     """Every node of an inventory file (one YAML document per node)."""
     try:
-        documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+        data = path.read_bytes()
     except OSError as exc:
         raise InventoryFileError(f"cannot read inventory {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InventoryFileError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); an "
+                                 "inventory is a YAML file of NodeInventory documents") from None
+    try:
+        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as exc:
         raise InventoryFileError(f"{path}: not valid YAML: {exc}") from None
     if not documents:

@@ -21,183 +21,26 @@ cores on any one GPU), and its position in five sorted node lists (``O(log n)`` 
 ``memmove`` each): by free share ascending and descending (the node policies' walking orders) and
 by the best GPU's free memory, free fraction and free cores (bisect finds the nodes that could
 take a request at all). That is what lets the allocator reject most nodes without looking at their GPUs.
+It also remembers, per compiled selector, which nodes have a GPU it matches, until a node's GPUs
+change (`nodes_selected_by`; a cache, invisible in what the allocator decides). The per-node
+records (`GpuDevice`, `NodeState`) are in `vgpu_dra.driver.node_state`.
 """
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
-from vgpu_dra.api.names import CORES_MAX
+from vgpu_dra.driver.node_state import AttributeValue, Consumption, GpuCandidate, GpuDevice, NodeState, Version
 
-
-@dataclass(frozen=True, slots=True, order=True)
-class Version:
-    """A published attribute of type ``version`` (semantic version text, e.g. ``"8.6.0"``).
-
-    Kept distinct from ``str`` so CEL evaluation can treat it as a semver and `matchAttribute`
-    compares versions with versions only.
-    """
-
-    text: str
-
-    def __str__(self) -> str:
-        return self.text
-
-
-AttributeValue = int | bool | str | Version
-"""A typed device attribute value as published in a ResourceSlice (int, bool, string, version)."""
-
-
-@dataclass(frozen=True, slots=True)
-class GpuDevice:
-    """One physical GPU as its node publishes it: a device ``gpu-<index>`` in the node's pool.
-
-    ``attributes`` are the unqualified attribute names of the driver's domain (``uuid``,
-    ``productName``, ``numaNode`` …) with their typed values; ``memory_bytes`` is the usable
-    memory capacity and ``cores`` the cores capacity (always 100 for this driver).
-    """
-
-    name: str
-    uuid: str
-    memory_bytes: int
-    cores: int = CORES_MAX
-    numa_node: int = -1
-    product_name: str = ""
-    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.memory_bytes <= 0:
-            raise ValueError(f"GPU {self.name}: usable memory must be positive, got {self.memory_bytes}")
-        if self.cores <= 0:
-            raise ValueError(f"GPU {self.name}: cores capacity must be positive, got {self.cores}")
-        object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
-
-
-@dataclass(frozen=True, slots=True)
-class Consumption:
-    """What one claim takes from one GPU (a result's ``consumedCapacity``)."""
-
-    node: str
-    device: str
-    memory_bytes: int
-    cores: int
-
-
-@dataclass(frozen=True, slots=True)
-class GpuCandidate:
-    """A read-only view of one GPU and what is free on it, as selectors and reports see it."""
-
-    node: str
-    device: GpuDevice
-    used_memory_bytes: int
-    used_cores: int
-
-    @property
-    def name(self) -> str:
-        """The device name, ``gpu-<index>``."""
-        return self.device.name
-
-    @property
-    def attributes(self) -> Mapping[str, AttributeValue]:
-        """Published attributes (unqualified names in the driver's domain)."""
-        return self.device.attributes
-
-    @property
-    def capacity(self) -> Mapping[str, int]:
-        """Published capacities: ``memory`` (usable bytes) and ``cores`` (100)."""
-        return {"memory": self.device.memory_bytes, "cores": self.device.cores}
-
-    @property
-    def free_memory_bytes(self) -> int:
-        return max(0, self.device.memory_bytes - self.used_memory_bytes)
-
-    @property
-    def free_cores(self) -> int:
-        return max(0, self.device.cores - self.used_cores)
+__all__ = ["AttributeValue", "Consumption", "GpuCandidate", "GpuDevice", "HasConsumptions", "Ledger", "NodeState",
+           "Version"]
 
 
 class HasConsumptions(Protocol):
     """Anything that can be booked claim by claim (an allocator `Placement`)."""
 
     def claim_consumptions(self) -> Iterable[tuple[str, tuple[Consumption, ...]]]: ...
-
-
-class NodeState:
-    """One node's GPUs, their used totals and the summary the allocator filters on.
-
-    Owned by its `Ledger`; read by the allocator, never mutated outside the ledger.
-    """
-
-    __slots__ = ("name", "gpus", "index", "used_memory", "used_cores", "max_free_memory",
-                 "max_free_memory_gpu", "max_free_fraction", "max_free_fraction_gpu", "max_free_cores",
-                 "max_usable_memory", "largest_gpu", "gpu_sizes", "score", "total_memory", "total_cores")
-
-    def __init__(self, name: str, gpus: tuple[GpuDevice, ...]):
-        self.name = name
-        self.gpus = gpus
-        self.index = {gpu.name: i for i, gpu in enumerate(gpus)}
-        self.used_memory = [0] * len(gpus)
-        self.used_cores = [0] * len(gpus)
-        self.total_memory = sum(gpu.memory_bytes for gpu in gpus)
-        self.total_cores = sum(gpu.cores for gpu in gpus)
-        self.max_usable_memory = max((gpu.memory_bytes for gpu in gpus), default=0)
-        self.largest_gpu = max(gpus, key=lambda gpu: gpu.memory_bytes) if gpus else None
-        sizes: dict[int, int] = {}
-        for gpu in gpus:
-            sizes[gpu.memory_bytes] = sizes.get(gpu.memory_bytes, 0) + 1
-        self.gpu_sizes = tuple(sorted(sizes.items()))
-        """(usable bytes, how many GPUs of that size): static checks without a GPU scan."""
-        self.max_free_memory = 0
-        self.max_free_memory_gpu = -1
-        self.max_free_fraction = 0.0
-        self.max_free_fraction_gpu = -1
-        self.max_free_cores = 0
-        self.score = 0.0
-
-    def free_memory(self, i: int) -> int:
-        return max(0, self.gpus[i].memory_bytes - self.used_memory[i])
-
-    def free_cores(self, i: int) -> int:
-        return max(0, self.gpus[i].cores - self.used_cores[i])
-
-    def candidate(self, i: int) -> GpuCandidate:
-        return GpuCandidate(self.name, self.gpus[i], self.used_memory[i], self.used_cores[i])
-
-    def refresh(self) -> None:
-        """Recompute the summary after the used totals changed (O(GPUs on the node))."""
-        best_memory, best_memory_gpu = 0, -1
-        best_fraction, best_fraction_gpu = 0.0, -1
-        best_cores = 0
-        free_memory_sum = 0
-        free_cores_sum = 0
-        for i, gpu in enumerate(self.gpus):
-            free_memory = gpu.memory_bytes - self.used_memory[i]
-            free_memory = free_memory if free_memory > 0 else 0
-            free_cores = gpu.cores - self.used_cores[i]
-            free_cores = free_cores if free_cores > 0 else 0
-            free_memory_sum += free_memory
-            free_cores_sum += free_cores
-            if free_memory > best_memory:
-                best_memory, best_memory_gpu = free_memory, i
-            fraction = free_memory / gpu.memory_bytes
-            if fraction > best_fraction:
-                best_fraction, best_fraction_gpu = fraction, i
-            if free_cores > best_cores:
-                best_cores = free_cores
-        self.max_free_memory, self.max_free_memory_gpu = best_memory, best_memory_gpu
-        self.max_free_fraction, self.max_free_fraction_gpu = best_fraction, best_fraction_gpu
-        self.max_free_cores = best_cores
-        self.score = _free_share(free_memory_sum, self.total_memory, free_cores_sum, self.total_cores)
-
-
-def _free_share(free_memory: int, total_memory: int, free_cores: int, total_cores: int) -> float:
-    """How much of a node is free, 0.0 (full) to 1.0 (idle): memory and cores weigh equally."""
-    if not total_memory:
-        return 0.0
-    return (free_memory / total_memory + free_cores / total_cores) / 2
 
 
 class Ledger:
@@ -217,6 +60,14 @@ class Ledger:
         self._book: dict[str, tuple[Consumption, ...]] = {}
         # (node, device) -> claim key -> (memory, cores): survives the GPU's absence.
         self._holders: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
+        # Nodes publishing a memory requestPolicy other than the driver's own: the allocator's
+        # thresholds assume the driver's rounding and are loosened while any exist.
+        self._custom_policy_nodes: set[str] = set()
+        self._not_plain_nodes: set[str] = set()  # nodes whose `NodeState.plain` is False
+        # Bumped whenever any node's GPUs change: what a device-only selector matches stays valid
+        # until then (selector id -> (selector, topology, nodes with a matching GPU)).
+        self._topology = 0
+        self._selected: dict[int, tuple[object, int, frozenset[str]]] = {}
 
     # --- nodes -----------------------------------------------------------------------------
 
@@ -231,6 +82,7 @@ class Ledger:
         else:
             bisect.insort(self._names, name)
         state = NodeState(name, devices)
+        self._topology += 1
         for i, gpu in enumerate(devices):
             for memory, cores in self._holders.get((name, gpu.name), {}).values():
                 state.used_memory[i] += memory
@@ -238,17 +90,52 @@ class Ledger:
         state.refresh()
         self._nodes[name] = state
         self._index(state)
+        for flagged, nodes in ((any(gpu.memory_policy is not None for gpu in devices), self._custom_policy_nodes),
+                               (not state.plain, self._not_plain_nodes)):
+            if flagged:
+                nodes.add(name)
+            else:
+                nodes.discard(name)
+
+    @property
+    def all_plain(self) -> bool:
+        """Whether every node is `NodeState.plain` (no device taints, the driver's own policies)."""
+        return not self._not_plain_nodes
+
+    @property
+    def has_custom_policies(self) -> bool:
+        """Whether any node publishes a memory requestPolicy other than the driver's own."""
+        return bool(self._custom_policy_nodes)
 
     def remove_node(self, name: str) -> None:
         """Forget a node's GPUs (its booked consumption stays until released)."""
+        self._custom_policy_nodes.discard(name)
+        self._not_plain_nodes.discard(name)
+        self._topology += 1
         state = self._nodes.pop(name, None)
         if state is not None:
             self._unindex(state)
             del self._names[bisect.bisect_left(self._names, name)]
 
+    def nodes_selected_by(self, selector: Callable[[GpuDevice], bool]) -> frozenset[str]:
+        """The nodes with at least one GPU ``selector`` accepts. Only for selectors that read the
+        published device alone (compiled CEL): the answer is kept until a node's GPUs change."""
+        cached = self._selected.get(id(selector))
+        if cached is not None and cached[0] is selector and cached[1] == self._topology:
+            return cached[2]
+        nodes = frozenset(name for name, state in self._nodes.items() if any(selector(gpu) for gpu in state.gpus))
+        if len(self._selected) > 1024:
+            self._selected.clear()
+        self._selected[id(selector)] = (selector, self._topology, nodes)
+        return nodes
+
     def node(self, name: str) -> NodeState | None:
         """The node's state, or None when it publishes no GPUs."""
         return self._nodes.get(name)
+
+    def node_count(self) -> int:
+        """How many nodes publish GPUs."""
+        return len(self._nodes)
 
     def node_names(self) -> list[str]:
         """All known nodes, sorted by name."""
@@ -298,6 +185,13 @@ class Ledger:
         """The nodes `count_with_free_fraction` counts, most free last."""
         order = self._by_max_free_fraction
         return [self._nodes[name] for _, name in order[bisect.bisect_left(order, (min_fraction, "")):]]
+
+    def most_free(self, *, fraction: bool) -> Iterator[NodeState]:
+        """Nodes from the one whose best GPU has the most memory (or fraction of it) free, down."""
+        order = self._by_max_free_fraction if fraction else self._by_max_free_memory
+        nodes = self._nodes
+        for _, name in reversed(order):
+            yield nodes[name]
 
     def nodes_by_free(self, *, most_free_first: bool) -> Iterator[NodeState]:
         """Nodes ordered by how much of them is free (ties by name): the node policy's walk."""

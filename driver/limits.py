@@ -13,6 +13,7 @@ from kubernetes.utils.quantity import parse_quantity
 from vgpu_dra.api.config import CorePolicy, VgpuConfig
 from vgpu_dra.api.names import CAPACITY_CORES, CAPACITY_MEMORY, CORES_MAX, MEMORY_MIN_BYTES, MEMORY_STEP_BYTES
 from vgpu_dra.api.quantity import QuantityError, humanize_bytes, parse_bytes
+from vgpu_dra.driver.capacity_policy import RequestPolicy, driver_cores_policy, driver_memory_policy
 
 DEFAULT_CORE_POLICY: CorePolicy = "soft"
 
@@ -23,12 +24,15 @@ class LimitError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ShareRequest:
-    """A claim's size per device, before a GPU is chosen. ``None`` memory = the whole GPU."""
+    """A claim's size per device, before a GPU is chosen. ``None`` memory = the whole GPU (the
+    memory policy's default). ``cores_requested`` tells a cores value of 0 that was asked for from
+    one nobody set (which takes the cores policy's default; 0 for this driver's GPUs)."""
 
     memory_bytes: int | None = None
     memory_percent: int | None = None
     cores: int = 0
     core_policy: CorePolicy = DEFAULT_CORE_POLICY
+    cores_requested: bool = False
 
     @classmethod
     def from_sources(cls, config: VgpuConfig | None,
@@ -37,6 +41,7 @@ class ShareRequest:
         memory_bytes = config.memory if config else None
         memory_percent = config.memory_percent if config else None
         cores = config.cores if config and config.cores is not None else 0
+        cores_requested = bool(config and config.cores is not None)
         policy: CorePolicy = (config.core_policy if config and config.core_policy else DEFAULT_CORE_POLICY)
         for name, value in (capacity_requests or {}).items():
             if name in (CAPACITY_MEMORY, f"vgpu.dra.dev/{CAPACITY_MEMORY}"):
@@ -47,11 +52,28 @@ class ShareRequest:
                 memory_percent = None
             elif name in (CAPACITY_CORES, f"vgpu.dra.dev/{CAPACITY_CORES}"):
                 cores = parse_cores(value, field=f"capacity request {name}")
+                cores_requested = True
             else:
                 raise LimitError(f"capacity request {name!r} is not a capacity of this driver "
                                  f"(known: {CAPACITY_MEMORY}, {CAPACITY_CORES})")
         return cls(memory_bytes=memory_bytes, memory_percent=memory_percent, cores=cores,
-                   core_policy=policy)
+                   core_policy=policy, cores_requested=cores_requested)
+
+    def consumed_memory(self, capacity: int, policy: RequestPolicy | None = None) -> int | None:
+        """Bytes this request takes of a GPU with ``capacity`` usable bytes under the GPU's memory
+        requestPolicy (None = the driver's own), or None when that GPU can never give it."""
+        rules = policy or driver_memory_policy(capacity)
+        if self.memory_percent is not None:
+            amount = rules.consumed(rules.at_most(capacity * self.memory_percent // 100), capacity)
+        else:
+            amount = rules.consumed(self.memory_bytes, capacity)
+        return amount if amount is not None and amount <= capacity else None
+
+    def consumed_cores(self, capacity: int, policy: RequestPolicy | None = None) -> int | None:
+        """Cores this request takes of a GPU with ``capacity`` cores under its cores policy, or None."""
+        rules = policy or driver_cores_policy(capacity)
+        amount = rules.consumed(self.cores if self.cores or self.cores_requested else None, capacity)
+        return amount if amount is not None and amount <= capacity else None
 
     def memory_for(self, usable_memory_bytes: int) -> int:
         """Bytes this request takes on a GPU with `usable_memory_bytes`, rounded like the slice's

@@ -18,6 +18,7 @@ message names the file, the document and the object.
 from __future__ import annotations
 
 import copy
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,29 +26,17 @@ from typing import Any
 
 import yaml
 
-JsonObject = dict[str, Any]
+from vgpu_dra.driver.manifest_shapes import (OBJECT_FIELDS, OBJECT_META_FIELDS, TEMPLATE_SPEC_FIELDS, JsonObject,
+                                             ManifestError, Source, claim_spec, device_class_spec, known_fields,
+                                             listing, mapping, string_map)
+
+__all__ = ["MANIFEST_SUFFIXES", "ClaimRecord", "ClaimTemplateRecord", "DeviceClassRecord", "ManifestError",
+           "Manifests", "PodClaimRef", "PodTemplate", "Source", "WorkloadRecord", "load_manifests",
+           "manifest_files", "path_problem", "read_text"]
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 RESOURCE_GROUP = "resource.k8s.io"
-_BETA_VERSIONS = ("v1beta1",)  # v1beta2 already has the v1 shape
 _WORKLOAD_KINDS = ("Pod", "Deployment", "ReplicaSet", "StatefulSet", "Job", "CronJob")
-_EXACTLY_FIELDS = ("deviceClassName", "selectors", "allocationMode", "count", "adminAccess", "tolerations",
-                   "capacity")
-
-
-class ManifestError(ValueError):
-    """A file or object that cannot be used; ``str()`` names the file, document and object."""
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """Where an object came from, for messages: ``examples/claims/a.yaml (document 2)``."""
-
-    path: str
-    document: int
-
-    def __str__(self) -> str:
-        return f"{self.path} (document {self.document})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,17 +126,54 @@ class Manifests:
     files: tuple[str, ...] = ()
 
 
+def path_problem(path: Path) -> str | None:
+    """Why ``path`` is neither a regular file nor a folder (None when it is one), for messages."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "a symbolic link to nothing" if path.is_symlink() else "no such file or folder"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = ("a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+            else "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    return f"is {kind}, not a file or folder"
+
+
 def manifest_files(paths: Sequence[Path]) -> list[Path]:
-    """The files to read: each file as given, each folder's manifest files recursively, sorted."""
+    """The files to read: each file as given, each folder's manifest files recursively, sorted.
+    A folder without any is an error, as is anything that is neither file nor folder."""
     files: list[Path] = []
     for path in paths:
+        problem = path_problem(path)
+        if problem == "no such file or folder":
+            raise ManifestError(f"{path}: {problem}")
+        if problem is not None:
+            raise ManifestError(f"{path}: {problem} (plan reads YAML files, and folders of them)")
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in MANIFEST_SUFFIXES))
-        elif path.is_file():
-            files.append(path)
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in MANIFEST_SUFFIXES)
+            if not found:
+                raise ManifestError(f"{path}: no manifest files ({', '.join('*' + s for s in MANIFEST_SUFFIXES)}) "
+                                    "in the folder")
+            files.extend(found)
         else:
-            raise ManifestError(f"{path}: no such file or folder")
+            files.append(path)
     return files
+
+
+def read_text(path: Path, what: str) -> str:
+    """A text file's content; unreadable or non-UTF-8 content is one clear `ManifestError`-style line."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ManifestError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); {what} is "
+                            "a YAML file") from None
 
 
 def load_manifests(paths: Sequence[Path]) -> Manifests:
@@ -183,10 +209,7 @@ def load_manifests(paths: Sequence[Path]) -> Manifests:
 
 
 def _documents(path: Path) -> Iterator[tuple[Source, JsonObject]]:
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    text = read_text(path, "a manifest")
     try:
         documents = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
@@ -194,6 +217,8 @@ def _documents(path: Path) -> Iterator[tuple[Source, JsonObject]]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ManifestError(f"{path}: not valid YAML{where}: {problem}") from None
+    if all(document is None for document in documents):
+        raise ManifestError(f"{path}: no Kubernetes objects in the file (it is empty or only comments)")
     for number, document in enumerate(documents, start=1):
         source = Source(str(path), number)
         if document is None:
@@ -201,7 +226,7 @@ def _documents(path: Path) -> Iterator[tuple[Source, JsonObject]]:
         if not isinstance(document, dict):
             raise ManifestError(f"{source}: expected a Kubernetes object (a mapping), got {type(document).__name__}")
         if document.get("kind") == "List":
-            for item in _list(document, "items", source, "List"):
+            for item in listing(document, "items", source, "List"):
                 if not isinstance(item, dict):
                     raise ManifestError(f"{source}: List item is not an object")
                 yield source, item
@@ -231,33 +256,6 @@ def _metadata(document: Mapping[str, Any], source: Source, *, namespaced: bool) 
     return namespace, name
 
 
-def _mapping(parent: Mapping[str, Any], key: str, source: Source, what: str, *, required: bool = False) -> JsonObject:
-    value = parent.get(key)
-    if value is None:
-        if required:
-            raise ManifestError(f"{source}: {what}: {key} is missing")
-        return {}
-    if not isinstance(value, dict):
-        raise ManifestError(f"{source}: {what}: {key} must be an object, got {type(value).__name__}")
-    return value
-
-
-def _list(parent: Mapping[str, Any], key: str, source: Source, what: str) -> list[Any]:
-    value = parent.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ManifestError(f"{source}: {what}: {key} must be a list, got {type(value).__name__}")
-    return value
-
-
-def _string_map(parent: Mapping[str, Any], key: str, source: Source, what: str) -> dict[str, str]:
-    value = _mapping(parent, key, source, what)
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise ManifestError(f"{source}: {what}: {key} must map strings to strings")
-    return dict(value)
-
-
 def _check_resource_api(document: Mapping[str, Any], source: Source) -> str:
     api_version = document.get("apiVersion")
     group, _, version = str(api_version).rpartition("/")
@@ -271,99 +269,40 @@ def _device_class(document: JsonObject, source: Source) -> DeviceClassRecord:
     _check_resource_api(document, source)
     _, name = _metadata(document, source, namespaced=False)
     what = f"DeviceClass {name}"
-    spec = _mapping(document, "spec", source, what)
-    for index, selector in enumerate(_list(spec, "selectors", source, what)):
-        _cel_selector(selector, source, f"{what} spec.selectors[{index}]")
-    for index, entry in enumerate(_list(spec, "config", source, what)):
-        _opaque(entry, source, f"{what} spec.config[{index}]")
+    _object_fields(document, source, what)
+    device_class_spec(mapping(document, "spec", source, what), source, what)
     raw = copy.deepcopy(document)
-    raw.setdefault("metadata", {})["labels"] = _string_map(document["metadata"], "labels", source, what)
+    raw.setdefault("metadata", {})["labels"] = string_map(document["metadata"], "labels", source, what)
     return DeviceClassRecord(name, raw, source)
 
 
-def _cel_selector(selector: Any, source: Source, what: str) -> None:
-    if not isinstance(selector, dict) or not isinstance(selector.get("cel"), dict) \
-            or not isinstance(selector["cel"].get("expression"), str):
-        raise ManifestError(f"{source}: {what}: a selector must be {{cel: {{expression: <string>}}}}")
-
-
-def _opaque(entry: Any, source: Source, what: str) -> None:
-    if not isinstance(entry, dict):
-        raise ManifestError(f"{source}: {what}: must be an object")
-    opaque = entry.get("opaque")
-    if opaque is None:
-        return
-    if not isinstance(opaque, dict) or not isinstance(opaque.get("driver"), str):
-        raise ManifestError(f"{source}: {what}: opaque needs a driver name and parameters")
-    if not isinstance(opaque.get("parameters", {}), dict):
-        raise ManifestError(f"{source}: {what}: opaque.parameters must be an object")
-
-
-def _claim_spec(spec: JsonObject, version: str, source: Source, what: str) -> JsonObject:
-    """A ResourceClaimSpec, checked for shape and rewritten to the v1 form."""
-    spec = copy.deepcopy(spec)
-    devices = _mapping(spec, "devices", source, what)
-    requests = _list(devices, "requests", source, what)
-    if not requests:
-        raise ManifestError(f"{source}: {what}: spec.devices.requests is empty")
-    names = []
-    for index, request in enumerate(requests):
-        where = f"{what} request[{index}]"
-        if not isinstance(request, dict) or not isinstance(request.get("name"), str) or not request["name"]:
-            raise ManifestError(f"{source}: {where}: every request needs a name")
-        names.append(request["name"])
-        if version in _BETA_VERSIONS and "exactly" not in request and "firstAvailable" not in request:
-            request["exactly"] = {key: request.pop(key) for key in _EXACTLY_FIELDS if key in request}
-        exactly = request.get("exactly")
-        if exactly is None and not request.get("firstAvailable"):
-            raise ManifestError(f"{source}: {where} {request['name']!r}: needs `exactly` "
-                                "(deviceClassName, count, capacity …)")
-        if exactly is not None:
-            if not isinstance(exactly, dict) or not isinstance(exactly.get("deviceClassName"), str):
-                raise ManifestError(f"{source}: {where} {request['name']!r}: exactly.deviceClassName is missing")
-            count = exactly.get("count", 1)
-            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-                raise ManifestError(f"{source}: {where} {request['name']!r}: exactly.count must be a positive "
-                                    f"integer, got {count!r}")
-            for s_index, selector in enumerate(_list(exactly, "selectors", source, where)):
-                _cel_selector(selector, source, f"{where} selectors[{s_index}]")
-            capacity = _mapping(exactly, "capacity", source, where)
-            _mapping(capacity, "requests", source, f"{where} capacity")
-    if len(set(names)) != len(names):
-        raise ManifestError(f"{source}: {what}: request names are not unique: {names}")
-    for index, entry in enumerate(_list(devices, "config", source, what)):
-        _opaque(entry, source, f"{what} spec.devices.config[{index}]")
-        unknown = [name for name in entry.get("requests") or [] if name not in names]
-        if unknown:
-            raise ManifestError(f"{source}: {what} spec.devices.config[{index}]: names unknown request(s) {unknown}")
-    for index, entry in enumerate(_list(devices, "constraints", source, what)):
-        if not isinstance(entry, dict):
-            raise ManifestError(f"{source}: {what} spec.devices.constraints[{index}]: must be an object")
-        unknown = [name for name in entry.get("requests") or [] if name not in names]
-        if unknown:
-            raise ManifestError(f"{source}: {what} spec.devices.constraints[{index}]: names unknown request(s) "
-                                f"{unknown}")
-    return spec
+def _object_fields(document: JsonObject, source: Source, what: str) -> None:
+    known_fields(document, OBJECT_FIELDS, source, what, "(top level)")
+    known_fields(document.get("metadata") or {}, OBJECT_META_FIELDS, source, what, "metadata")
 
 
 def _claim_template(document: JsonObject, source: Source) -> ClaimTemplateRecord:
     version = _check_resource_api(document, source)
     namespace, name = _metadata(document, source, namespaced=True)
     what = f"ResourceClaimTemplate {namespace}/{name}"
-    outer = _mapping(document, "spec", source, what, required=True)
-    claim_metadata = _mapping(outer, "metadata", source, what)
-    claim_spec = _claim_spec(_mapping(outer, "spec", source, what, required=True), version, source, what)
-    return ClaimTemplateRecord(namespace, name, claim_spec,
-                               _string_map(claim_metadata, "labels", source, what),
-                               _string_map(claim_metadata, "annotations", source, what), source)
+    _object_fields(document, source, what)
+    outer = mapping(document, "spec", source, what, required=True)
+    known_fields(outer, TEMPLATE_SPEC_FIELDS, source, what, "spec")
+    claim_metadata = mapping(outer, "metadata", source, what)
+    known_fields(claim_metadata, OBJECT_META_FIELDS, source, what, "spec.metadata")
+    spec = claim_spec(mapping(outer, "spec", source, what, required=True), version, source, what, "spec.spec")
+    return ClaimTemplateRecord(namespace, name, spec,
+                               string_map(claim_metadata, "labels", source, what),
+                               string_map(claim_metadata, "annotations", source, what), source)
 
 
 def _claim(document: JsonObject, source: Source) -> ClaimRecord:
     version = _check_resource_api(document, source)
     namespace, name = _metadata(document, source, namespaced=True)
     what = f"ResourceClaim {namespace}/{name}"
+    _object_fields(document, source, what)
     raw = copy.deepcopy(document)
-    raw["spec"] = _claim_spec(_mapping(document, "spec", source, what, required=True), version, source, what)
+    raw["spec"] = claim_spec(mapping(document, "spec", source, what, required=True), version, source, what)
     raw["metadata"]["namespace"] = namespace
     return ClaimRecord(namespace, name, raw, source)
 
@@ -372,26 +311,26 @@ def _workload(document: JsonObject, source: Source) -> WorkloadRecord:
     kind = document["kind"]
     namespace, name = _metadata(document, source, namespaced=True)
     what = f"{kind} {namespace}/{name}"
-    spec = _mapping(document, "spec", source, what, required=True)
+    spec = mapping(document, "spec", source, what, required=True)
     replicas = 1
     if kind == "Pod":
         pod_spec = spec
     else:
         if kind == "CronJob":
-            spec = _mapping(_mapping(spec, "jobTemplate", source, what, required=True), "spec", source, what,
+            spec = mapping(mapping(spec, "jobTemplate", source, what, required=True), "spec", source, what,
                             required=True)
         count_field = "parallelism" if kind in ("Job", "CronJob") else "replicas"
         replicas = spec.get(count_field, 1)
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
             raise ManifestError(f"{source}: {what}: spec.{count_field} must be a non-negative integer, got {replicas!r}")
-        template = _mapping(spec, "template", source, what, required=True)
-        pod_spec = _mapping(template, "spec", source, f"{what} template", required=True)
+        template = mapping(spec, "template", source, what, required=True)
+        pod_spec = mapping(template, "spec", source, f"{what} template", required=True)
     return WorkloadRecord(kind, namespace, name, replicas, _pod_template(pod_spec, source, what), source)
 
 
 def _pod_template(pod_spec: JsonObject, source: Source, what: str) -> PodTemplate:
     refs = []
-    for index, entry in enumerate(_list(pod_spec, "resourceClaims", source, what)):
+    for index, entry in enumerate(listing(pod_spec, "resourceClaims", source, what)):
         where = f"{what} spec.resourceClaims[{index}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise ManifestError(f"{source}: {where}: needs a name")
@@ -403,17 +342,17 @@ def _pod_template(pod_spec: JsonObject, source: Source, what: str) -> PodTemplat
         refs.append(PodClaimRef(entry["name"], claim_name, template_name))
     known = {ref.name for ref in refs}
     for group in ("initContainers", "containers"):
-        for container in _list(pod_spec, group, source, what):
+        for container in listing(pod_spec, group, source, what):
             if not isinstance(container, dict):
                 raise ManifestError(f"{source}: {what}: {group} entries must be objects")
-            resources = _mapping(container, "resources", source, f"{what} container {container.get('name')}")
-            for claim in _list(resources, "claims", source, f"{what} container {container.get('name')}"):
+            resources = mapping(container, "resources", source, f"{what} container {container.get('name')}")
+            for claim in listing(resources, "claims", source, f"{what} container {container.get('name')}"):
                 claim_name = claim.get("name") if isinstance(claim, dict) else None
                 if claim_name not in known:
                     raise ManifestError(
                         f"{source}: {what}: container {container.get('name')!r} uses claim {claim_name!r}, "
                         f"which spec.resourceClaims does not declare (declared: {sorted(known) or 'none'})")
-    node_selector = _string_map(pod_spec, "nodeSelector", source, what)
+    node_selector = string_map(pod_spec, "nodeSelector", source, what)
     node_name = pod_spec.get("nodeName")
     if node_name is not None and not isinstance(node_name, str):
         raise ManifestError(f"{source}: {what}: spec.nodeName must be a string")

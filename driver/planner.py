@@ -20,8 +20,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vgpu_dra.driver.claim_model import ClaimRejected, claim_policy, claim_request
+from vgpu_dra.driver.claim_model import ClaimRejected
+from vgpu_dra.driver.claim_requests import claim_policy, claim_request
 from vgpu_dra.driver.published_gpus import SliceDeviceError, gpu_from_device
+from vgpu_dra.driver.allocation_request import selector_errors
 from vgpu_dra.driver.allocator import (ClaimRequest, Placement, PlacementPolicy, PodRequest, Refusal, RefusalKind,
                                        allocate)
 from vgpu_dra.driver.devices import publishable_gpus, to_device
@@ -244,7 +246,7 @@ class _Planner:
                        if (p := claim_policy(self.raw_claims[claim.key], self.policy)) != self.policy), self.policy)
         decision = allocate(self.ledger, request, policy)
         if isinstance(decision, Refusal):
-            errors = _selector_errors(pending)
+            errors = selector_errors(pending)
             if errors:  # a GPU a CEL selector failed on did not match: say why, as the controller does
                 decision = dataclasses.replace(decision, reason=f"{decision.reason} ({'; '.join(errors)})")
             return outcome(refusal=decision)
@@ -280,13 +282,3 @@ class _Planner:
                                     candidate.device.cores, candidate.used_cores,
                                     tuple(on_device.get((node, candidate.name), ()))))
         return tuple(gpus)
-
-
-def _selector_errors(claims: Sequence[ClaimRequest]) -> list[str]:
-    errors: list[str] = []
-    for claim in claims:
-        for request in claim.requests:
-            for error in getattr(request.selector, "errors", ()):
-                if error not in errors:
-                    errors.append(error)
-    return errors[:3]

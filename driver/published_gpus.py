@@ -16,6 +16,8 @@ import structlog
 from vgpu_dra.api.names import (ATTR_NUMA_NODE, ATTR_PRODUCT_NAME, ATTR_UUID, CAPACITY_CORES, CAPACITY_MEMORY,
                                 CORES_MAX, DRIVER_NAME)
 from vgpu_dra.api.quantity import QuantityError, parse_bytes
+from vgpu_dra.driver.capacity_policy import PolicyError, RequestPolicy, driver_cores_policy, driver_memory_policy
+from vgpu_dra.driver.device_taints import DeviceTaint, TaintError
 from vgpu_dra.driver.ledger import AttributeValue, GpuDevice, Version
 from vgpu_dra.driver.limits import LimitError, parse_cores
 
@@ -81,13 +83,33 @@ def gpu_from_device(device: Mapping[str, Any]) -> GpuDevice:
             cores = parse_cores(capacity[CAPACITY_CORES].get("value"), field=f"device {name} capacity cores")
         except (LimitError, AttributeError) as exc:
             raise SliceDeviceError(str(exc)) from None
+    cores = cores or CORES_MAX
+    try:
+        memory_policy = _policy(capacity[CAPACITY_MEMORY], f"device {name} capacity memory",
+                                driver_memory_policy(memory))
+        cores_policy = _policy(capacity.get(CAPACITY_CORES) or {}, f"device {name} capacity cores",
+                               driver_cores_policy(cores))
+        taints = tuple(DeviceTaint.parse(raw, field=f"device {name} taints[{i}]")
+                       for i, raw in enumerate(device.get("taints") or ()))
+    except (PolicyError, TaintError) as exc:
+        raise SliceDeviceError(str(exc)) from None
     numa = attributes.get(ATTR_NUMA_NODE, -1)
     try:
         return GpuDevice(name=name, uuid=str(attributes.get(ATTR_UUID, name)), memory_bytes=memory,
-                         cores=cores or CORES_MAX, numa_node=numa if isinstance(numa, int) else -1,
-                         product_name=str(attributes.get(ATTR_PRODUCT_NAME, "")), attributes=attributes)
+                         cores=cores, numa_node=numa if isinstance(numa, int) else -1,
+                         product_name=str(attributes.get(ATTR_PRODUCT_NAME, "")), attributes=attributes,
+                         memory_policy=memory_policy, cores_policy=cores_policy, taints=taints)
     except ValueError as exc:
         raise SliceDeviceError(str(exc)) from None
+
+
+def _policy(capacity: Mapping[str, Any], field: str, driver_default: RequestPolicy) -> RequestPolicy | None:
+    """The capacity's published policy; None when it is the driver's own or absent (a server that
+    dropped allowMultipleAllocations dropped the policy with it: the driver's own applies)."""
+    if not isinstance(capacity, Mapping):
+        return None
+    published = RequestPolicy.parse(capacity.get("requestPolicy"), field=f"{field} requestPolicy")
+    return None if published is None or published == driver_default else published
 
 
 def slice_node(resource_slice: Mapping[str, Any]) -> str | None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from vgpu_dra.driver.claim_model import (EXCLUSIVE_MEMORY_BYTES, ClaimRejected, booked_consumptions,
-                                             claim_request)
+from vgpu_dra.driver.claim_model import EXCLUSIVE_MEMORY_BYTES, ClaimRejected, booked_consumptions
+from vgpu_dra.driver.claim_requests import claim_request
 from vgpu_dra.controller.node_fit import pod_fits_node
 from vgpu_dra.driver.published_gpus import gpus_by_node
 from vgpu_dra.driver.devices import build_slices
@@ -90,9 +90,25 @@ def test_sizes_layer_class_then_claim_then_capacity_requests():
     (claim("c", device_class="other"), "cannot mix allocators"),
     (claim("c", config=vgpu_config(memory="1Gi", memoryPercent=10)), "both set"),
     (claim("c", capacity={"gpus": "1"}), "not a capacity of this driver"),
-    (claim("c", requests=[{"name": "gpu", "firstAvailable": [{"name": "a", "deviceClassName": "vgpu.dra.dev"}]}]),
-     "firstAvailable"),
-    (claim("c", constraints=[{"distinctAttribute": "vgpu.dra.dev/uuid"}]), "distinctAttribute"),
+    (claim("c", requests=[{"name": "gpu", "firstAvailable": [{"name": "a", "deviceClassName": "other"}]}]),
+     "request 'gpu/a': DeviceClass 'other' is not allocated by the vgpu.dra.dev controller"),
+    (claim("c", requests=[{"name": "gpu", "firstAvailable": [
+        {"name": "a", "deviceClassName": "vgpu.dra.dev", "adminAccess": True}]}]),
+     "firstAvailable\\[0\\]: field 'adminAccess' is not supported"),
+    (claim("c", requests=[{"name": "gpu", "exactly": {"deviceClassName": "vgpu.dra.dev", "cuont": 2}}]),
+     "request 'gpu' exactly: field 'cuont' is not supported"),
+    (claim("c", requests=[{"name": "gpu", "exactly": {"deviceClassName": "vgpu.dra.dev", "allocationMode": "Some"}}]),
+     "allocationMode 'Some' is not one of ExactCount, All"),
+    (claim("c", requests=[{"name": "gpu", "exactly": {"deviceClassName": "vgpu.dra.dev", "allocationMode": "All",
+                                                      "count": 2}}]), "count is set with allocationMode All"),
+    (claim("c", requests=[{"name": "gpu", "exactly": {"deviceClassName": "vgpu.dra.dev",
+                                                      "tolerations": [{"key": "k", "operator": "In"}]}}]),
+     "tolerations\\[0\\].operator: 'In' is not Equal or Exists"),
+    (claim("c", constraints=[{"matchAttribute": "vgpu.dra.dev/uuid", "distinctAttribute": "vgpu.dra.dev/uuid"}]),
+     "sets both matchAttribute and distinctAttribute"),
+    (claim("c", requests=[{"name": "gpu", "exactly": {"deviceClassName": "vgpu.dra.dev",
+                                                      "selectors": [{"nvml": {"model": "A100"}}]}}]),
+     "request 'gpu' selectors\\[0\\]: only CEL selectors are supported \\(got nvml\\)"),
     (claim("c", count=33), "at most 32"),
 ])
 def test_claims_that_cannot_be_allocated_as_written(obj, message):

@@ -248,3 +248,18 @@ def test_two_shares_of_one_gpu_in_one_claim_add_up(kubelet, claims, settings, pl
     (gpu,) = parse((settings.claims_dir / claim.uid / "config").read_text()).gpus
     assert (gpu.uuid, gpu.memory_bytes, gpu.cores) == (T4_0, 4 * GIB, 25)
     assert len(_spec(settings, claim.uid)["devices"]) == 1
+
+
+@pytest.mark.parametrize("hard", ["a", "b"])
+def test_one_hard_share_makes_the_gpu_of_the_claim_hard(kubelet, claims, settings, plugin, hard):
+    """Two shares of one GPU, one of them with corePolicy hard (first or second): the claim's one
+    limit for that GPU is hard, whichever share said so."""
+    claim = claims.create(
+        [{"request": "a", "device": "gpu-0", "shareID": "2b000000-0000-4000-8000-000000000001",
+          "consumedCapacity": {"memory": "1Gi", "cores": "10"}},
+         {"request": "b", "device": "gpu-0", "shareID": "2b000000-0000-4000-8000-000000000002",
+          "consumedCapacity": {"memory": "2Gi", "cores": "20"}}],
+        config=[{"source": "FromClaim", "requests": [hard], "opaque": vgpu_config(corePolicy="hard")}])
+    assert kubelet.prepare([claim.ref])[claim.uid].error == ""
+    (gpu,) = parse((settings.claims_dir / claim.uid / "config").read_text()).gpus
+    assert (gpu.memory_bytes, gpu.cores, gpu.policy) == (3 * GIB, 30, "hard")

@@ -14,8 +14,10 @@ import pytest
 
 from vgpu_dra.api.names import ALLOCATOR_CONTROLLER, ALLOCATOR_LABEL, DEVICE_CLASS, DRIVER_NAME, FINALIZER
 from vgpu_dra.driver.allocation_limits import claim_allocation
-from vgpu_dra.driver.allocator import Placement, PodRequest, allocate
-from vgpu_dra.driver.claim_model import allocation_status, claim_request
+from vgpu_dra.driver.allocation_request import Placement, PodRequest
+from vgpu_dra.driver.allocation_status import allocation_status
+from vgpu_dra.driver.allocator import allocate
+from vgpu_dra.driver.claim_requests import claim_request
 from vgpu_dra.driver.devices import build_slices, publishable_memory_bytes, to_device
 from vgpu_dra.driver.inventory import GpuInfo, NodeInventory
 from vgpu_dra.driver.ledger import Ledger

@@ -110,3 +110,102 @@ def test_the_console_script_runs_as_a_process():
                             capture_output=True, text=True, check=False, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["placed"] == 2
+
+
+def _typo_template(exactly: str) -> str:
+    return textwrap.dedent(f"""
+        apiVersion: resource.k8s.io/v1
+        kind: ResourceClaimTemplate
+        metadata: {{name: pair}}
+        spec:
+          spec:
+            devices:
+              requests:
+                - name: gpu
+                  exactly: {exactly}
+        """)
+
+
+def test_unknown_fields_anywhere_in_a_claim_are_errors(tmp_path, capsys):
+    """`cuont: 2` used to plan one GPU; now every level of a claim is checked against the API."""
+    cases = {
+        "{deviceClassName: vgpu.dra.dev, cuont: 2}":
+            "spec.spec.devices.requests[0].exactly: unknown field 'cuont' (did you mean 'count'?)",
+        "{deviceClassName: vgpu.dra.dev, capacity: {request: {memory: 1Gi}}}":
+            "spec.spec.devices.requests[0].exactly.capacity: unknown field 'request' (did you mean 'requests'?)",
+        "{deviceClassName: vgpu.dra.dev, selectors: [{cel: {expresion: 'true'}}]}":
+            "a selector must be {cel: {expression: <string>}}",
+        "{deviceClassName: vgpu.dra.dev, tolerations: [{key: a, operater: Exists}]}":
+            "spec.spec.devices.requests[0].exactly.tolerations[0]: unknown field 'operater' (did you mean 'operator'?)",
+    }
+    for exactly, message in cases.items():
+        (tmp_path / "claim.yaml").write_text(_typo_template(exactly))
+        assert main(["plan", str(tmp_path / "claim.yaml")]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+        assert "claim.yaml (document 1): ResourceClaimTemplate default/pair: " in captured.err
+        assert message in captured.err, captured.err
+    (tmp_path / "claim.yaml").write_text(textwrap.dedent("""
+        apiVersion: resource.k8s.io/v1
+        kind: ResourceClaim
+        metadata: {name: c, lables: {a: b}}
+        spec: {devices: {requests: [{name: gpu, exactly: {deviceClassName: vgpu.dra.dev}}]}}
+        """))
+    assert main(["plan", str(tmp_path / "claim.yaml")]) == 2
+    assert "metadata: unknown field 'lables' (did you mean 'labels'?)" in capsys.readouterr().err
+
+
+def test_empty_and_odd_paths_are_errors_that_say_what_they_are(tmp_path, capsys):
+    (tmp_path / "empty.yaml").write_text("# nothing here\n")
+    (tmp_path / "empty-folder").mkdir()
+    (tmp_path / "inventory.yaml").write_bytes(b"apiVersion: vgpu.dra.dev/v1alpha1\nkind: NodeInventory\n"
+                                              b"nodeName: caf\xe9\n")
+    examples = [str(REPO / "examples" / "claims"), str(REPO / "examples" / "workloads")]
+    cases = [
+        ([str(tmp_path / "empty.yaml")], "empty.yaml: no Kubernetes objects in the file (it is empty or only comments)"),
+        ([str(tmp_path / "empty-folder")], "empty-folder: no manifest files (*.yaml, *.yml, *.json) in the folder"),
+        (["/dev/null"], "/dev/null: is a character device, not a file or folder (plan reads YAML files, and "
+                        "folders of them)"),
+        ([*examples, "--inventory", str(tmp_path / "inventory.yaml")],
+         "inventory.yaml: not UTF-8 text (byte 0xe9 on line 3); an inventory is a YAML file of NodeInventory "
+         "documents"),
+        ([*examples, "--inventory", "/dev/null"], "/dev/null: is a character device, not a file or folder"),
+        ([*examples, "--inventory", str(tmp_path / "empty-folder")], "empty-folder: no inventory files"),
+    ]
+    for arguments, message in cases:
+        assert main(["plan", *arguments]) == 2, arguments
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1 and "Traceback" not in captured.err
+        assert captured.err.startswith("vgpu-dra plan: error: ") and message in captured.err, captured.err
+
+
+def test_plan_places_first_available_claims_by_the_controllers_rules(tmp_path, capsys):
+    (tmp_path / "app.yaml").write_text(textwrap.dedent("""
+        apiVersion: resource.k8s.io/v1
+        kind: ResourceClaimTemplate
+        metadata: {name: flexible}
+        spec:
+          spec:
+            devices:
+              requests:
+                - name: gpu
+                  firstAvailable:
+                    - {name: big, deviceClassName: vgpu.dra.dev, capacity: {requests: {memory: 16Gi}}}
+                    - {name: small, deviceClassName: vgpu.dra.dev, capacity: {requests: {memory: 3Gi, cores: "30"}}}
+        ---
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {name: app}
+        spec:
+          replicas: 4
+          template:
+            spec:
+              resourceClaims: [{name: gpu, resourceClaimTemplateName: flexible}]
+              containers: [{name: c, resources: {claims: [{name: gpu}]}}]
+        """))
+    assert main(["plan", str(tmp_path), "-o", "json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert [(s["request"], s["memoryBytes"], s["cores"]) for s in data["gpus"][0]["shares"]] == [
+        ("gpu/small", 3 << 30, 30)] * 3
+    (refused,) = [p for p in data["pods"] if not p["placed"]]
+    assert refused["refusal"]["reason"].startswith("no combination of the firstAvailable alternatives of gpu fits")
