@@ -158,6 +158,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="pods/s in the paced phase")
     parser.add_argument("--memory", default="256Mi")
     parser.add_argument("--cores", type=int, default=0)
+    parser.add_argument("--controller-workers", type=int, default=None,
+                        help="the chart's controller.workers (default: the chart's)")
+    parser.add_argument("--phases", default="burst,paced", help="which phases to run")
     args = parser.parse_args()
     source = Path(os.environ.get("VGPU_K8S_BIN") or REPO.parent / "shared" / "k8s" / "bin")
     control_plane = ControlPlane(find_binaries(source)).start()
@@ -167,8 +170,11 @@ def main() -> int:
     try:
         for round_no in range(args.rounds):
             for mode in ("controller", "scheduler"):
-                with installed(cluster, mode):
+                values = {"controller": {"workers": args.controller_workers}} if args.controller_workers else {}
+                with installed(cluster, mode, values):
                     for phase, rate in (("burst", 0.0), ("paced", args.rate)):
+                        if phase not in args.phases.split(","):
+                            continue
                         got = one_round(cluster, mode, args.pods, rate, args.memory, args.cores, round_no)
                         bucket = results.setdefault((mode, phase), {"claimed": [], "allocated": [], "bound": [], "makespan": []})
                         for key, values in got.items():
@@ -182,7 +188,7 @@ def main() -> int:
     print(f"\n{args.pods} pods per round, {args.rounds} round(s) per mode; paced = {args.rate:g} pods/s")
     print("| phase | measure | controller p50 / p99 | native p50 / p99 | ratio p50 / p99 |")
     print("|---|---|---|---|---|")
-    for phase in ("burst", "paced"):
+    for phase in [p for p in ("burst", "paced") if p in args.phases.split(",")]:
         for measure in ("allocated", "bound"):
             ours, native = results[("controller", phase)][measure], results[("scheduler", phase)][measure]
             r50 = statistics.median(ours) / statistics.median(native)

@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
                         help="which node to prefer among those that fit (default: binpack)")
     parser.add_argument("--gpu-policy", default="binpack", choices=("binpack", "spread"),
                         help="which GPU to prefer on the chosen node (default: binpack)")
-    parser.add_argument("--workers", type=int, default=4, help="concurrent syncs (default: 4)")
+    parser.add_argument("--workers", type=int, default=16, help="concurrent syncs (default: 16)")
     parser.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics, 0 = off (default: 8080)")
     parser.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
                         help="campaign for a Lease so that only one replica writes (default: on)")

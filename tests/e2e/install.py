@@ -144,11 +144,12 @@ class Installation:
     controllers: list[Process] = field(default_factory=list)
     rendered: list[dict[str, Any]] = field(default_factory=list)
     node_specs: Sequence[NodeSpec] = DEFAULT_NODES
+    extra_values: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def values(self) -> dict[str, Any]:
         """Chart values of this installation."""
-        return {"allocator": self.allocator, "logFormat": "json"}
+        return {"allocator": self.allocator, "logFormat": "json", **self.extra_values}
 
     def install(self) -> Installation:
         """Apply the chart, create the GPU nodes, start their plugins and the controller."""
@@ -321,10 +322,10 @@ class Installation:
 
 
 @contextmanager
-def installed(cluster: RealCluster, allocator: str) -> Iterator[Installation]:
-    """An Installation for the duration of the block."""
+def installed(cluster: RealCluster, allocator: str, values: Mapping[str, Any] | None = None) -> Iterator[Installation]:
+    """An Installation (chart `values` on top of the allocator mode) for the duration of the block."""
     workdir = Path(tempfile.mkdtemp(prefix="vgpu-e2e-"))
-    installation = Installation(cluster, allocator, workdir)
+    installation = Installation(cluster, allocator, workdir, extra_values=dict(values or {}))
     try:
         installation.install()
         yield installation
