@@ -21,6 +21,7 @@ from typing import Any
 
 from kubernetes import config as kube_config
 
+from tests.controller.waiting import wait_for
 from vgpu_dra.controller.kubeapi import NODES, PODS, ApiError, KubeApi, Resource
 
 from .control_plane import ControlPlane, write_kubeconfig
@@ -40,14 +41,7 @@ def now_rfc3339(micro: bool = False) -> str:
 
 def wait_until(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
     """The first truthy value of `condition()`; AssertionError naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(interval_s)
+    return wait_for(condition, timeout_s=timeout_s, interval_s=interval_s, what=what)
 
 
 def node_object(name: str, labels: Mapping[str, str], taints: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:

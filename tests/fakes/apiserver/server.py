@@ -392,7 +392,8 @@ class FakeApiServer:
         verb = method.lower()
         try:
             if method == "GET":
-                found = discovery_response(segs, f"127.0.0.1:{self.port}", self.schemas.directory)
+                # The handler's own server: a request still in flight while stop() ran has no self.port.
+                found = discovery_response(segs, f"127.0.0.1:{handler.server.server_address[1]}", self.schemas.directory)
                 if found is not None:
                     handler.send_body(200, found[0], found[1])
                     return
