@@ -20,7 +20,6 @@ what the controller adds over the native path.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.cluster.control_plane import ControlPlane, find_binaries  # noqa: E402
+from tests.cluster.control_plane import ControlPlane, binaries_source, find_binaries  # noqa: E402
 from tests.cluster.real_cluster import RealCluster, wait_until  # noqa: E402
 from tests.e2e.install import installed  # noqa: E402
 from vgpu_dra.controller.kubeapi import PODS, RESOURCE_CLAIMS, ApiError, KubeApi, Resource  # noqa: E402
@@ -162,7 +161,11 @@ def main() -> int:
                         help="the chart's controller.workers (default: the chart's)")
     parser.add_argument("--phases", default="burst,paced", help="which phases to run")
     args = parser.parse_args()
-    source = Path(os.environ.get("VGPU_K8S_BIN") or REPO.parent / "shared" / "k8s" / "bin")
+    source = binaries_source()
+    if source is None:
+        print("no Kubernetes binaries: set VGPU_K8S_BIN (kube-apiserver, kube-controller-manager, kube-scheduler, "
+              "kubectl)", file=sys.stderr)
+        return 2
     control_plane = ControlPlane(find_binaries(source)).start()
     cluster = RealCluster(control_plane.admin_kubeconfig, control_plane.binaries.path("kubectl"),
                           Path(tempfile.mkdtemp(prefix="vgpu-bench-")), control_plane)

@@ -21,17 +21,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 KUBECONFIG_ENV = "VGPU_E2E_KUBECONFIG"
-BINARIES_ENV = "VGPU_K8S_BIN"
 REQUIRE_ENV = "VGPU_REQUIRE_CLUSTER"
-
-
-def _binaries_source() -> Path | None:
-    if os.environ.get(BINARIES_ENV):
-        return Path(os.environ[BINARIES_ENV])
-    default = REPO.parent / "shared" / "k8s" / "bin"
-    return default if default.is_dir() else None
 
 
 def _unavailable(reason: str) -> None:
@@ -43,7 +34,7 @@ def _unavailable(reason: str) -> None:
 @pytest.fixture(scope="session")
 def real_cluster() -> Iterator[object]:
     """A `RealCluster` (tests/cluster/real_cluster.py) for the whole run."""
-    from tests.cluster.control_plane import ControlPlane, ControlPlaneUnavailable, find_binaries
+    from tests.cluster.control_plane import BINARIES_ENV, ControlPlane, ControlPlaneUnavailable, binaries_source, find_binaries
     from tests.cluster.real_cluster import RealCluster
 
     folder = Path(tempfile.mkdtemp(prefix="vgpu-cluster-"))
@@ -53,7 +44,7 @@ def real_cluster() -> Iterator[object]:
             _unavailable(f"{KUBECONFIG_ENV} is set but kubectl is not on PATH")
         cluster = RealCluster(Path(os.environ[KUBECONFIG_ENV]), Path(kubectl), folder)
     else:
-        source = _binaries_source()
+        source = binaries_source()
         if source is None:
             _unavailable(f"set {BINARIES_ENV} to a folder of Kubernetes release binaries, or {KUBECONFIG_ENV} "
                          f"to a cluster's kubeconfig")

@@ -26,6 +26,10 @@ from pathlib import Path
 import yaml
 
 BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+BINARIES_ENV = "VGPU_K8S_BIN"
+REPO = Path(__file__).resolve().parents[2]
+# Where the project's CI machines keep the release binaries, beside the repository.
+SIBLING_BINARIES = REPO / "../shared/k8s/bin"
 ADMIN_USER = "vgpu-test-admin"
 
 
@@ -60,6 +64,13 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def binaries_source() -> Path | None:
+    """``$VGPU_K8S_BIN``, else the sibling folder of the CI machines when it exists, else None."""
+    if os.environ.get(BINARIES_ENV):
+        return Path(os.environ[BINARIES_ENV])
+    return SIBLING_BINARIES.resolve() if SIBLING_BINARIES.is_dir() else None
 
 
 def cache_root() -> Path:

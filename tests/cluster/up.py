@@ -8,27 +8,27 @@ For poking at it with kubectl, or pointing a benchmark at a real API server (`--
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import tempfile
 import threading
 from pathlib import Path
 
-from tests.cluster.control_plane import ControlPlane, ControlPlaneUnavailable, find_binaries
+from tests.cluster.control_plane import ControlPlane, ControlPlaneUnavailable, binaries_source, find_binaries
 from tests.cluster.real_cluster import RealCluster
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def main() -> int:
     """Run until signalled; print one line per fact a user needs."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=0, help="Ready Nodes to create and keep Ready")
-    parser.add_argument("--binaries", type=Path,
-                        default=Path(os.environ.get("VGPU_K8S_BIN") or REPO.parent / "shared" / "k8s" / "bin"),
+    parser.add_argument("--binaries", type=Path, default=binaries_source(),
                         help="Kubernetes release binaries (default: $VGPU_K8S_BIN or ../shared/k8s/bin)")
     args = parser.parse_args()
+    if args.binaries is None:
+        print("cannot start a control plane: set VGPU_K8S_BIN or --binaries to Kubernetes release binaries",
+              file=sys.stderr)
+        return 2
     try:
         binaries = find_binaries(args.binaries)
     except ControlPlaneUnavailable as exc:

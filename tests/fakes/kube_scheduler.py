@@ -2,7 +2,7 @@
 writes it: the `consumedCapacity` of a result and the allocation a claim gets. Pure; for tests
 that need what kube-scheduler would have written without running one.
 
-Per capacity of the device (see ../shared/reference/kubernetes-dra.md §5.4): a capacity the request
+Per capacity of the device (the DRA reference's consumable-capacity rules, §5.4): a capacity the request
 does not name consumes `requestPolicy.default`, or the whole value when there is no policy; a
 named one is rounded up to `min + n*step` within `validRange` (or to the next of `validValues`),
 and a device it does not fit is not eligible. kube-scheduler never reads opaque configs: it
