@@ -85,12 +85,8 @@ def _covers(requests: tuple[str, ...], request: DeviceRequest) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class MatchAttribute:
-    """``constraints[].matchAttribute``: every GPU of ``requests`` (empty = all) has the same value.
-
-    ``attribute`` is fully qualified (``vgpu.dra.dev/numaNode``) or, for our own domain, bare;
-    a GPU without the attribute never satisfies it. ``requests`` may name ``req`` or ``req/sub``.
-    """
+class _AttributeConstraint:
+    """A constraint on one attribute of the GPUs of ``requests`` (empty = all requests)."""
 
     attribute: str
     requests: tuple[str, ...] = ()
@@ -106,21 +102,18 @@ class MatchAttribute:
 
 
 @dataclass(frozen=True, slots=True)
-class DistinctAttribute:
+class MatchAttribute(_AttributeConstraint):
+    """``constraints[].matchAttribute``: every GPU of ``requests`` (empty = all) has the same value.
+
+    ``attribute`` is fully qualified (``vgpu.dra.dev/numaNode``) or, for our own domain, bare;
+    a GPU without the attribute never satisfies it. ``requests`` may name ``req`` or ``req/sub``.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class DistinctAttribute(_AttributeConstraint):
     """``constraints[].distinctAttribute``: the GPUs of ``requests`` (empty = all) have pairwise
     different values (e.g. ``uuid``: no two shares of one GPU within the claim)."""
-
-    attribute: str
-    requests: tuple[str, ...] = ()
-
-    @property
-    def key(self) -> str:
-        """The key in `GpuDevice.attributes`."""
-        return _key_of(self.attribute)
-
-    def covers(self, request: DeviceRequest) -> bool:
-        """Whether the constraint applies to this (concrete) request."""
-        return _covers(self.requests, request)
 
 
 @dataclass(frozen=True, slots=True)
