@@ -51,9 +51,16 @@ class ClaimWriter:
         self.metrics = metrics
         self.write_retries = write_retries
 
-    def write_allocation(self, key: str, uid: str, placement: Placement, classes: Mapping[str, JsonObject]) -> None:
-        """Our finalizer (when missing), then the claim's allocation; `Abandon` when the claim was
-        deleted, replaced or allocated by someone else meanwhile."""
+    def write_allocation(self, key: str, uid: str, placement: Placement, classes: Mapping[str, JsonObject],
+                         pod: JsonObject | None = None) -> None:
+        """Our finalizer (when missing), then the claim's allocation, reserved for `pod` in the same
+        write; `Abandon` when the claim was deleted, replaced or allocated by someone else meanwhile.
+
+        Reserving here saves kube-scheduler its own status write before it binds (it skips claims
+        already reserved for the pod it binds), lets a pod that names its node itself start (the
+        kubelet runs only pods a claim is reserved for), and keeps kube-scheduler from deallocating
+        our allocation when the pod does not fit the node for other reasons (it frees only claims
+        nobody reserved). kube-controller-manager drops the entry when the pod goes away."""
         def attempt(claim: JsonObject) -> None:
             if meta(claim).get("uid") != uid:
                 raise Abandon("claim was deleted or replaced")
@@ -63,8 +70,11 @@ class ClaimWriter:
                 raise Abandon("claim is being deleted")
             if not has_finalizer(claim):
                 claim = self.patch_finalizers(claim, [*(meta(claim).get("finalizers") or []), FINALIZER])
-            self.patch_status(claim, {"allocation": allocation_status(claim, classes, placement.node,
-                                                                      placement.claim(uid))})
+            status: JsonObject = {"allocation": allocation_status(claim, classes, placement.node,
+                                                                  placement.claim(uid))}
+            if pod is not None and not (claim.get("status") or {}).get("reservedFor"):
+                status["reservedFor"] = [{"resource": "pods", "name": meta(pod)["name"], "uid": meta(pod)["uid"]}]
+            self.patch_status(claim, status)
 
         if not self.resolve_conflicts(RESOURCE_CLAIMS, key, self.claims.get(key), attempt,
                                       observe=self.claims.observe):

@@ -142,7 +142,7 @@ class PodSync:
             for claim in pending:
                 uid = meta(claim)["uid"]
                 try:
-                    self.writer.write_allocation(object_key(claim), uid, placement, classes)
+                    self.writer.write_allocation(object_key(claim), uid, placement, classes, pod)
                     written += 1
                     self.metrics.allocations.inc()
                 except Abandon as exc:

@@ -52,8 +52,13 @@ def test_seed_workers_share_one_rtx3080(api_backend):
     assert a["status"]["allocation"]["devices"]["results"][0]["shareID"] != \
         b["status"]["allocation"]["devices"]["results"][0]["shareID"]
     for name in ("worker-a", "worker-b"):
-        gates = server.get("Pod", name, "default")["spec"].get("schedulingGates") or []
+        pod_obj = server.get("Pod", name, "default")
+        gates = pod_obj["spec"].get("schedulingGates") or []
         assert SCHEDULING_GATE not in [g["name"] for g in gates]
+        # Reserved for its pod in the allocation's own write: the kubelet starts only pods a claim
+        # is reserved for, and kube-scheduler then binds without a status write of its own.
+        reserved = server.get("ResourceClaim", name, "default")["status"].get("reservedFor")
+        assert reserved == [{"resource": "pods", "name": name, "uid": pod_obj["metadata"]["uid"]}]
 
 
 def test_without_consumable_capacity_the_books_come_from_the_resolved_configs(fake_apiserver):
