@@ -8,7 +8,8 @@ controller under its ServiceAccount) in each allocator mode in turn, and each ro
 at once (`--rate 0`) or paced (`--rate R` pods/s), each with its own claim from a
 ResourceClaimTemplate asking for the same capacity (`memory`, `cores`) — in controller mode the
 vgpu-dra controller allocates it, in scheduler mode kube-scheduler does. Pods are created as a user's
-would be: no scheduling gate.
+would be, with no scheduling gate of their own; in controller mode the chart's admission policy
+adds the controller's (`controller.admissionShortcuts`), as it does for every user.
 
 Times are the watch events this process receives: pod created (the API server's answer to the
 create) → its claim's allocation seen → the pod's nodeName seen. The ratio controller/native is

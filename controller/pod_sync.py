@@ -59,6 +59,9 @@ class PodSync:
         classes = self._classes()
         ours = [c for c in claims if c and is_ours(c, classes)]
         if not ours:
+            # The chart's admission policy gates every pod with claims, since a pod's classes are
+            # not known at admission; one without claims of ours goes on to kube-scheduler.
+            self.writer.lift_gate(key, pod)
             return
         pending = [c for c in ours if not allocation(c)]
         if not pending:

@@ -28,7 +28,8 @@ SCHEMA_REF = "#/components/schemas/"
 # resource types (tests/fakes/apiserver/resources.py), the chart's objects and the examples' kinds.
 KEPT: dict[str, tuple[str, ...]] = {
     "v1": ("ConfigMap", "Event", "Namespace", "Node", "Pod", "Service", "ServiceAccount"),
-    "admissionregistration.k8s.io/v1": ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"),
+    "admissionregistration.k8s.io/v1": ("MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding",
+                                        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"),
     "apps/v1": ("DaemonSet", "Deployment"),
     "batch/v1": ("Job",),
     "coordination.k8s.io/v1": ("Lease",),
