@@ -72,10 +72,14 @@ def _pem(cert: x509.Certificate) -> str:
 def new_ca(now: dt.datetime, lifetime: dt.timedelta, common_name: str) -> tuple[str, str]:
     """(key PEM, certificate PEM) of a fresh self-signed CA."""
     key = _key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    # Each CA gets its own name (and key identifier): while the bundle holds the old and the new
+    # CA, a verifier picks the issuer by name and must find the one that signed.
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name} {now:%Y-%m-%dT%H:%M:%SZ}"),
+                      x509.NameAttribute(NameOID.SERIAL_NUMBER, f"{x509.random_serial_number():x}")])
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _BACKDATE).not_valid_after(now + lifetime)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                          content_commitment=False, key_encipherment=False, data_encipherment=False,
@@ -97,6 +101,8 @@ def new_serving(ca_key_pem: str, ca_cert_pem: str, now: dt.datetime, lifetime: d
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - _BACKDATE).not_valid_after(min(now + lifetime, ca_cert.not_valid_after_utc))
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+                           critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]

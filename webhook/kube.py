@@ -3,6 +3,7 @@ caBundle of its MutatingWebhookConfiguration (a JSON patch of that one field, ne
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,10 +46,37 @@ class TemplateEnsurer:
                 found = self.api.get(RESOURCE_CLAIM_TEMPLATES, name, namespace, timeout_s=5)
             except ApiError as exc:
                 raise TemplateError(f"could not read ResourceClaimTemplate {namespace}/{name}: {exc}") from None
-            if found.get("spec") != template["spec"]:
+            if not _same_shape(template["spec"], found.get("spec")):
                 raise TemplateError(
                     f"ResourceClaimTemplate {namespace}/{name} exists with another spec (it was edited); delete it "
                     "and the webhook recreates it")
+
+
+def _defaulted(spec: JsonObject) -> JsonObject:
+    """`spec` with the defaults the API server stores for a request that names no count."""
+    out = json.loads(json.dumps(spec))
+    for request in ((out.get("spec") or {}).get("devices") or {}).get("requests") or []:
+        exactly = request.get("exactly")
+        if isinstance(exactly, dict):
+            exactly.setdefault("allocationMode", "ExactCount")
+            if exactly["allocationMode"] == "ExactCount":
+                exactly.setdefault("count", 1)
+    return out
+
+
+def _covers(expected: Any, found: Any) -> bool:
+    if isinstance(expected, dict):
+        return isinstance(found, dict) and all(k in found and _covers(v, found[k]) for k, v in expected.items())
+    if isinstance(expected, list):
+        return isinstance(found, list) and len(found) == len(expected) and all(
+            _covers(e, f) for e, f in zip(expected, found))
+    return bool(expected == found)
+
+
+def _same_shape(expected: JsonObject, found: Any) -> bool:
+    """Whether a stored template gives what `expected` asks: every field we set, as we set it
+    (defaults included), while fields a newer server adds on its own do not count as an edit."""
+    return _covers(_defaulted(expected), found)
 
 
 def decode_secret(secret: JsonObject) -> dict[str, str]:
