@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kubernetes.utils.quantity import parse_quantity
+
 from vgpu_dra.api.names import (
     CONFIG_API_VERSION, CONFIG_KIND, CORES_MAX, DEVICE_CLASS, DRIVER_NAME, GPU_POLICY_ANNOTATION,
     NODE_POLICY_ANNOTATION,
@@ -61,7 +63,7 @@ SHAPE_LABEL = "vgpu.dra.dev/hami-shape"
 CLAIM_PREFIX = "vgpu-"
 _POLICIES = ("binpack", "spread")
 _UUID = re.compile(r"^(GPU|MIG)-[0-9A-Za-z-]+$")
-_DIGITS = re.compile(r"^\+?[0-9]+$")
+_BINARY_SUFFIX = re.compile(r"[KMGTPE]i$")
 _DNS_LABEL_MAX = 63
 
 
@@ -131,10 +133,19 @@ class _Context:
 # --- reading HAMi values -------------------------------------------------------------------------
 
 def _integer(value: Any, name: str, where: str, low: int, high: int | None, accepted: str) -> int:
+    """A HAMi count as HAMi reads it: the quantity's plain value (`1k` is 1000). A binary suffix is
+    refused: the API server keeps `2Gi` as written and HAMi would read it as 2147483648 units."""
     text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
-    if text is None or not _DIGITS.match(text):
+    if text is not None and _BINARY_SUFFIX.search(text):
+        raise HamiTranslationError(f"{where}: {name} = {value!r} has a binary suffix, but HAMi counts it in plain "
+                                   f"units; expected {accepted}")
+    try:
+        amount = parse_quantity(text) if text is not None else None
+    except ValueError:
+        amount = None
+    if amount is None or amount != amount.to_integral_value():
         raise HamiTranslationError(f"{where}: {name} = {value!r} is not a whole number; expected {accepted}")
-    number = int(text)
+    number = int(amount)
     if number < low or (high is not None and number > high):
         raise HamiTranslationError(f"{where}: {name} = {value!r} is out of range; expected {accepted}")
     return number

@@ -50,13 +50,13 @@ def test_disabled_by_default():
 @pytest.mark.parametrize("resource", HAMI_RESOURCES)
 @pytest.mark.parametrize("section", ["limits", "requests"])
 def test_every_hami_resource_in_limits_or_requests_of_any_container_is_sent_to_the_gpu_webhook(resource, section):
-    matches = _condition(_webhooks()["gpu.hami.vgpu.dra.dev"])
+    matches = _condition(_webhooks()["translate-hami-gpu.vgpu.dra.dev"])
     assert matches(_pod(_c(), _gpu(section, resource)))
     assert matches(_pod(_c(), init=(_gpu(section, resource),)))
 
 
 def test_pods_asking_for_none_of_it_are_never_sent_to_the_gpu_webhook():
-    matches = _condition(_webhooks()["gpu.hami.vgpu.dra.dev"])
+    matches = _condition(_webhooks()["translate-hami-gpu.vgpu.dra.dev"])
     plain = {"name": "c", "image": "busybox", "resources": {"limits": {"cpu": "1", "example.com/gpu": "1"},
                                                             "requests": {"memory": "1Gi"}}}
     assert not matches(_pod(plain))
@@ -67,17 +67,17 @@ def test_pods_asking_for_none_of_it_are_never_sent_to_the_gpu_webhook():
 
 def test_a_hami_scheduler_pod_without_gpu_goes_to_the_fail_open_webhook_only():
     hooks = _webhooks()
-    scheduler_only = _condition(hooks["scheduler.hami.vgpu.dra.dev"])
+    scheduler_only = _condition(hooks["translate-hami-scheduler.vgpu.dra.dev"])
     assert scheduler_only(_pod(_c(), scheduler="hami-scheduler"))
     assert not scheduler_only(_pod(_gpu(), scheduler="hami-scheduler"))  # the GPU webhook has it
     assert not scheduler_only(_pod(_c(), scheduler="default-scheduler"))
     assert not scheduler_only(_pod(_c()))
-    assert hooks["gpu.hami.vgpu.dra.dev"]["failurePolicy"] == "Fail"
-    assert hooks["scheduler.hami.vgpu.dra.dev"]["failurePolicy"] == "Ignore"
+    assert hooks["translate-hami-gpu.vgpu.dra.dev"]["failurePolicy"] == "Fail"
+    assert hooks["translate-hami-scheduler.vgpu.dra.dev"]["failurePolicy"] == "Ignore"
 
 
 def test_the_chart_lists_exactly_the_resources_the_translation_removes():
-    expression = _webhooks()["gpu.hami.vgpu.dra.dev"]["matchConditions"][0]["expression"]
+    expression = _webhooks()["translate-hami-gpu.vgpu.dra.dev"]["matchConditions"][0]["expression"]
     lists = set(re.findall(r"k in \[([^\]]*)\]", expression))
     assert lists == {", ".join(f"'{r}'" for r in HAMI_RESOURCES)}
 

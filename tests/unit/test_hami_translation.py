@@ -78,6 +78,11 @@ def test_requests_count_when_limits_are_absent_and_must_equal_limits_when_both_a
             "requests": {"nvidia.com/gpucores": "20"}, "limits": {"nvidia.com/gpucores": "30"}}}]}, namespace=None)
 
 
+def test_counts_are_read_as_hami_reads_quantities():
+    result = _translate([_container(limits={"nvidia.com/gpu": "1", "nvidia.com/gpumem": "2k"})])
+    assert _params(result.templates[0])["memory"] == "2000Mi"
+
+
 def test_gpu_alone_is_the_whole_gpu_without_a_cap_and_gpumem_alone_implies_one_gpu():
     whole = _translate([_container(limits={"nvidia.com/gpu": "1"})])
     assert "config" not in whole.templates[0]["spec"]["spec"]["devices"]
@@ -189,8 +194,11 @@ def test_the_scheduler_allocator_uses_capacity_requests_and_refuses_a_percentage
 @pytest.mark.parametrize(("limits", "annotations", "message"), [
     ({"nvidia.com/gpumem-percentage": "150"}, {}, r"gpumem-percentage = '150' is out of range; expected an integer from 1 to 100"),
     ({"nvidia.com/gpucores": "101"}, {}, r"gpucores = '101' is out of range"),
-    ({"nvidia.com/gpumem": "1.5Gi"}, {}, r"gpumem = '1.5Gi' is not a whole number; expected a positive integer \(MiB"),
-    ({"nvidia.com/gpu": "-1"}, {}, r"nvidia.com/gpu = '-1' is not a whole number"),
+    ({"nvidia.com/gpumem": "2Gi"}, {}, r"gpumem = '2Gi' has a binary suffix, but HAMi counts it in plain units; "
+                                       r"expected a positive integer \(MiB"),
+    ({"nvidia.com/gpumem": "1.5"}, {}, r"gpumem = '1.5' is not a whole number"),
+    ({"nvidia.com/gpumem": "lots"}, {}, r"gpumem = 'lots' is not a whole number"),
+    ({"nvidia.com/gpu": "-1"}, {}, r"nvidia.com/gpu = '-1' is out of range"),
     ({"nvidia.com/gpu": "1"}, {"hami.io/gpu-scheduler-policy": "topology"}, r"expected 'binpack' or 'spread'"),
     ({"nvidia.com/gpu": "1"}, {"nvidia.com/use-gpuuuid": "0"}, r"'0' is not a GPU UUID"),
     ({"nvidia.com/gpu": "1"}, {"nvidia.com/use-gputype": " , "}, r"use-gputype is empty"),
