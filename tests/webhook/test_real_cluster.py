@@ -17,6 +17,7 @@ import ssl
 import shutil
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ RTX3080 = EXAMPLES / "inventory" / "rtx3080.yaml"
 MIB = 1 << 20
 # (memory percent, cores) per Deployment, as the user's files ask (gpumem-percentage, gpucores).
 EXPECTED = {"gpu-worker-a": (20, 25), "gpu-worker-b": (30, 40)}
-TEST_NAMESPACE = "hami-test"
+TEST_NAMESPACE = f"hami-{uuid.uuid4().hex[:6]}"  # a namespace still being deleted by an earlier run blocks its name
 
 
 class Webhook:
@@ -280,3 +281,104 @@ def test_the_ca_bundle_the_webhook_published_is_the_one_in_its_secret(webhook: W
     config = cluster.kube.get(MUTATING_WEBHOOK_CONFIGURATIONS, webhook.config_name)
     assert {w["clientConfig"]["caBundle"] for w in config["webhooks"]} == {bundle}
     assert base64.b64decode(bundle).startswith(b"-----BEGIN CERTIFICATE-----")
+
+
+WORKLOADS = f"""
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: trainer, namespace: {TEST_NAMESPACE}}}
+spec:
+  serviceName: trainer
+  replicas: 1
+  selector: {{matchLabels: {{app: trainer}}}}
+  template:
+    metadata:
+      labels: {{app: trainer}}
+      annotations: {{nvidia.com/use-gputype: "RTX 3080", hami.io/gpu-scheduler-policy: spread}}
+    spec:
+      initContainers:
+        - name: warmup
+          image: busybox
+          resources: {{limits: {{nvidia.com/gpu: "1", nvidia.com/gpumem: "1024", nvidia.com/gpucores: "10"}}}}
+      containers:
+        - name: a
+          image: busybox
+          resources: {{limits: {{nvidia.com/gpu: "1", nvidia.com/gpumem: "1024", nvidia.com/gpucores: "10"}}}}
+        - name: b
+          image: busybox
+          resources: {{limits: {{nvidia.com/gpumem-percentage: "10"}}}}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: batch, namespace: {TEST_NAMESPACE}}}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: work
+          image: busybox
+          resources: {{limits: {{nvidia.com/gpu: "1", nvidia.com/gpumem: "512"}}}}
+"""
+
+
+def _allocated_claims(cluster: RealCluster, pod: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    statuses = {s["name"]: s.get("resourceClaimName") for s in (pod.get("status") or {}).get("resourceClaimStatuses") or []}
+    claims = {}
+    for entry in pod["spec"].get("resourceClaims") or []:
+        name = statuses.get(entry["name"])
+        if not name:
+            return None
+        claim = cluster.kube.get(RESOURCE_CLAIMS, name, TEST_NAMESPACE)
+        if not (claim.get("status") or {}).get("allocation"):
+            return None
+        claims[entry["name"]] = claim
+    return claims if claims and pod["spec"].get("nodeName") else None
+
+
+def test_pods_of_statefulsets_and_jobs_with_init_and_several_gpu_containers_get_their_claims(webhook: Webhook) -> None:
+    installation = webhook.installation
+    cluster = installation.cluster
+    cluster.kubectl("apply", "-f", "-", input=WORKLOADS)
+    try:
+        def settled() -> dict[str, dict[str, dict[str, Any]]] | None:
+            found = {}
+            for pod in _pods(cluster, TEST_NAMESPACE):
+                claims = _allocated_claims(cluster, pod)
+                if claims is None:
+                    return None
+                found[pod["metadata"]["name"].split("-")[0]] = claims
+            return found if set(found) == {"trainer", "batch"} else None
+        try:
+            found = wait_until(settled, 120, "the StatefulSet's and the Job's pods bound with allocated claims")
+        except AssertionError as exc:
+            state = cluster.kubectl("get", "pods,resourceclaims,events", "-n", TEST_NAMESPACE, check=False).stdout
+            raise AssertionError(f"{exc}\n{state}\n{installation.logs()}") from None
+        assert sorted(found["trainer"]) == ["vgpu-a", "vgpu-b"]  # the init container uses a's claim
+        assert sorted(found["batch"]) == ["vgpu-work"]
+        trainer = cluster.kube.get(PODS, "trainer-0", TEST_NAMESPACE)
+        [warmup] = trainer["spec"]["initContainers"]
+        assert warmup["resources"]["claims"] == [{"name": "vgpu-a"}]
+        policy = found["trainer"]["vgpu-a"]["metadata"].get("annotations") or {}
+        assert policy.get("vgpu.dra.dev/gpu-policy") == "spread"
+        node = installation.nodes["gpu-node-a"]
+        [gpu] = load_inventory(node.spec.inventory).gpus
+        kubelet = node.kubelet()
+        try:
+            walls = {}
+            for pod_claims in found.values():
+                for entry, claim in pod_claims.items():
+                    uid = claim["metadata"]["uid"]
+                    answer = kubelet.prepare([Claim(TEST_NAMESPACE, uid, claim["metadata"]["name"])])[uid]
+                    assert answer.error == "", answer.error
+                    [limit] = parse((node.settings.claims_dir / uid / "config").read_text()).gpus
+                    walls[entry] = (limit.memory_bytes, limit.cores)
+        finally:
+            kubelet.close()
+        tenth = gpu.usable_memory_bytes // 10
+        assert walls == {"vgpu-a": (1024 * MIB, 10), "vgpu-b": (tenth - tenth % MIB, 0), "vgpu-work": (512 * MIB, 0)}
+    finally:
+        cluster.kubectl("delete", "-f", "-", "--wait=false", input=WORKLOADS, check=False)
+    wait_until(lambda: not _pods(cluster, TEST_NAMESPACE)
+               and not cluster.kube.list(RESOURCE_CLAIMS, TEST_NAMESPACE).get("items"), 120,
+               "the pods and claims gone")
