@@ -123,7 +123,7 @@ def test_a_plain_init_container_reuses_the_claim_of_an_app_container_of_its_shap
 
 def test_gpu_type_annotations_are_case_insensitive_substring_selectors_as_in_hami():
     result = _translate([_container(limits={"nvidia.com/gpu": "1"})],
-                        {"nvidia.com/use-gputype": "A100,rtx 3080", "nvidia.com/nouse-gputype": "3080 Ti"})
+                        {"nvidia.com/use-gputype": "A100,rtx 3080", "nvidia.com/nouse-gputype": "3080 Ti, SXM4"})
     expressions = [s["cel"]["expression"] for s in _exactly(result.templates[0])["selectors"]]
     match = compile_selectors(expressions)
 
@@ -134,7 +134,8 @@ def test_gpu_type_annotations_are_case_insensitive_substring_selectors_as_in_ham
             self.capacity: dict[str, int] = {}
 
     assert match(Gpu("NVIDIA GeForce RTX 3080"))
-    assert match(Gpu("NVIDIA A100-SXM4-40GB"))
+    assert match(Gpu("NVIDIA A100-PCIE-40GB"))
+    assert not match(Gpu("NVIDIA A100-SXM4-40GB"))
     assert not match(Gpu("NVIDIA GeForce RTX 3080 Ti"))
     assert not match(Gpu("NVIDIA L40S"))
 
