@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import ipaddress
 import signal
 import sys
 import tempfile
@@ -75,14 +76,26 @@ def run(args: argparse.Namespace) -> int:
         print("vgpu-dra webhook: error: --cert-validity-days must be positive and at most --ca-validity-days",
               file=sys.stderr)
         return 2
+    for ip in args.ip_address:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            print(f"vgpu-dra webhook: error: --ip-address {ip!r} is not an IPv4 or IPv6 address", file=sys.stderr)
+            return 2
     try:
         address = bind_address(args.address, args.port)
     except ValueError as exc:
         print(f"vgpu-dra webhook: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        client = api_client(args.kubeconfig, connection_pool_maxsize=32)
+    except Exception as exc:  # noqa: BLE001 - any configuration problem is one line for the operator
+        print(f"vgpu-dra webhook: error: no usable cluster configuration ({exc}); give --kubeconfig or run in a pod",
+              file=sys.stderr)
+        return 2
     configure_logging(args.log_format)
     log = structlog.get_logger("vgpu_dra.webhook")
-    api = KubeApi(api_client(args.kubeconfig, connection_pool_maxsize=32), request_timeout_s=10)
+    api = KubeApi(client, request_timeout_s=10)
     ensure = TemplateEnsurer(api)
     metrics = WebhookMetrics()
     try:
