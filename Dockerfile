@@ -43,6 +43,7 @@ COPY driver/ driver/
 COPY controller/ controller/
 COPY kubeletplugin/ kubeletplugin/
 COPY cli/ cli/
+COPY webhook/ webhook/
 # driver/vgpu_region.h is a symlink to the shim's header: the wheel carries the region layout
 # that driver/region.py reads.
 COPY shim/include/ shim/include/

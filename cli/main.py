@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-SUBCOMMAND_MODULES = ("plan", "run", "smi", "status", "doctor", "controller", "kubelet_plugin")
+SUBCOMMAND_MODULES = ("plan", "run", "smi", "status", "doctor", "controller", "kubelet_plugin", "migrate", "webhook")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from vgpu_dra.controller.metrics import ClaimView, ControllerMetrics, GpuView
 from vgpu_dra.driver.checkpoint import PreparedClaim, PreparedDevice
 from vgpu_dra.kubeletplugin.metrics import GpuSample, NodeMetrics
+from vgpu_dra.webhook.server import WebhookMetrics
 
 _UUID = "GPU-00000000-0000-4000-8000-000000000000"
 # Labels Prometheus adds to every series of a histogram or summary, not labels of the metric.
@@ -59,6 +60,12 @@ def _controller_registry() -> CollectorRegistry:
     return metrics.registry
 
 
+def _webhook_registry() -> CollectorRegistry:
+    metrics = WebhookMetrics()
+    _touch_labelled(metrics)
+    return metrics.registry
+
+
 def _parse(registry: CollectorRegistry, component: str) -> Iterable[ExposedMetric]:
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         series = {s.name for s in family.samples}
@@ -67,9 +74,10 @@ def _parse(registry: CollectorRegistry, component: str) -> Iterable[ExposedMetri
 
 
 def exposed_metrics(claims_dir: Path) -> dict[str, ExposedMetric]:
-    """Every metric family of the kubelet plugin and the controller, by family name."""
+    """Every metric family of the kubelet plugin, the controller and the HAMi webhook, by family name."""
     found: dict[str, ExposedMetric] = {}
-    for metric in [*_parse(_node_registry(claims_dir), "node"), *_parse(_controller_registry(), "controller")]:
+    for metric in [*_parse(_node_registry(claims_dir), "node"), *_parse(_controller_registry(), "controller"),
+                   *_parse(_webhook_registry(), "webhook")]:
         assert metric.name not in found, f"{metric.name} is defined by both components"
         found[metric.name] = metric
     return found

@@ -27,11 +27,12 @@ SCHEMA_REF = "#/components/schemas/"
 # group-version → the kinds the project builds, stores, validates or renders: the fake API server's
 # resource types (tests/fakes/apiserver/resources.py), the chart's objects and the examples' kinds.
 KEPT: dict[str, tuple[str, ...]] = {
-    "v1": ("ConfigMap", "Event", "Namespace", "Node", "Pod", "Service", "ServiceAccount"),
+    "v1": ("ConfigMap", "Event", "Namespace", "Node", "Pod", "Secret", "Service", "ServiceAccount"),
     "admissionregistration.k8s.io/v1": ("MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding",
-                                        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"),
-    "apps/v1": ("DaemonSet", "Deployment"),
-    "batch/v1": ("Job",),
+                                        "MutatingWebhookConfiguration", "ValidatingAdmissionPolicy",
+                                        "ValidatingAdmissionPolicyBinding"),
+    "apps/v1": ("DaemonSet", "Deployment", "StatefulSet"),
+    "batch/v1": ("CronJob", "Job"),
     "coordination.k8s.io/v1": ("Lease",),
     "events.k8s.io/v1": ("Event",),
     "policy/v1": ("PodDisruptionBudget",),

@@ -41,13 +41,17 @@ CONFIGURATIONS = {
     "controller-non-default": NON_DEFAULT,
     "scheduler-non-default": {**NON_DEFAULT, "allocator": "scheduler",
                               "nvidia": {"driverRoot": "", "runtimeClassName": "nvidia"}},
+    "controller-hami-webhook": {"hamiWebhook": {"enabled": True}},
+    "scheduler-hami-webhook-cert-manager": {"allocator": "scheduler", "hamiWebhook": {
+        "enabled": True, "replicas": 1, "tls": {"certManager": {"enabled": True}}}},
     "controller-minimal": {"controller": {"replicas": 1, "leaderElection": {"enabled": False}},
                            "admissionPolicy": {"enabled": False}, "deviceClasses": {"create": False},
                            "metrics": {"service": {"enabled": False}}},
 }
 
 # Kinds no core API server serves; their shape is checked against the objects they point at.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("cert-manager.io/v1", "Certificate"),
+             ("cert-manager.io/v1", "Issuer")}
 
 
 @pytest.mark.parametrize("values", CONFIGURATIONS.values(), ids=CONFIGURATIONS.keys())
@@ -73,7 +77,7 @@ def test_rendered_names_are_unique_per_kind_and_namespaced_objects_sit_in_the_re
         assert ident not in seen, f"{ident} rendered twice"
         seen.add(ident)
     namespaced = {"ServiceAccount", "Deployment", "DaemonSet", "Service", "Role", "RoleBinding",
-                  "PodDisruptionBudget", "ConfigMap", "ServiceMonitor"}
+                  "PodDisruptionBudget", "ConfigMap", "ServiceMonitor", "Certificate", "Issuer"}
     for obj in rendered.objects:
         if obj["kind"] in namespaced and obj["metadata"]["name"].endswith("-node-events"):
             # The plugin's Node events go where the kubelet puts them, not into the release namespace.

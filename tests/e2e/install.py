@@ -176,17 +176,25 @@ class Installation:
 
     # ------------------------------------------------------------------ components
 
-    def workload(self, kind: str) -> dict[str, Any]:
-        """The rendered Deployment or DaemonSet of the chart."""
-        [found] = [o for o in self.rendered if o["kind"] == kind]
+    def _workloads(self, kind: str, component: str | None) -> list[dict[str, Any]]:
+        # The HAMi webhook's Deployment sits beside the controller's: it is asked for by name.
+        def wanted(o: dict[str, Any]) -> bool:
+            label = (o["metadata"].get("labels") or {}).get("app.kubernetes.io/component")
+            return label == component if component else label != "hami-webhook"
+        return [o for o in self.rendered if o["kind"] == kind and wanted(o)]
+
+    def workload(self, kind: str, component: str | None = None) -> dict[str, Any]:
+        """The rendered Deployment or DaemonSet of the chart (`component`: another than the
+        controller's or the plugin's, e.g. "hami-webhook")."""
+        [found] = self._workloads(kind, component)
         return found
 
-    def pods_of(self, kind: str) -> list[dict[str, Any]]:
+    def pods_of(self, kind: str, component: str | None = None) -> list[dict[str, Any]]:
         """The live pods kube-controller-manager created for the chart's `kind` (none when the
         chart has no such workload, as in scheduler mode for the controller)."""
-        if not any(o["kind"] == kind for o in self.rendered):
+        if not self._workloads(kind, component):
             return []
-        selector = self.workload(kind)["spec"]["selector"]["matchLabels"]
+        selector = self.workload(kind, component)["spec"]["selector"]["matchLabels"]
         labels = ",".join(f"{k}={v}" for k, v in selector.items())
         pods = self.cluster.kube.list(PODS, NAMESPACE, label_selector=labels).get("items") or []
         return [p for p in pods if not p["metadata"].get("deletionTimestamp")]

@@ -54,3 +54,38 @@ app.kubernetes.io/component: kubelet-plugin
 {{- define "vgpu-dra.controllerEnabled" -}}
 {{- if eq .Values.allocator "controller" }}true{{- end }}
 {{- end }}
+
+{{/* The HAMi admission webhook (templates/hami-webhook.yaml). */}}
+{{- define "vgpu-dra.hamiWebhook.fullname" -}}{{ include "vgpu-dra.fullname" . }}-hami-webhook{{- end }}
+
+{{- define "vgpu-dra.hamiWebhook.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "vgpu-dra.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: hami-webhook
+{{- end }}
+
+{{/* CEL: some container or init container names a HAMi resource (driver/hami_translation.py HAMI_RESOURCES). */}}
+{{- define "vgpu-dra.hamiWebhook.asksForGpu" -}}
+{{- $names := "['nvidia.com/gpu', 'nvidia.com/gpumem', 'nvidia.com/gpumem-percentage', 'nvidia.com/gpucores', 'nvidia.com/priority']" -}}
+{{- $c := printf "has(c.resources) && ((has(c.resources.limits) && c.resources.limits.exists(k, k in %s)) || (has(c.resources.requests) && c.resources.requests.exists(k, k in %s)))" $names $names -}}
+{{- printf "object.spec.containers.exists(c, %s) || (has(object.spec.initContainers) && object.spec.initContainers.exists(c, %s))" $c $c -}}
+{{- end }}
+
+{{- define "vgpu-dra.hamiWebhook.common" -}}
+clientConfig:
+  service:
+    name: {{ include "vgpu-dra.hamiWebhook.fullname" . }}
+    namespace: {{ .Release.Namespace }}
+    path: /mutate-hami
+    port: 443
+rules:
+  - operations: ["CREATE"]
+    apiGroups: [""]
+    apiVersions: ["v1"]
+    resources: ["pods"]
+    scope: Namespaced
+sideEffects: NoneOnDryRun
+admissionReviewVersions: ["v1"]
+timeoutSeconds: {{ .Values.hamiWebhook.timeoutSeconds }}
+reinvocationPolicy: Never
+{{- end }}

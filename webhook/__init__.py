@@ -1,0 +1,1 @@
+"""The mutating admission webhook that translates HAMi GPU requests into DRA claims."""
