@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 import yaml
 
-from vgpu_dra.api.names import CDI_CLASS, CDI_VENDOR
+from vgpu_dra.api.names import CDI_VENDOR
 from vgpu_dra.driver import cdi
 from vgpu_dra.driver.checkpoint import atomic_write, is_temp_file
 from vgpu_dra.driver.claimconfig import ClaimConfig, render
@@ -27,7 +27,6 @@ from vgpu_dra.driver.region import create_region
 
 log = structlog.get_logger(__name__)
 
-_SPEC_PREFIX = f"{CDI_VENDOR}-{CDI_CLASS}_"
 # Kubernetes UIDs are UUIDs; anything with a path separator or leading dot must never reach a path.
 _UID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,127}$")
 
@@ -47,9 +46,12 @@ _SPEC_SUFFIX = ".json"
 class ClaimFiles:
     """Creates, checks and removes the on-disk state of claims."""
 
-    def __init__(self, claims_dir: Path, cdi_dir: Path):
+    def __init__(self, claims_dir: Path, cdi_dir: Path, kind: str = cdi.CDI_KIND):
         self.claims_dir = claims_dir
         self.cdi_dir = cdi_dir
+        self.kind = kind
+        """The CDI kind of the specs; the plugin's own by default (``vgpu-dra cdi`` uses another)."""
+        self._spec_prefix = cdi.spec_file_name("", kind)[:-len(_SPEC_SUFFIX)]
 
     def claim_dir(self, uid: str) -> Path:
         """Host directory of a claim."""
@@ -57,7 +59,7 @@ class ClaimFiles:
 
     def spec_path(self, uid: str) -> Path:
         """Host path of a claim's CDI spec."""
-        return self.cdi_dir / cdi.spec_file_name(check_uid(uid))
+        return self.cdi_dir / cdi.spec_file_name(check_uid(uid), self.kind)
 
     def write_claim_dir(self, config: ClaimConfig, *, fresh_region: bool = False) -> Path:
         """Create the claim directory with its config and an initialised region.
@@ -102,8 +104,8 @@ class ClaimFiles:
         uids: set[str] = set()
         if self.cdi_dir.is_dir():
             for entry in self.cdi_dir.iterdir():
-                uid = entry.name[len(_SPEC_PREFIX):-len(_SPEC_SUFFIX)]
-                if entry.name.startswith(_SPEC_PREFIX) and entry.name.endswith(_SPEC_SUFFIX) and _UID_RE.match(uid):
+                uid = entry.name[len(self._spec_prefix):-len(_SPEC_SUFFIX)]
+                if entry.name.startswith(self._spec_prefix) and entry.name.endswith(_SPEC_SUFFIX) and _UID_RE.match(uid):
                     uids.add(uid)
         if self.claims_dir.is_dir():
             uids.update(entry.name for entry in self.claims_dir.iterdir()
