@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-SUBCOMMAND_MODULES = ("plan", "run", "smi", "status", "doctor", "controller", "kubelet_plugin")
+SUBCOMMAND_MODULES = ("plan", "run", "cdi", "smi", "status", "doctor", "controller", "kubelet_plugin")
 
 
 def build_parser() -> argparse.ArgumentParser:

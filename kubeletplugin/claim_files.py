@@ -46,11 +46,13 @@ _SPEC_SUFFIX = ".json"
 class ClaimFiles:
     """Creates, checks and removes the on-disk state of claims."""
 
-    def __init__(self, claims_dir: Path, cdi_dir: Path, kind: str = cdi.CDI_KIND):
+    def __init__(self, claims_dir: Path, cdi_dir: Path, kind: str = cdi.CDI_KIND, *, durable: bool = False):
         self.claims_dir = claims_dir
         self.cdi_dir = cdi_dir
         self.kind = kind
         """The CDI kind of the specs; the plugin's own by default (``vgpu-dra cdi`` uses another)."""
+        self.durable = durable
+        """fsync every file: for files nothing rewrites after a power loss (``vgpu-dra cdi``'s)."""
         self._spec_prefix = cdi.spec_file_name("", kind)[:-len(_SPEC_SUFFIX)]
 
     def claim_dir(self, uid: str) -> Path:
@@ -70,9 +72,9 @@ class ClaimFiles:
         directory = self.claim_dir(config.claim_uid)
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o755)
-        # Not fsynced: after a power loss the boot ID changes and every prepared claim's files are
-        # rewritten at start; a process crash keeps the page cache. Only the checkpoint is durable.
-        atomic_write(directory / cdi.CONFIG_FILE, render(config).encode(), 0o444, durable=False)
+        # Not fsynced for the plugin: after a power loss the boot ID changes and every prepared
+        # claim's files are rewritten at start; a process crash keeps the page cache.
+        atomic_write(directory / cdi.CONFIG_FILE, render(config).encode(), 0o444, durable=self.durable)
         region = directory / cdi.REGION_FILE
         if fresh_region:
             region.unlink(missing_ok=True)
@@ -85,7 +87,7 @@ class ClaimFiles:
         """Write a claim's CDI spec atomically."""
         self.cdi_dir.mkdir(parents=True, exist_ok=True)
         path = self.spec_path(uid)
-        atomic_write(path, json.dumps(spec, indent=2).encode() + b"\n", 0o644, durable=False)
+        atomic_write(path, json.dumps(spec, indent=2).encode() + b"\n", 0o644, durable=self.durable)
         return path
 
     def is_complete(self, uid: str) -> bool:
