@@ -14,13 +14,14 @@ import os
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
-RUN_CDI = Path("/run/cdi")
+RUN_CDI = Path("/var/run/cdi")
 ETC_CDI = Path("/etc/cdi")
 
 
@@ -41,7 +42,7 @@ def missing() -> str | None:
 
 def make_char_device(path: Path, major: int, minor: int) -> None:
     """A character device node (the CDI library reads type and numbers from the host path)."""
-    os.mknod(path, 0o666 | 0o020000, os.makedev(major, minor))
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
 
 
 def shared_objects(*programs: Path, env: dict[str, str] | None = None) -> list[Path]:
@@ -141,8 +142,21 @@ class Podman:
                 RUN_CDI.rmdir()
             except OSError:
                 pass
-        for _ in range(3):
-            shutil.rmtree(self.base, ignore_errors=True)
-            if not self.base.exists():
-                break
-            time.sleep(0.5)
+        # conmon runs `podman container cleanup` when a container exits, asynchronously; it would
+        # re-create the storage after the removal, so wait until no process names it.
+        deadline = time.monotonic() + 30
+        while self._processes_using_base() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def _processes_using_base(self) -> list[int]:
+        marker = str(self.base).encode()
+        found = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and int(proc.name) != os.getpid():
+                try:
+                    if marker in (proc / "cmdline").read_bytes():
+                        found.append(int(proc.name))
+                except OSError:
+                    continue
+        return found
