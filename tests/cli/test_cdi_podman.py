@@ -32,13 +32,18 @@ RWM = "rwm"
 DEVICE_NODES = {"nvidia0": (195, 0), "nvidiactl": (195, 255), "nvidia-uvm": (510, 0), "nvidia-uvm-tools": (510, 1)}
 
 
-@pytest.fixture
-def podman(tmp_path: Path) -> Iterator[Podman]:
+@pytest.fixture(scope="session")
+def podman_tools() -> None:
+    """Podman, runc and root, checked before anything is built (session scope: it runs first)."""
     problem = podman_host.missing()
     if problem is not None:
         if podman_host.required():
             pytest.fail(f"the podman CDI tests must run in CI: {problem}")
         pytest.skip(problem)
+
+
+@pytest.fixture
+def podman(podman_tools: None, tmp_path: Path) -> Iterator[Podman]:
     cdi_dir = tmp_path / "cdi"
     cdi_dir.mkdir()
     runner = Podman(Path(tempfile.mkdtemp(prefix="vgpu-podman-")), cdi_dir)
@@ -79,8 +84,8 @@ def create_share(tmp_path: Path, podman: Podman, dev: Path, env: dict[str, str],
     return json.loads(result.stdout)
 
 
-def test_podman_writes_the_oci_config_the_spec_builder_intended(podman, dev, image, machine_env,  # noqa: ANN001
-                                                                tmp_path: Path) -> None:
+def test_podman_writes_the_oci_config_the_spec_builder_intended(podman_tools, podman, dev, image,  # noqa: ANN001
+                                                                machine_env, tmp_path: Path) -> None:
     share = create_share(tmp_path, podman, dev, machine_env)
     assert share["deviceIds"] == [f"vgpu.dra.dev/claim={SHARE}"]
     podman.ok("create", "--name", "a", "--device", share["deviceIds"][0], *Podman.ulimits(), IMAGE, "/cudaprog")
@@ -135,8 +140,8 @@ def fake_nvidia_spec(podman: Podman, dev: Path, libdir: str) -> None:
     (podman.cdi_dir / "nvidia.json").write_text(json.dumps(spec))
 
 
-def test_a_container_started_with_the_share_hits_its_wall(podman, dev, image, machine_env,  # noqa: ANN001
-                                                          tmp_path: Path) -> None:
+def test_a_container_started_with_the_share_hits_its_wall(podman_tools, podman, dev, image,  # noqa: ANN001
+                                                          machine_env, tmp_path: Path) -> None:
     fake_nvidia_spec(podman, dev, image["libdir"])
     share = create_share(tmp_path, podman, dev, machine_env)
     assert share["deviceIds"] == ["nvidia.com/gpu=0", f"vgpu.dra.dev/claim={SHARE}"]
