@@ -68,6 +68,9 @@ CORES_MAX: Final = 100
 # CDI: one transient spec per claim, vendor `k8s.<driver>`, class `claim`.
 CDI_VENDOR: Final = "k8s.vgpu.dra.dev"
 CDI_CLASS: Final = "claim"
+HOST_CDI_KIND: Final = "vgpu.dra.dev/claim"
+"""Kind of the specs `vgpu-dra cdi` writes for Docker and Podman (``--device vgpu.dra.dev/claim=NAME``);
+not the plugin's ``k8s.`` kind, so the plugin never sweeps them as its own."""
 
 CONTAINER_CLAIMS_ROOT: Final = "/var/run/vgpu-dra/claims"
 """Where claim directories appear inside containers; compiled into libvgpu.so."""

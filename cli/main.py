@@ -11,7 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-SUBCOMMAND_MODULES = ("plan", "run", "smi", "status", "doctor", "controller", "kubelet_plugin", "migrate", "webhook")
+SUBCOMMAND_MODULES = ("plan", "run", "cdi", "smi", "status", "doctor", "controller", "kubelet_plugin", "migrate",
+                      "webhook")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,8 @@
 """CDI specs of prepared claims: pure builders, no file I/O.
 
 One transient spec per claim, kind ``k8s.vgpu.dra.dev/claim``, one CDI device per allocated GPU
-named ``<claim uid>-<device>``. What a container of the claim gets:
+named ``<claim uid>-<device>``. A host share (``vgpu-dra cdi``, no Kubernetes) is the same spec
+under kind ``vgpu.dra.dev/claim`` with one device named after the share. What a container of the claim gets:
 
 * the GPU: its device node ``/dev/nvidia<minor>`` plus the control nodes, **or**, when the node has
   NVIDIA's generated CDI spec, that spec's device for the GPU (its ID is returned next to ours and
@@ -66,11 +67,15 @@ class ClaimCdiRequest:
     claim_dir_host_path: str
     host_dev_dir: str = "/dev"
     container_claims_root: str = CONTAINER_CLAIMS_ROOT
+    kind: str = CDI_KIND
+    share_name: str | None = None
+    """A host share (``vgpu-dra cdi``): the claim is one CDI device of this name, carrying all its
+    GPUs, so a user passes one ID (``kind=share_name``) for the whole share."""
 
 
-def spec_file_name(claim_uid: str) -> str:
-    """File name of a claim's transient spec: ``<vendor>-<class>_<uid>.json``."""
-    return f"{CDI_VENDOR}-{CDI_CLASS}_{claim_uid}.json"
+def spec_file_name(claim_uid: str, kind: str = CDI_KIND) -> str:
+    """File name of a claim's spec: ``<vendor>-<class>_<uid>.json``."""
+    return f"{kind.replace('/', '-')}_{claim_uid}.json"
 
 
 def device_name(claim_uid: str, gpu_device_name: str) -> str:
@@ -88,8 +93,16 @@ def qualified_id(name: str, kind: str = CDI_KIND) -> str:
 
 def device_ids(request: ClaimCdiRequest, gpu: CdiGpu) -> tuple[str, ...]:
     """The CDI IDs the kubelet must pass for one GPU: NVIDIA's device (if used) first, then ours."""
-    ours = qualified_id(device_name(request.claim_uid, gpu.device_name))
+    ours = qualified_id(_device_name_of(request, gpu), request.kind)
     return (gpu.nvidia_cdi_device, ours) if gpu.nvidia_cdi_device else (ours,)
+
+
+def _device_name_of(request: ClaimCdiRequest, gpu: CdiGpu) -> str:
+    if request.share_name is None:
+        return device_name(request.claim_uid, gpu.device_name)
+    if not _NAME_RE.match(request.share_name):
+        raise CdiError(f"CDI device name {request.share_name!r} is not valid (letters, digits, '_', '.', ':', '-')")
+    return request.share_name
 
 
 def _device_node(host_dev_dir: str, name: str) -> dict[str, str]:
@@ -112,20 +125,24 @@ def build_claim_spec(request: ClaimCdiRequest) -> dict[str, Any]:
          "options": list(_RW)},
     ]
     devices: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    by_name: dict[str, dict[str, Any]] = {}
     needs_control_nodes = False
     for gpu in request.gpus:
-        name = device_name(request.claim_uid, gpu.device_name)
-        if name in seen:  # two shares of one GPU in one claim: one CDI device serves both
-            continue
-        seen.add(name)
-        # Every device carries the claim mounts, so each has non-empty edits even when NVIDIA's
-        # spec supplies the GPU itself; the runtime de-duplicates mounts by container path.
-        edits: dict[str, Any] = {"mounts": [dict(m, options=list(m["options"])) for m in claim_mounts]}
+        name = _device_name_of(request, gpu)
+        edits = by_name.get(name)
+        if edits is None:
+            # Every device carries the claim mounts, so each has non-empty edits even when NVIDIA's
+            # spec supplies the GPU itself; the runtime de-duplicates mounts by container path.
+            edits = {"mounts": [dict(m, options=list(m["options"])) for m in claim_mounts]}
+            by_name[name] = edits
+            devices.append({"name": name, "containerEdits": edits})
         if gpu.nvidia_cdi_device is None:
-            edits["deviceNodes"] = [_device_node(request.host_dev_dir, f"nvidia{gpu.minor}")]
+            node = _device_node(request.host_dev_dir, f"nvidia{gpu.minor}")
+            nodes = edits.setdefault("deviceNodes", [])
+            # Two shares of one GPU in one claim: one CDI device (and one node) serves both.
+            if node not in nodes:
+                nodes.append(node)
             needs_control_nodes = True
-        devices.append({"name": name, "containerEdits": edits})
     common: dict[str, Any] = {
         "env": ["NVIDIA_VISIBLE_DEVICES=void"],
         "mounts": [
@@ -137,7 +154,7 @@ def build_claim_spec(request: ClaimCdiRequest) -> dict[str, Any]:
     }
     if needs_control_nodes:
         common["deviceNodes"] = [_device_node(request.host_dev_dir, n) for n in CONTROL_DEVICE_NODES]
-    spec: dict[str, Any] = {"cdiVersion": _V030, "kind": CDI_KIND, "devices": devices, "containerEdits": common}
+    spec: dict[str, Any] = {"cdiVersion": _V030, "kind": request.kind, "devices": devices, "containerEdits": common}
     spec["cdiVersion"] = minimum_cdi_version(spec)
     return spec
 

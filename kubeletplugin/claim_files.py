@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 import yaml
 
-from vgpu_dra.api.names import CDI_CLASS, CDI_VENDOR
+from vgpu_dra.api.names import CDI_VENDOR
 from vgpu_dra.driver import cdi
 from vgpu_dra.driver.checkpoint import atomic_write, is_temp_file
 from vgpu_dra.driver.claimconfig import ClaimConfig, render
@@ -27,7 +27,6 @@ from vgpu_dra.driver.region import create_region
 
 log = structlog.get_logger(__name__)
 
-_SPEC_PREFIX = f"{CDI_VENDOR}-{CDI_CLASS}_"
 # Kubernetes UIDs are UUIDs; anything with a path separator or leading dot must never reach a path.
 _UID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,127}$")
 
@@ -47,9 +46,14 @@ _SPEC_SUFFIX = ".json"
 class ClaimFiles:
     """Creates, checks and removes the on-disk state of claims."""
 
-    def __init__(self, claims_dir: Path, cdi_dir: Path):
+    def __init__(self, claims_dir: Path, cdi_dir: Path, kind: str = cdi.CDI_KIND, *, durable: bool = False):
         self.claims_dir = claims_dir
         self.cdi_dir = cdi_dir
+        self.kind = kind
+        """The CDI kind of the specs; the plugin's own by default (``vgpu-dra cdi`` uses another)."""
+        self.durable = durable
+        """fsync every file: for files nothing rewrites after a power loss (``vgpu-dra cdi``'s)."""
+        self._spec_prefix = cdi.spec_file_name("", kind)[:-len(_SPEC_SUFFIX)]
 
     def claim_dir(self, uid: str) -> Path:
         """Host directory of a claim."""
@@ -57,7 +61,7 @@ class ClaimFiles:
 
     def spec_path(self, uid: str) -> Path:
         """Host path of a claim's CDI spec."""
-        return self.cdi_dir / cdi.spec_file_name(check_uid(uid))
+        return self.cdi_dir / cdi.spec_file_name(check_uid(uid), self.kind)
 
     def write_claim_dir(self, config: ClaimConfig, *, fresh_region: bool = False) -> Path:
         """Create the claim directory with its config and an initialised region.
@@ -68,9 +72,9 @@ class ClaimFiles:
         directory = self.claim_dir(config.claim_uid)
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o755)
-        # Not fsynced: after a power loss the boot ID changes and every prepared claim's files are
-        # rewritten at start; a process crash keeps the page cache. Only the checkpoint is durable.
-        atomic_write(directory / cdi.CONFIG_FILE, render(config).encode(), 0o444, durable=False)
+        # Not fsynced for the plugin: after a power loss the boot ID changes and every prepared
+        # claim's files are rewritten at start; a process crash keeps the page cache.
+        atomic_write(directory / cdi.CONFIG_FILE, render(config).encode(), 0o444, durable=self.durable)
         region = directory / cdi.REGION_FILE
         if fresh_region:
             region.unlink(missing_ok=True)
@@ -83,7 +87,7 @@ class ClaimFiles:
         """Write a claim's CDI spec atomically."""
         self.cdi_dir.mkdir(parents=True, exist_ok=True)
         path = self.spec_path(uid)
-        atomic_write(path, json.dumps(spec, indent=2).encode() + b"\n", 0o644, durable=False)
+        atomic_write(path, json.dumps(spec, indent=2).encode() + b"\n", 0o644, durable=self.durable)
         return path
 
     def is_complete(self, uid: str) -> bool:
@@ -102,8 +106,8 @@ class ClaimFiles:
         uids: set[str] = set()
         if self.cdi_dir.is_dir():
             for entry in self.cdi_dir.iterdir():
-                uid = entry.name[len(_SPEC_PREFIX):-len(_SPEC_SUFFIX)]
-                if entry.name.startswith(_SPEC_PREFIX) and entry.name.endswith(_SPEC_SUFFIX) and _UID_RE.match(uid):
+                uid = entry.name[len(self._spec_prefix):-len(_SPEC_SUFFIX)]
+                if entry.name.startswith(self._spec_prefix) and entry.name.endswith(_SPEC_SUFFIX) and _UID_RE.match(uid):
                     uids.add(uid)
         if self.claims_dir.is_dir():
             uids.update(entry.name for entry in self.claims_dir.iterdir()

@@ -18,7 +18,7 @@ from vgpu_dra.driver.planner import plan
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / "README.md", REPO / "docs" / "troubleshooting.md", REPO / "docs" / "security.md",
-         REPO / "docs" / "metrics.md", REPO / "examples" / "sharing-demo" / "README.md"]
+         REPO / "docs" / "metrics.md", REPO / "docs" / "docker.md", REPO / "examples" / "sharing-demo" / "README.md"]
 _LINK = re.compile(r"\]\((?P<target>[^)#\s]+)(#[^)]*)?\)")
 _REPO_PATH = re.compile(r"(?<![\w./-])(?P<path>(?:examples|docs|deployments|tests)/[\w./-]*[\w/])")
 
