@@ -252,15 +252,21 @@ struct vgpu_real_helpers {
 extern struct vgpu_real_cuda vgpu_real;
 extern struct vgpu_real_helpers vgpu_helper;
 extern int vgpu_mode;            /* enum vgpu_mode */
-extern int vgpu_ready;           /* 1 once vgpu_init finished; read with acquire */
+extern int vgpu_ready;           /* VGPU_READY_*; read with acquire */
 extern void *vgpu_libcuda;       /* dlopen handle of the real driver, NULL if absent */
 
+/* 0: not initialised; DONE: nothing to do before a call; WORK: initialised, and a first context's
+ * measurement waits for the next intercepted call (ctx_deferred.c), which takes the slow path. */
+#define VGPU_READY_DONE 1
+#define VGPU_READY_WORK 2
 void vgpu_init_slow(void);
 static inline void vgpu_ensure_init(void)
 {
-    if (VGPU_UNLIKELY(!__atomic_load_n(&vgpu_ready, __ATOMIC_ACQUIRE)))
+    if (VGPU_UNLIKELY(__atomic_load_n(&vgpu_ready, __ATOMIC_ACQUIRE) != VGPU_READY_DONE))
         vgpu_init_slow();
 }
+/* loader.c: an intercepted call must take the slow path first (1) or need not any more (0). */
+void vgpu_slow_path_needed(int needed);
 
 /* Nonzero on the thread that is running vgpu_init (the driver may call back into us). */
 int vgpu_in_init(void);
@@ -428,6 +434,11 @@ void vgpu_hostpid_forget(void); /* fork child: a new process, a new PID */
 uint64_t vgpu_pid_namespace(void);
 /* A host PID learned another way (the one process that appeared across a context creation). */
 void vgpu_hostpid_record(unsigned int pid);
+/* The claim's first process: the footprint of ctx (current or not) on acct's GPU, measured with
+ * NVML around a probe allocation of the shim's own (learning the host PID on the way); -1 when it
+ * cannot be told. Probe bytes the driver would not free again are added to *stuck. */
+int64_t vgpu_hostpid_probe_context(struct vgpu_account *acct, CUcontext ctx, int64_t *stuck);
+#define VGPU_CONTEXT_PROBE_MAX_BYTES (8LL << 20)
 /* NVML's process list of the GPU with this UUID (malloc'd, free() it), NULL when unreadable. */
 struct vgpu_nvml_snapshot;
 struct vgpu_nvml_snapshot *vgpu_nvml_snapshot(const char *uuid);
@@ -457,5 +468,20 @@ void vgpu_limit_error(struct vgpu_gpu *gpu, int call, int code);
 
 /* hooks_ctx.c: a fork child creates its own contexts, to be charged again. */
 void vgpu_contexts_forget(void);
+/* Contexts take hundreds of MiB on real GPUs: a larger measurement was caused by someone else. */
+#define VGPU_CONTEXT_MAX_BYTES (2LL << 30)
+/* hooks_ctx.c: measure a first context created earlier with VGPU_CONTEXT_MAX_BYTES reserved in acct
+ * (ctx_deferred.c calls it), correct the reservation to the footprint and record it. */
+void vgpu_context_settle(CUdevice dev, struct vgpu_account *acct, CUcontext ctx);
+
+/* ---- ctx_deferred.c: first contexts measured at the next intercepted call ------------------- */
+
+/* After a first context was created with the upper bound reserved in acct: measure it before the
+ * next intercepted call of any thread goes on. */
+void vgpu_context_defer(CUdevice dev, struct vgpu_account *acct, CUcontext ctx);
+/* The slow path of every intercepted call while one is pending (loader.c). */
+void vgpu_contexts_settle(void);
+/* Fork child: the parent's contexts are not the child's. */
+void vgpu_deferred_forget(void);
 
 #endif /* VGPU_INTERNAL_H */
