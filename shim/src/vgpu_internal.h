@@ -339,7 +339,9 @@ void vgpu_limiter_setup(int fork_child);
 
 /* Process-local state of one capped (claim, GPU); the shared part lives in the region. */
 #define VGPU_TIMING_SLOTS 256
-struct vgpu_timing_slot {
+/* One cache line each: a launcher taking slot i never shares a line with the monitor thread
+ * freeing slot i + 1. */
+struct __attribute__((aligned(64))) vgpu_timing_slot {
     int state;                /* VGPU_SLOT_*; CAS-owned by a launcher, then by the monitor */
     int kind;
     CUevent start, end;       /* created by the first launch using the slot, in its context */
@@ -363,9 +365,12 @@ struct vgpu_limiter {
     struct vgpu_limiter *next_lane; /* the GPU's next capped claim of this process, NULL usually */
     struct vgpu_limiter *head;      /* the GPU's first lane (itself usually): owns the estimates */
     int total_cap;            /* head only: the caps of all lanes added up (at most 100) */
-    int64_t estimate_ns[2];   /* head only, per vgpu_launch_kind: running mean of measured device time */
-    unsigned next_slot;       /* where launchers start looking for a free timing slot */
+    /* Written by launchers on every launch: a line of their own, apart from what the monitor
+     * thread writes (a launch would otherwise miss on its line after each monitor pass). */
+    unsigned next_slot __attribute__((aligned(64))); /* where launchers start looking for a free timing slot */
     unsigned launch_seq;      /* launches so far, for timing one in 8 when far under the cap */
+    /* Written by the monitor thread, read by launchers. */
+    int64_t estimate_ns[2] __attribute__((aligned(64))); /* head only, per vgpu_launch_kind: running mean of measured device time */
     int64_t blind_launches;   /* untimed because of a driver error, since the monitor last looked */
     int64_t blind_charged_ns; /* what those launches were charged */
     int64_t blind_at;         /* monitor only: when it last settled the blind launches */
