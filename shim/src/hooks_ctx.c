@@ -6,9 +6,10 @@
  * every later process of the claim is charged it without measuring, which keeps NVML out of its
  * start-up. When it cannot be measured (no NVML and no current context, or another process
  * starting on the GPU at the same moment) nothing is charged, the fail-safe counter says so, and
- * the next context measures again (docs/shim.md). A context that does not fit under the wall is
- * undone and the call answers CUDA_ERROR_OUT_OF_MEMORY, as the driver would. The charge stays
- * until the process ends (its slot is refunded then).
+ * the next context measures again (docs/shim.md). A context measured around its creating call
+ * that does not fit under the wall is undone and the call answers CUDA_ERROR_OUT_OF_MEMORY, as the
+ * driver would; one measured later (LATER below) had its upper bound reserved before the call, so
+ * it always fits. The charge stays until the process ends (its slot is refunded then).
  */
 #include <dlfcn.h>
 #include <stdlib.h>
