@@ -94,6 +94,20 @@ def test_a_fork_child_neither_measures_nor_gives_back_its_parents_reservation(no
     assert sorted(slots.values()) == [0, BOUND]
 
 
+def test_threads_whose_first_calls_race_the_measurement_all_see_the_context_charged(node: Node) -> None:
+    node.ctx_bytes = CTX
+    node.add_claim("claim-a", {GPU0: 4 * GiB})
+    block = 100 * MiB
+    # 8 threads' first calls after the context are allocations, released at one barrier: one
+    # measures, the others wait for it, and together they get exactly what the context leaves.
+    result = node.run("init", "ctx", "0", "mtfirst", "8", str(block), "info")
+    assert result.rcs() == [0, 0, 0, 0]
+    assert int(result.lines[2]["count"]) == (4 * GiB - CTX) // block
+    gpu = node.region("claim-a").gpu(GPU0)
+    assert gpu.peak_bytes <= 4 * GiB and gpu.context_bytes == CTX
+    assert int(result.lines[3]["free"]) == 4 * GiB - CTX
+
+
 def _atime_is_recorded(directory: Path) -> bool:
     probe = directory / "atime-probe"
     probe.write_text("x")
