@@ -6,8 +6,9 @@ in rounds, each round alternating: without the shim; with it preloaded (an enfor
 a large limit, no core cap); with a claim with a hard 50 % core cap that the loop's tiny kernels
 stay under (launches are charged and timed but never held back); and two processes of one claim
 allocating at once. Start-up (cuInit + cuDevicePrimaryCtxRetain, in-process, in fresh processes)
-is timed without the shim, with it in a later process of a claim, and in a claim's first process
-(which measures the context through NVML).
+is timed without the shim, with it in a later process of a claim, and in a claim's first process;
+so is each such process's first allocation right after, which is where a claim's first process
+measures its context through NVML.
 
 This VM runs at two speeds (another tenant on the same physical core, CPU steal): a run can be
 ~1.6x slower throughout, shim or not. So every round also times a CPU-only calibration loop in
@@ -91,12 +92,14 @@ def run_concurrent(loop: Path, env: dict[str, str], iters: int, processes: int) 
     return statistics.mean(per_process)
 
 
-def run_startup(loop: Path, env: dict[str, str], state: Path) -> float:
-    """µs for cuInit + cuDevicePrimaryCtxRetain in a fresh process (its own fake-driver state)."""
+def run_startup(loop: Path, env: dict[str, str], state: Path) -> tuple[float, float]:
+    """µs for cuInit + cuDevicePrimaryCtxRetain in a fresh process (its own fake-driver state), and
+    µs for that process's first cuMemAlloc + cuMemFree right after."""
     state.unlink(missing_ok=True)
     out = subprocess.run([str(loop), "1", "1", "startup"], env={**env, "FAKE_CUDA_STATE": str(state)},
                          capture_output=True, text=True, check=True).stdout
-    return float(out.split()[1]) / 1000
+    _, init_ns, first_ns = out.split()
+    return float(init_ns) / 1000, float(first_ns) / 1000
 
 
 def spread(values: list[float]) -> str:
@@ -141,7 +144,7 @@ def main() -> int:
         later_env = {**base_env, "LD_PRELOAD": shim, "VGPU_CLAIMS_ROOT": str(claim(work / "startup", 0))}
         state = work / "startup.state"
         run_startup(loop, later_env, state)  # the claim's first process: measures and records
-        startup: dict[str, list[float]] = {"base": [], "later": [], "first": []}
+        startup: dict[str, list[tuple[float, float]]] = {"base": [], "later": [], "first": []}
         for i in range(args.startups):
             startup["base"].append(run_startup(loop, base_env, state))
             startup["later"].append(run_startup(loop, later_env, state))
@@ -193,17 +196,18 @@ def report(args: argparse.Namespace, rounds: list[dict], startup: dict[str, list
     print("\nevery round's added ns, in round order (f = both runs fast, s = both slow, m = speed changed)")
     for key in added:
         print(f"  {key:7} " + " ".join(f"{value:.1f}{m}" for value, m in added[key]))
-    base_us = statistics.median(startup["base"])
-    print(f"\nstart-up, cuInit + cuDevicePrimaryCtxRetain, {args.startups} fresh processes each: no shim "
-          f"{spread(startup['base'])} us")
-    for key, label in (("later", "a later process of a claim"), ("first", "a claim's first process")):
-        extra = sorted(value - base_us for value in startup[key])
-        p10, p90 = extra[len(extra) // 10], extra[(len(extra) * 9) // 10]
-        median_extra = statistics.median(extra)
-        target = f"<= {int(TARGETS['startup'])}" if key == "later" else "-"
-        if key == "later":
-            ok = ok and median_extra <= TARGETS["startup"]
-        print(f"  {label:28} +{median_extra:.1f} us added (p10 {p10:.1f}, p90 {p90:.1f}), target {target}")
+    for index, label in ((0, "cuInit + cuDevicePrimaryCtxRetain"), (1, "then the first cuMemAlloc + cuMemFree")):
+        base = [values[index] for values in startup["base"]]
+        base_us = statistics.median(base)
+        print(f"\nstart-up, {label}, {args.startups} fresh processes each: no shim {spread(base)} us")
+        for key, who in (("later", "a later process of a claim"), ("first", "a claim's first process")):
+            extra = sorted(values[index] - base_us for values in startup[key])
+            p10, p90 = extra[len(extra) // 10], extra[(len(extra) * 9) // 10]
+            median_extra = statistics.median(extra)
+            target = f"<= {int(TARGETS['startup'])}" if index == 0 else "-"
+            if index == 0:
+                ok = ok and median_extra <= TARGETS["startup"]
+            print(f"  {who:28} {median_extra:+.1f} us added (p10 {p10:.1f}, p90 {p90:.1f}), target {target}")
     return 0 if ok else 1
 
 

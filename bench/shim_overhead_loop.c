@@ -5,7 +5,8 @@
  * machine's speed at that moment, to tell a slow VM phase from a slow shim):
  * "round <alloc_free_ns> <launch_ns> <calibration_ns>" (launch_ns is 0 when the third argument is
  * "alloc-only"). With "startup" as the third argument it times only this
- * process's first CUDA calls, cuInit + cuDevicePrimaryCtxRetain:  "startup <ns>".
+ * process's first CUDA calls, cuInit + cuDevicePrimaryCtxRetain, then its first allocation and
+ * free (4 KiB): "startup <init_ns> <first_alloc_ns>".
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,7 +62,17 @@ int main(int argc, char **argv)
             fprintf(stderr, "CUDA init failed\n");
             return 1;
         }
-        printf("startup %.0f\n", now_ns() - t0);
+        double t1 = now_ns();
+        /* The process's first allocation: where a claim's first process measures its context. */
+        CUdeviceptr p;
+        if (cuCtxSetCurrent(ctx))
+            return 1;
+        double t2 = now_ns();
+        if (cuMemAlloc_v2(&p, 4096) || cuMemFree_v2(p)) {
+            fprintf(stderr, "first allocation failed\n");
+            return 1;
+        }
+        printf("startup %.0f %.0f\n", t1 - t0, now_ns() - t2);
         return 0;
     }
     if (cuInit(0) || cuDevicePrimaryCtxRetain(&ctx, 0) || cuCtxSetCurrent(ctx)) {

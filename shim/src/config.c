@@ -277,9 +277,24 @@ int vgpu_config_parse(const char *text, struct vgpu_claim_config *out, char *err
     return 0;
 }
 
+/*
+ * Reading a claim's fresh config (or listing a fresh directory) makes the kernel write the file's
+ * access time once (relatime: atime not newer than mtime): on a journalling filesystem that is a
+ * metadata transaction of ~100 us in the first CUDA call of a claim's first process. O_NOATIME
+ * skips it; the kernel grants it to the file's owner or a holder of CAP_FOWNER (root in a default
+ * container) and refuses it with EPERM otherwise, when the plain open is used.
+ */
+static int open_noatime(const char *path, int flags)
+{
+    int fd = open(path, flags | O_NOATIME);
+    if (fd < 0 && errno == EPERM)
+        fd = open(path, flags);
+    return fd;
+}
+
 static int read_small_file(const char *path, char *buf, unsigned cap, int *errno_out)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open_noatime(path, O_RDONLY | O_CLOEXEC);
     unsigned total = 0;
     if (fd < 0) {
         *errno_out = errno;
@@ -369,7 +384,7 @@ enum vgpu_claims_status vgpu_claims_load(const char *root, struct vgpu_claim_set
 {
     static char text[CONFIG_MAX_BYTES]; /* only used under vgpu_init's once-guard */
     char buf[4096] __attribute__((aligned(8)));
-    int dir = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int dir = open_noatime(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     out->count = 0;
     if (dir < 0) {
         if (errno == ENOENT || errno == ENOTDIR)

@@ -6,9 +6,10 @@
  * every later process of the claim is charged it without measuring, which keeps NVML out of its
  * start-up. When it cannot be measured (no NVML and no current context, or another process
  * starting on the GPU at the same moment) nothing is charged, the fail-safe counter says so, and
- * the next context measures again (docs/shim.md). A context that does not fit under the wall is
- * undone and the call answers CUDA_ERROR_OUT_OF_MEMORY, as the driver would. The charge stays
- * until the process ends (its slot is refunded then).
+ * the next context measures again (docs/shim.md). A context measured around its creating call
+ * that does not fit under the wall is undone and the call answers CUDA_ERROR_OUT_OF_MEMORY, as the
+ * driver would; one measured later (LATER below) had its upper bound reserved before the call, so
+ * it always fits. The charge stays until the process ends (its slot is refunded then).
  */
 #include <dlfcn.h>
 #include <stdlib.h>
@@ -40,9 +41,6 @@ static int64_t cuda_used(CUdevice dev)
     return (int64_t)(t - f);
 }
 
-/* Contexts take hundreds of MiB on real GPUs; a larger drop was caused by someone else. */
-#define VGPU_CONTEXT_MAX_BYTES (2LL << 30)
-
 /* Owned by this file: which devices already carry this process's context charge (0/1), set by
  * CAS so two threads creating contexts at once measure once. Cleared in a fork child. */
 static int g_ctx_charged[VGPU_MAX_DEVICES];
@@ -54,9 +52,14 @@ void vgpu_contexts_forget(void)
 
 /*
  * How a first context is measured, when the claim has no earlier measurement:
- *   NVML  no context of the device is current: NVML's process list before and after the call;
- *         the one PID that appeared is this process, its usage the context (and its PID the
- *         host PID, learned on the way). Two newcomers at once: not measured this time.
+ *   LATER no context of the device is current and the claim has room for the upper bound
+ *         VGPU_CONTEXT_MAX_BYTES: that much is reserved before the call, and the context is
+ *         measured with NVML at the next intercepted call (ctx_deferred.c), where the reservation
+ *         is corrected to the footprint (vgpu_context_settle). Keeps NVML off the creating call.
+ *   NVML  no context of the device is current and the bound does not fit: NVML's process list
+ *         before and after the call; the one PID that appeared is this process, its usage the
+ *         context (and its PID the host PID, learned on the way). Two newcomers at once: not
+ *         measured this time. A context that does not fit is refused here, as the driver would.
  *   CUDA  a context of the device is current (the first charged context is not the process's
  *         first): the drop of device-wide free memory (cuMemGetInfo) across the call, less
  *         what the claims' other processes admitted meanwhile.
@@ -68,6 +71,7 @@ struct ctx_measure {
     int64_t before;  /* CUDA: device-wide used before the call; -1 when not measuring that way */
     int64_t claims_before; /* CUDA: what the GPU's claims (of this process) accounted for then */
     struct vgpu_nvml_snapshot *listed; /* NVML: the process list before the call */
+    struct vgpu_account *reserved; /* LATER: the account holding the upper bound, else NULL */
 };
 
 /* Bytes the GPU's claims (of this process) account for, every process of them, plus what was ever
@@ -110,6 +114,7 @@ static int measure_begin(CUdevice dev, struct ctx_measure *m)
     m->dev = dev;
     m->before = -1;
     m->listed = NULL;
+    m->reserved = NULL;
     if (!m->acct) {
         __atomic_store_n(&g_ctx_charged[dev], 0, __ATOMIC_RELEASE);
         return 0;
@@ -120,6 +125,12 @@ static int measure_begin(CUdevice dev, struct ctx_measure *m)
     m->claims_before = claims_used(m->acct);
     m->before = cuda_used(dev);
     if (m->before < 0) {
+        /* A GPU in several claims: the bound in the first claim where it fits, like any charge. */
+        for (struct vgpu_account *a = m->acct; a && !m->reserved; a = a->next)
+            if (vgpu_admit_quiet(a, VGPU_CONTEXT_MAX_BYTES))
+                m->reserved = a;
+        if (m->reserved)
+            return 1;
         char uuid[VGPU_UUID_LEN];
         memcpy(uuid, m->acct->gpu->uuid, sizeof(uuid));
         uuid[sizeof(uuid) - 1] = '\0';
@@ -171,6 +182,15 @@ static int64_t measure_now(struct ctx_measure *m, CUcontext ctx)
 /* After it: charge the footprint. 0, or -1 when the context does not fit under the wall. */
 static int measure_end(struct ctx_measure *m, CUresult rc, CUcontext ctx)
 {
+    if (m->reserved) {
+        if (rc == CUDA_SUCCESS) {
+            vgpu_context_defer(m->dev, m->reserved, ctx);
+            return 0;
+        }
+        vgpu_refund(m->reserved, VGPU_CONTEXT_MAX_BYTES);
+        __atomic_store_n(&g_ctx_charged[m->dev], 0, __ATOMIC_RELEASE);
+        return 0;
+    }
     int64_t footprint = rc != CUDA_SUCCESS ? -1 : m->known >= 0 ? m->known : measure_now(m, ctx);
     free(m->listed);
     if (rc != CUDA_SUCCESS || footprint < 0 || footprint > VGPU_CONTEXT_MAX_BYTES) {
@@ -192,6 +212,31 @@ static int measure_end(struct ctx_measure *m, CUresult rc, CUcontext ctx)
         __atomic_add_fetch(&charged->gpu->context_measurements, 1, __ATOMIC_RELEASE);
     }
     return 0;
+}
+
+void vgpu_context_settle(CUdevice dev, struct vgpu_account *acct, CUcontext ctx)
+{
+    int64_t stuck = 0, footprint = measured_before(acct->head); /* measured meanwhile elsewhere */
+    int measured = footprint < 0;
+    if (measured) {
+        footprint = vgpu_hostpid_probe_context(acct, ctx, &stuck);
+        if (footprint < 0)
+            vgpu_limit_error(acct->gpu, VGPU_ERRCALL_CONTEXT, vgpu_nvml() ? CUDA_ERROR_NOT_READY : CUDA_ERROR_NOT_FOUND);
+    }
+    /* The probe lives inside the reservation, so footprint + stuck <= the bound always fits. */
+    int plausible = footprint > 0 && footprint + stuck <= VGPU_CONTEXT_MAX_BYTES;
+    vgpu_refund(acct, VGPU_CONTEXT_MAX_BYTES - stuck - (plausible ? footprint : 0));
+    if (!plausible) {
+        /* Not measurable this time or implausible: the next context of this process measures
+         * again. (A zero is simply not charged, and not kept for reuse.) */
+        if (footprint != 0)
+            __atomic_store_n(&g_ctx_charged[dev], 0, __ATOMIC_RELEASE);
+        return;
+    }
+    if (measured) {
+        __atomic_store_n(&acct->gpu->context_bytes, footprint, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&acct->gpu->context_measurements, 1, __ATOMIC_RELEASE);
+    }
 }
 
 /* Undo a context that does not fit; if the driver will not, its memory stays uncharged (it does

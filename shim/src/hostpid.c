@@ -26,6 +26,9 @@
 #define PAGE_BYTES (2LL << 20)
 #define LEARN_TRIES 8
 #define MAX_LISTED 1024
+#define PROBE_TRIES 3
+#define PROBE_PAGES_MIN 2 /* a context probe is 2, 3 or 4 large pages (4, 6 or 8 MiB) */
+#define PROBE_PAGES_SPREAD 3
 
 /* Process-local: 0 still learning, 1 learned, -1 gave up. Reset in a fork child. */
 int vgpu_hostpid_state;
@@ -157,22 +160,36 @@ int vgpu_hostpid_begin(struct vgpu_pid_probe *probe, struct vgpu_account *acct, 
     return 1;
 }
 
+/* The one PID whose NVML usage grew by [low, high] from before to after and that no other live
+ * slot of head's claims holds: 1 with it in *pid, else 0 (none, or two at once). */
+static int grown_by(const struct vgpu_nvml_snapshot *before, const struct vgpu_nvml_snapshot *after, long long low,
+                    long long high, const struct vgpu_account *head, unsigned int *pid)
+{
+    unsigned int found = 0, candidates = 0;
+    for (unsigned int i = 0; i < after->count; i++) {
+        unsigned int p = after->entries[i].pid;
+        long long grew = (long long)after->entries[i].used_gpu_memory - used_by(before, p);
+        if (grew >= low && grew <= high && !claimed_by_another(head, p)) {
+            found = p;
+            candidates++;
+        }
+    }
+    *pid = found;
+    return candidates == 1 && found > 0 && found <= 0x7fffffffu;
+}
+
+/* What NVML may show for an allocation of bytes: the bytes up to the driver's page rounding. */
+static long long upper_of(int64_t bytes)
+{
+    return (bytes + PAGE_BYTES - 1) / PAGE_BYTES * PAGE_BYTES + PAGE_BYTES;
+}
+
 void vgpu_hostpid_end(struct vgpu_pid_probe *probe, CUresult rc)
 {
     struct vgpu_nvml_snapshot *after = rc == CUDA_SUCCESS ? malloc(sizeof(*after)) : NULL;
-    unsigned int found = 0, candidates = 0;
-    long long low = probe->bytes, high = (probe->bytes + PAGE_BYTES - 1) / PAGE_BYTES * PAGE_BYTES + PAGE_BYTES;
-    if (after && take(probe->device, after) == 0) {
-        for (unsigned int i = 0; i < after->count; i++) {
-            unsigned int pid = after->entries[i].pid;
-            long long grew = (long long)after->entries[i].used_gpu_memory - used_by(probe->before, pid);
-            if (grew >= low && grew <= high && !claimed_by_another(probe->head, pid)) {
-                found = pid;
-                candidates++;
-            }
-        }
-    }
-    if (candidates == 1 && found > 0 && found <= 0x7fffffffu) {
+    unsigned int found = 0;
+    if (after && take(probe->device, after) == 0 &&
+        grown_by(probe->before, after, probe->bytes, upper_of(probe->bytes), probe->head, &found)) {
         record(found);
     } else if (rc == CUDA_SUCCESS && ++g_tries >= LEARN_TRIES) {
         __atomic_store_n(&vgpu_hostpid_state, -1, __ATOMIC_RELAXED);
@@ -180,6 +197,58 @@ void vgpu_hostpid_end(struct vgpu_pid_probe *probe, CUresult rc)
     free(after);
     free(probe->before);
     __atomic_store_n(&g_probing, 0, __ATOMIC_RELEASE);
+}
+
+/*
+ * The claim's first process on a GPU measures its context after the creating call returned
+ * (hooks_ctx.c, ctx_deferred.c): with the context current, NVML's process list is read around a
+ * small allocation of the shim's own. The one PID that grew by it is this process (its host PID is
+ * recorded on the way), and its usage before the probe is the context. The probe's size differs
+ * between tries and processes (4, 6 or 8 MiB), so two first processes probing at the same moment
+ * tell themselves apart on a retry. The probe's bytes (at most VGPU_CONTEXT_PROBE_MAX_BYTES) are
+ * covered by the caller's reservation; a probe the driver would not free again is added to *stuck
+ * (it stays charged). The footprint, or -1 when it could not be told.
+ */
+int64_t vgpu_hostpid_probe_context(struct vgpu_account *acct, CUcontext ctx, int64_t *stuck)
+{
+    char uuid[VGPU_UUID_LEN];
+    int64_t footprint = -1;
+    CUcontext popped;
+    *stuck = 0;
+    memcpy(uuid, acct->gpu->uuid, sizeof(uuid));
+    uuid[sizeof(uuid) - 1] = '\0';
+    void *device = vgpu_nvml_device(uuid);
+    struct vgpu_nvml_snapshot *before = device ? malloc(2 * sizeof(*before)) : NULL;
+    if (!before || !vgpu_real.cuMemAlloc_v2 || !vgpu_real.cuMemFree_v2 || !vgpu_helper.cuCtxPushCurrent_v2 ||
+        vgpu_helper.cuCtxPushCurrent_v2(ctx) != CUDA_SUCCESS) {
+        free(before);
+        return -1;
+    }
+    struct vgpu_nvml_snapshot *after = before + 1;
+    int slot = acct->region->slot < 0 ? 0 : acct->region->slot;
+    for (int attempt = 0; attempt < PROBE_TRIES && footprint < 0; attempt++) {
+        int64_t bytes = (int64_t)(PROBE_PAGES_MIN + (slot + attempt) % PROBE_PAGES_SPREAD) * PAGE_BYTES;
+        CUdeviceptr p = 0;
+        unsigned int pid = 0;
+        if (take(device, before) != 0)
+            break;
+        CUresult rc = vgpu_real.cuMemAlloc_v2(&p, (size_t)bytes);
+        int seen = rc == CUDA_SUCCESS && take(device, after) == 0;
+        CUresult freed = rc == CUDA_SUCCESS ? vgpu_real.cuMemFree_v2(p) : CUDA_SUCCESS;
+        if (freed != CUDA_SUCCESS) {
+            *stuck += bytes;
+            vgpu_limit_error(acct->gpu, VGPU_ERRCALL_UNDO, freed);
+        }
+        if (!seen || freed != CUDA_SUCCESS)
+            break;
+        if (grown_by(before, after, bytes, upper_of(bytes), acct->head, &pid)) {
+            footprint = used_by(before, pid);
+            record(pid);
+        }
+    }
+    vgpu_helper.cuCtxPopCurrent_v2(&popped);
+    free(before);
+    return footprint;
 }
 
 void vgpu_hostpid_forget(void)

@@ -95,7 +95,9 @@ void vgpu_limiter_setup(int fork_child)
             if (!all_capped)
                 continue;
             if (!lim) {
-                lim = calloc(1, sizeof(*lim));
+                void *mem = NULL;
+                /* Cache-line aligned: the launchers' and the monitor's fields on lines of their own. */
+                lim = posix_memalign(&mem, 64, sizeof(*lim)) == 0 ? memset(mem, 0, sizeof(*lim)) : NULL;
                 if (!lim) {
                     all_capped = 0; /* cannot happen at start-up sizes; leaves the GPU uncapped */
                     continue;
@@ -251,13 +253,20 @@ static int start_timing(struct vgpu_limiter *lim, CUstream s)
         vgpu_limit_error(lim->gpu, VGPU_ERRCALL_EVENT_RECORD, rc != CUDA_SUCCESS ? rc : CUDA_ERROR_INVALID_CONTEXT);
         return -2;
     }
+    /* Where to look first is only a hint (a plain load and store: threads racing here just look at
+     * the same slots); the CAS on a slot's state decides who owns it, and a slot seen busy is
+     * passed over with a plain load, so its line (which the monitor thread writes) is not pulled
+     * over for a CAS that cannot succeed. */
+    unsigned first = __atomic_load_n(&lim->next_slot, __ATOMIC_RELAXED);
     for (int k = 0; k < SLOT_TRIES; k++) {
-        unsigned i = __atomic_fetch_add(&lim->next_slot, 1, __ATOMIC_RELAXED) % VGPU_TIMING_SLOTS;
+        unsigned i = (first + (unsigned)k) % VGPU_TIMING_SLOTS;
         struct vgpu_timing_slot *slot = &lim->slots[i];
         int expected = VGPU_SLOT_FREE;
-        if (!__atomic_compare_exchange_n(&slot->state, &expected, VGPU_SLOT_LAUNCHING, 0, __ATOMIC_ACQUIRE,
+        if (__atomic_load_n(&slot->state, __ATOMIC_RELAXED) != VGPU_SLOT_FREE ||
+            !__atomic_compare_exchange_n(&slot->state, &expected, VGPU_SLOT_LAUNCHING, 0, __ATOMIC_ACQUIRE,
                                          __ATOMIC_RELAXED))
             continue;
+        __atomic_store_n(&lim->next_slot, i + 1, __ATOMIC_RELAXED);
         if (slot->ctx != ctx || !slot->start || !slot->end) {
             if (slot->start && vgpu_helper.cuEventDestroy_v2)
                 vgpu_helper.cuEventDestroy_v2(slot->start);
@@ -283,6 +292,7 @@ static int start_timing(struct vgpu_limiter *lim, CUstream s)
         }
         return (int)i;
     }
+    __atomic_store_n(&lim->next_slot, first + SLOT_TRIES, __ATOMIC_RELAXED);
     return -1; /* every slot tried is busy: this launch is charged its estimate only */
 }
 

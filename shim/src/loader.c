@@ -15,7 +15,8 @@
 #include "glibc_compat.h"
 #include "vgpu_internal.h"
 
-/* Written once by do_init under g_once, read-only afterwards (see vgpu_internal.h). */
+/* Written once by do_init under g_once, read-only afterwards (see vgpu_internal.h); vgpu_ready
+ * also moves between DONE and WORK under ctx_deferred.c's lock. */
 struct vgpu_real_cuda vgpu_real;
 struct vgpu_real_helpers vgpu_helper;
 int vgpu_mode;
@@ -138,6 +139,7 @@ static void atfork_child(void)
         return;
     vgpu_ptrmap_clear();
     vgpu_contexts_forget();
+    vgpu_deferred_forget();
     vgpu_hostpid_forget();
     for (int c = 0; c < g_claims.count; c++) {
         if (vgpu_region_reattach_child(g_region_paths[c], &g_regions[c]) != 0) {
@@ -191,7 +193,7 @@ static void do_init(void)
         vgpu_log_once(&logged, "%s; CUDA is disabled in this process (fail closed)", err);
     pthread_atfork(NULL, NULL, atfork_child);
     t_in_init = 0;
-    __atomic_store_n(&vgpu_ready, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&vgpu_ready, VGPU_READY_DONE, __ATOMIC_RELEASE);
 }
 
 /* At normal exit give the claim its bytes back at once (the driver frees them anyway); a kill -9
@@ -211,4 +213,12 @@ void vgpu_init_slow(void)
     if (t_in_init)
         return; /* re-entered from the driver while loading it: answer with what we have */
     pthread_once(&g_once, do_init);
+    if (__atomic_load_n(&vgpu_ready, __ATOMIC_ACQUIRE) == VGPU_READY_WORK)
+        vgpu_contexts_settle();
+}
+
+/* Called by ctx_deferred.c under its lock, so "needed" and its pending work change together. */
+void vgpu_slow_path_needed(int needed)
+{
+    __atomic_store_n(&vgpu_ready, needed ? VGPU_READY_WORK : VGPU_READY_DONE, __ATOMIC_RELEASE);
 }

@@ -252,15 +252,21 @@ struct vgpu_real_helpers {
 extern struct vgpu_real_cuda vgpu_real;
 extern struct vgpu_real_helpers vgpu_helper;
 extern int vgpu_mode;            /* enum vgpu_mode */
-extern int vgpu_ready;           /* 1 once vgpu_init finished; read with acquire */
+extern int vgpu_ready;           /* VGPU_READY_*; read with acquire */
 extern void *vgpu_libcuda;       /* dlopen handle of the real driver, NULL if absent */
 
+/* 0: not initialised; DONE: nothing to do before a call; WORK: initialised, and a first context's
+ * measurement waits for the next intercepted call (ctx_deferred.c), which takes the slow path. */
+#define VGPU_READY_DONE 1
+#define VGPU_READY_WORK 2
 void vgpu_init_slow(void);
 static inline void vgpu_ensure_init(void)
 {
-    if (VGPU_UNLIKELY(!__atomic_load_n(&vgpu_ready, __ATOMIC_ACQUIRE)))
+    if (VGPU_UNLIKELY(__atomic_load_n(&vgpu_ready, __ATOMIC_ACQUIRE) != VGPU_READY_DONE))
         vgpu_init_slow();
 }
+/* loader.c: an intercepted call must take the slow path first (1) or need not any more (0). */
+void vgpu_slow_path_needed(int needed);
 
 /* Nonzero on the thread that is running vgpu_init (the driver may call back into us). */
 int vgpu_in_init(void);
@@ -333,7 +339,9 @@ void vgpu_limiter_setup(int fork_child);
 
 /* Process-local state of one capped (claim, GPU); the shared part lives in the region. */
 #define VGPU_TIMING_SLOTS 256
-struct vgpu_timing_slot {
+/* One cache line each: a launcher taking slot i never shares a line with the monitor thread
+ * freeing slot i + 1. */
+struct __attribute__((aligned(64))) vgpu_timing_slot {
     int state;                /* VGPU_SLOT_*; CAS-owned by a launcher, then by the monitor */
     int kind;
     CUevent start, end;       /* created by the first launch using the slot, in its context */
@@ -357,9 +365,12 @@ struct vgpu_limiter {
     struct vgpu_limiter *next_lane; /* the GPU's next capped claim of this process, NULL usually */
     struct vgpu_limiter *head;      /* the GPU's first lane (itself usually): owns the estimates */
     int total_cap;            /* head only: the caps of all lanes added up (at most 100) */
-    int64_t estimate_ns[2];   /* head only, per vgpu_launch_kind: running mean of measured device time */
-    unsigned next_slot;       /* where launchers start looking for a free timing slot */
+    /* Written by launchers on every launch: a line of their own, apart from what the monitor
+     * thread writes (a launch would otherwise miss on its line after each monitor pass). */
+    unsigned next_slot __attribute__((aligned(64))); /* where launchers start looking for a free timing slot */
     unsigned launch_seq;      /* launches so far, for timing one in 8 when far under the cap */
+    /* Written by the monitor thread, read by launchers. */
+    int64_t estimate_ns[2] __attribute__((aligned(64))); /* head only, per vgpu_launch_kind: running mean of measured device time */
     int64_t blind_launches;   /* untimed because of a driver error, since the monitor last looked */
     int64_t blind_charged_ns; /* what those launches were charged */
     int64_t blind_at;         /* monitor only: when it last settled the blind launches */
@@ -428,6 +439,11 @@ void vgpu_hostpid_forget(void); /* fork child: a new process, a new PID */
 uint64_t vgpu_pid_namespace(void);
 /* A host PID learned another way (the one process that appeared across a context creation). */
 void vgpu_hostpid_record(unsigned int pid);
+/* The claim's first process: the footprint of ctx (current or not) on acct's GPU, measured with
+ * NVML around a probe allocation of the shim's own (learning the host PID on the way); -1 when it
+ * cannot be told. Probe bytes the driver would not free again are added to *stuck. */
+int64_t vgpu_hostpid_probe_context(struct vgpu_account *acct, CUcontext ctx, int64_t *stuck);
+#define VGPU_CONTEXT_PROBE_MAX_BYTES (8LL << 20)
 /* NVML's process list of the GPU with this UUID (malloc'd, free() it), NULL when unreadable. */
 struct vgpu_nvml_snapshot;
 struct vgpu_nvml_snapshot *vgpu_nvml_snapshot(const char *uuid);
@@ -457,5 +473,20 @@ void vgpu_limit_error(struct vgpu_gpu *gpu, int call, int code);
 
 /* hooks_ctx.c: a fork child creates its own contexts, to be charged again. */
 void vgpu_contexts_forget(void);
+/* Contexts take hundreds of MiB on real GPUs: a larger measurement was caused by someone else. */
+#define VGPU_CONTEXT_MAX_BYTES (2LL << 30)
+/* hooks_ctx.c: measure a first context created earlier with VGPU_CONTEXT_MAX_BYTES reserved in acct
+ * (ctx_deferred.c calls it), correct the reservation to the footprint and record it. */
+void vgpu_context_settle(CUdevice dev, struct vgpu_account *acct, CUcontext ctx);
+
+/* ---- ctx_deferred.c: first contexts measured at the next intercepted call ------------------- */
+
+/* After a first context was created with the upper bound reserved in acct: measure it before the
+ * next intercepted call of any thread goes on. */
+void vgpu_context_defer(CUdevice dev, struct vgpu_account *acct, CUcontext ctx);
+/* The slow path of every intercepted call while one is pending (loader.c). */
+void vgpu_contexts_settle(void);
+/* Fork child: the parent's contexts are not the child's. */
+void vgpu_deferred_forget(void);
 
 #endif /* VGPU_INTERNAL_H */

@@ -190,11 +190,17 @@ struct filler {
     int freed_ok;
 };
 
+static pthread_barrier_t start_barrier; /* mtfirst: every thread's first call at the same moment */
+static int start_together;
+static CUcontext last_ctx; /* the context the last "ctx" command made current */
+
 static void *fill_thread(void *arg)
 {
     struct filler *f = arg;
     CUdeviceptr *ptrs = calloc(1 << 20, sizeof(*ptrs));
     api.cuCtxSetCurrent(f->ctx);
+    if (start_together)
+        pthread_barrier_wait(&start_barrier);
     while (f->count < (1 << 20) && api.cuMemAlloc_v2(&ptrs[f->count], f->block) == CUDA_SUCCESS)
         f->count++;
     pthread_barrier_wait(&fill_barrier);
@@ -234,6 +240,7 @@ static int run_one(char **argv, int i, int argc, const char *self, const char *m
             rc = api.cuDevicePrimaryCtxRetain(&c, dev);
         if (rc == CUDA_SUCCESS)
             rc = api.cuCtxSetCurrent(c);
+        last_ctx = c;
         printf("ctx rc=%d\n", rc);
         return 2;
     }
@@ -453,6 +460,32 @@ static int run_one(char **argv, int i, int argc, const char *self, const char *m
             printf("resolve rc=%d status=%d\n", rc, st);
         }
         return 4;
+    }
+    if (!strcmp(cmd, "mtfirst")) {
+        /* Like mtfill, but no intercepted call runs on the main thread first: the threads' first
+         * allocations are the process's next intercepted calls after "ctx", all at once. */
+        NEED(2);
+        int threads = (int)num(argv[i + 1]);
+        struct filler f[64];
+        pthread_t t[64];
+        int total = 0, freed_ok = 1;
+        if (threads > 64)
+            threads = 64;
+        start_together = 1;
+        pthread_barrier_init(&start_barrier, NULL, (unsigned)threads);
+        pthread_barrier_init(&fill_barrier, NULL, (unsigned)threads);
+        for (int k = 0; k < threads; k++) {
+            f[k] = (struct filler){last_ctx, num(argv[i + 2]), 0, 0};
+            pthread_create(&t[k], NULL, fill_thread, &f[k]);
+        }
+        for (int k = 0; k < threads; k++) {
+            pthread_join(t[k], NULL);
+            total += f[k].count;
+            freed_ok &= f[k].freed_ok;
+        }
+        start_together = 0;
+        printf("mtfirst rc=%d count=%d\n", freed_ok ? 0 : 1, total);
+        return 3;
     }
     if (!strcmp(cmd, "mtfill")) {
         NEED(2);

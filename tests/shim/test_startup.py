@@ -1,0 +1,128 @@
+"""A claim's first process: its context measured off the creating call, the wall from its first call.
+
+With room for any plausible context (2 GiB), the creating call reserves that bound and returns; the
+next intercepted call measures the context through NVML and corrects the reservation (docs/shim.md,
+"Accounting"). Also: reading a fresh claim's files does not write their access time.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.shim.harness import GPU0, MiB, Node, read_until, stop
+
+GiB = 1 << 30
+BOUND = 2 * GiB  # VGPU_CONTEXT_MAX_BYTES
+CTX = 300 * MiB
+
+
+def test_the_first_allocation_already_sees_the_context_charged(node: Node) -> None:
+    node.ctx_bytes = CTX
+    node.add_claim("claim-a", {GPU0: 4 * GiB})
+    # The first call after the context is an allocation one byte over what the context leaves.
+    over = node.run("init", "ctx", "0", "alloc", str(4 * GiB - CTX + 1), "info")
+    assert over.rcs() == [0, 0, 2, 0]
+    assert int(over.lines[3]["free"]) == 4 * GiB - CTX
+    gpu = node.region("claim-a").gpu(GPU0)
+    assert (gpu.context_bytes, gpu.limit_errors, gpu.rejected_allocations) == (CTX, 0, 1)
+    # Exactly what is left fits (the bound reserved at creation is gone once measured).
+    node.add_claim("claim-b", {GPU0: 4 * GiB})
+    (node.claims_root / "claim-a").rename(node.root / "claim-a-away")
+    fits = node.run("init", "ctx", "0", "alloc", str(4 * GiB - CTX), "alloc", "1")
+    assert fits.rcs() == [0, 0, 0, 2]
+    assert node.region("claim-b").gpu(GPU0).peak_bytes == 4 * GiB
+
+
+def test_until_it_is_measured_the_claim_holds_the_upper_bound_for_the_context(node: Node) -> None:
+    node.ctx_bytes = CTX
+    node.add_claim("claim-a", {GPU0: 4 * GiB})
+    # "hold" makes no CUDA call: the context created is not measured yet.
+    holder = node.start("init", "ctx", "0", "hold")
+    try:
+        read_until(holder, "hold")
+        assert node.region("claim-a").gpu(GPU0).used_bytes == BOUND
+        # Another process of the claim gets only what is left beside that bound once its own
+        # context is measured (it has no earlier measurement either: it reserves and measures too).
+        left = 4 * GiB - BOUND - CTX
+        other = node.run("init", "ctx", "0", "alloc", str(left + 1), "alloc", str(left))
+        assert other.rcs() == [0, 0, 2, 0]
+    finally:
+        stop(holder)
+    # Killed before measuring: its bound is refunded with its slot, as any charge of a dead process.
+    assert node.region("claim-a").gpu(GPU0).dead_process_bytes == BOUND
+    assert node.run("init").rcs() == [0]
+    assert node.region("claim-a").gpu(GPU0).used_bytes == 0
+
+
+def test_a_first_context_that_cannot_be_measured_is_counted_and_its_bound_given_back(node: Node) -> None:
+    node.ctx_bytes = CTX
+    node.nvml = False
+    node.add_claim("claim-a", {GPU0: 4 * GiB})
+    result = node.run("init", "ctx", "0", "info")
+    assert result.rcs() == [0, 0, 0]
+    assert int(result.lines[2]["free"]) == 4 * GiB  # not charged, as before the change: counted
+    gpu = node.region("claim-a").gpu(GPU0)
+    assert (gpu.limit_errors, gpu.context_bytes) == (1, 0)
+    assert gpu.limit_error_call.startswith("context footprint")
+    assert "the context footprint could not be measured" in result.stderr
+
+
+def test_a_later_process_reuses_the_deferred_measurement_without_nvml(node: Node) -> None:
+    node.ctx_bytes = CTX
+    node.add_claim("claim-a", {GPU0: 4 * GiB})
+    assert node.run("init", "ctx", "0", "info").rcs() == [0, 0, 0]
+    node.nvml = False
+    later = node.run("init", "ctx", "0", "info")
+    assert later.rcs() == [0, 0, 0]
+    assert int(later.lines[2]["free"]) == 4 * GiB - CTX
+    assert node.region("claim-a").gpu(GPU0).limit_errors == 0
+
+
+def test_a_fork_child_neither_measures_nor_gives_back_its_parents_reservation(node: Node) -> None:
+    node.ctx_bytes = CTX
+    node.add_claim("claim-a", {GPU0: 4 * GiB})
+    # The parent forks while its context waits to be measured, then waits for the child.
+    parent = node.start("init", "ctx", "0", "fork", "info", "hold")
+    try:
+        lines = read_until(parent, "hold")
+        slots = {s.pid: s.used_bytes.get(GPU0, 0) for s in node.region("claim-a").processes if s.alive}
+    finally:
+        stop(parent)
+    assert lines[-2]["cmd"] == "info" and int(lines[-2]["free"]) == 4 * GiB - BOUND
+    assert slots[parent.pid] == BOUND
+    assert sorted(slots.values()) == [0, BOUND]
+
+
+def test_threads_whose_first_calls_race_the_measurement_all_see_the_context_charged(node: Node) -> None:
+    node.ctx_bytes = CTX
+    node.add_claim("claim-a", {GPU0: 4 * GiB})
+    block = 100 * MiB
+    # 8 threads' first calls after the context are allocations, released at one barrier: one
+    # measures, the others wait for it, and together they get exactly what the context leaves.
+    result = node.run("init", "ctx", "0", "mtfirst", "8", str(block), "info")
+    assert result.rcs() == [0, 0, 0, 0]
+    assert int(result.lines[2]["count"]) == (4 * GiB - CTX) // block
+    gpu = node.region("claim-a").gpu(GPU0)
+    assert gpu.peak_bytes <= 4 * GiB and gpu.context_bytes == CTX
+    assert int(result.lines[3]["free"]) == 4 * GiB - CTX
+
+
+def _atime_is_recorded(directory: Path) -> bool:
+    probe = directory / "atime-probe"
+    probe.write_text("x")
+    os.utime(probe, (1_000_000_000, 1_000_000_000))
+    probe.read_text()
+    return os.stat(probe).st_atime != 1_000_000_000
+
+
+def test_reading_a_fresh_claim_does_not_write_its_access_times(node: Node) -> None:
+    node.add_claim("claim-a", {GPU0: GiB})
+    if not _atime_is_recorded(node.root):
+        pytest.skip("this filesystem records no access times (noatime): nothing to observe")
+    config = node.claims_root / "claim-a" / "config"
+    old = 1_000_000_000  # atime = mtime: the next plain read would update it (relatime)
+    for path in (config, node.claims_root):
+        os.utime(path, (old, old))
+    assert node.run("init", "ctx", "0").rcs() == [0, 0]
+    assert (os.stat(config).st_atime, os.stat(node.claims_root).st_atime) == (old, old)
