@@ -5,7 +5,9 @@
  * machine's speed at that moment, to tell a slow VM phase from a slow shim):
  * "round <alloc_free_ns> <launch_ns> <calibration_ns>" (launch_ns is 0 when the third argument is
  * "alloc-only"). With "startup" as the third argument it times only this
- * process's first CUDA calls, cuInit + cuDevicePrimaryCtxRetain:  "startup <ns>".
+ * process's first CUDA calls, cuInit + cuDevicePrimaryCtxRetain:  "startup <ns>". With
+ * "refuse:<bytes>" it times cuMemAlloc_v2 calls of that size that the claim's wall refuses (the
+ * enforcement latency of bench/gpu_scorecard.py): "refuse <ns per call> <CUresult of the last>".
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,6 +69,21 @@ int main(int argc, char **argv)
     if (cuInit(0) || cuDevicePrimaryCtxRetain(&ctx, 0) || cuCtxSetCurrent(ctx)) {
         fprintf(stderr, "CUDA init failed\n");
         return 1;
+    }
+    if (argc > 3 && strncmp(argv[3], "refuse:", 7) == 0) {
+        size_t bytes = strtoull(argv[3] + 7, NULL, 10);
+        CUresult last = CUDA_SUCCESS;
+        for (int r = 0; r < rounds; r++) {
+            double t0 = now_ns();
+            for (long i = 0; i < iters; i++) {
+                CUdeviceptr p = 0;
+                last = cuMemAlloc_v2(&p, bytes);
+                if (last == CUDA_SUCCESS)
+                    cuMemFree_v2(p); /* not refused: the caller sees rc 0 and reports it */
+            }
+            printf("refuse %.2f %d\n", (now_ns() - t0) / iters, (int)last);
+        }
+        return 0;
     }
     for (int r = 0; r < rounds; r++) {
         double calib = calibration_ns();

@@ -1,0 +1,230 @@
+"""Where the card runs: the fake driver or the real GPU, claims in temporary roots, child programs.
+
+Every program a measurement starts gets its environment from :func:`env`: on the fakes, the fake
+``libcuda.so.1`` / ``libnvidia-ml.so.1`` first on ``LD_LIBRARY_PATH`` and a fake-driver state file
+(one per scenario unless processes must share a device); on a GPU, this process's environment
+without any shim variables. Under the shim, the test build ``libvgpu-test.so`` is preloaded with
+``VGPU_CLAIMS_ROOT`` naming a root that holds exactly one claim, written like the kubelet plugin
+writes it (config + region); its hot paths are compiled from the release build's sources.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vgpu_dra.driver.claimconfig import ClaimConfig, GpuLimit, Policy, render
+from vgpu_dra.driver.region import RegionSnapshot, create_region, read_region
+
+REPO = Path(__file__).resolve().parents[2]
+FAKES_OUT = REPO / "tests" / "fakes" / "out"
+TEST_SHIM = REPO / "shim" / "out" / "libvgpu-test.so"
+CUDAPROG = FAKES_OUT / "progs" / "cudaprog"
+LAUNCHLOOP = FAKES_OUT / "progs" / "launchloop"
+
+GiB = 1 << 30
+MiB = 1 << 20
+# The fake GPU is H100-sized, so percentages of it are the sizes a user's H100 would give.
+FAKE_GPU = "GPU-5c0f0000-0000-4000-8000-00000000e100"
+FAKE_GPU_NAME = "NVIDIA Fake H100 80GB HBM3"
+FAKE_TOTAL = 80 * GiB
+FAKE_RESERVED = 512 * MiB
+FAKE_CTX_BYTES = 500 * MiB  # a CUDA context's footprint on an H100, order of magnitude
+FAKE_DRIVER = "550.54.15"
+FAKE_CUDA_DRIVER = 12040
+
+
+@dataclass
+class Context:
+    """What every measurement needs to know; written to a file for the child processes."""
+
+    mode: str
+    work: str
+    quick: bool = False
+    torch_python: str = ""
+    gpu_uuid: str = FAKE_GPU
+    gpu_total: int = FAKE_TOTAL
+    gpu_usable: int = FAKE_TOTAL - FAKE_RESERVED
+    loop: str = ""  # the compiled bench/shim_overhead_loop.c
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fake(self) -> bool:
+        return self.mode == "fake"
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, path: Path) -> Context:
+        return cls(**json.loads(path.read_text()))
+
+    def scratch(self, name: str) -> Path:
+        """A fresh directory for one scenario under the run's work directory."""
+        path = Path(self.work) / name
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def seconds(self, gpu: float, fake: float) -> float:
+        """A scenario's duration: the GPU's, or the fake's (shorter still with --quick)."""
+        if not self.fake:
+            return gpu
+        return max(1.5, fake * 0.6) if self.quick else fake
+
+
+def fake_inventory(path: Path) -> Path:
+    """The fake NVML's inventory: one GPU, the fake driver's device."""
+    path.write_text("\n".join([
+        "fake-nvml-inventory 1", f"driver_version {FAKE_DRIVER}", f"cuda_driver_version {FAKE_CUDA_DRIVER}",
+        "gpu", f"uuid {FAKE_GPU}", f"name {FAKE_GPU_NAME}", "pci_bus_id 00000000:01:00.0",
+        f"memory_total {FAKE_TOTAL}", f"memory_reserved {FAKE_RESERVED}"]) + "\n")
+    return path
+
+
+def write_claim(root: Path, uuid: str, memory: int, cores: int = 0, policy: Policy = "hard",
+                uid: str = "scorecard") -> Path:
+    """A claims root holding one claim (config + region) as the kubelet plugin writes it."""
+    directory = root / uid
+    directory.mkdir(parents=True, exist_ok=True)
+    config = ClaimConfig(uid, (GpuLimit(uuid, memory, cores, policy),))
+    (directory / "config").write_text(render(config))
+    create_region(directory / "region", config)
+    return root
+
+
+def region(root: Path, uid: str = "scorecard") -> RegionSnapshot:
+    return read_region(root / uid / "region")
+
+
+def env(ctx: Context, claims: Path | None, state: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment of one program: under the shim when ``claims`` names a claims root."""
+    if ctx.fake:
+        base = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LD_LIBRARY_PATH": str(FAKES_OUT),
+            "FAKE_CUDA_DEVICES": f"{FAKE_GPU}={FAKE_TOTAL}",
+            "FAKE_CUDA_CTX_BYTES": str(FAKE_CTX_BYTES),
+            "FAKE_NVML_INVENTORY": str(fake_inventory(Path(ctx.work) / "nvml-inventory.txt")),
+            "FAKE_CUDA_STATE": str(state or Path(ctx.work) / "fake-cuda.state"),
+        }
+        for name in ("PYTHONPATH", "HOME", "TMPDIR"):
+            if name in os.environ:
+                base[name] = os.environ[name]
+    else:
+        base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "VGPU_CLAIMS_ROOT")}
+    if claims is not None:
+        base["LD_PRELOAD"] = str(TEST_SHIM)
+        base["VGPU_CLAIMS_ROOT"] = str(claims)
+    base.update(extra)
+    return base
+
+
+def run(argv: list[str], environ: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a program to completion; a failure names the program and its last stderr."""
+    out = subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"{Path(argv[0]).name} {' '.join(argv[1:3])} exited {out.returncode}: "
+                           f"{out.stderr.strip()[-600:]}")
+    return out
+
+
+def cudaprog(ctx: Context, claims: Path | None, *commands: str, state: Path | None = None,
+             timeout: float = 60) -> list[dict[str, str]]:
+    """tests/shim/progs/cudaprog's lines ("<cmd> rc=<n> key=value ...") as dicts."""
+    out = run([str(CUDAPROG), "link", *commands], env(ctx, claims, state), timeout)
+    return parse_lines(out.stdout)
+
+
+def parse_lines(stdout: str) -> list[dict[str, str]]:
+    lines = []
+    for raw in stdout.splitlines():
+        parts = raw.split()
+        if parts:
+            lines.append({"cmd": parts[0], **dict(p.partition("=")[::2] for p in parts[1:])})
+    return lines
+
+
+def python_json(python: str, script: str, args: list[str], environ: dict[str, str], timeout: float) -> dict[str, Any]:
+    """Run a Python child; the JSON object it printed last."""
+    out = run([python, "-c", script, *args], environ, timeout)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"the child printed no JSON: {out.stdout[-300:]} {out.stderr[-300:]}")
+    return json.loads(lines[-1])
+
+
+def start_python(python: str, script: str, args: list[str], environ: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([python, "-c", script, *args], env=environ, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read_json_line(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    """The next line of a running child that is a JSON object (others, e.g. its own prints, skipped)."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    os.set_blocking(proc.stdout.fileno(), False)
+    buffered = ""
+    while time.monotonic() < deadline:
+        chunk = proc.stdout.read()
+        if chunk:
+            buffered += chunk
+            while "\n" in buffered:
+                line, buffered = buffered.split("\n", 1)
+                if line.startswith("{"):
+                    os.set_blocking(proc.stdout.fileno(), True)
+                    return json.loads(line)
+        elif proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
+    raise RuntimeError(f"no JSON line within {timeout:.0f} s (exit {proc.poll()}): {err[-600:]}")
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def python_with_torch() -> str:
+    """An interpreter that imports torch: this one, else python3 on PATH; "" when none does."""
+    for candidate in (sys.executable, shutil.which("python3") or ""):
+        if not candidate:
+            continue
+        try:
+            ok = subprocess.run([candidate, "-c", "import torch"], capture_output=True, timeout=120).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            return candidate
+    return ""
+
+
+def start_cudaprog(ctx: Context, claims: Path | None, *commands: str, state: Path | None = None) -> subprocess.Popen[str]:
+    """cudaprog running in the background (e.g. ending in "hold"); stop it with :func:`stop`."""
+    return subprocess.Popen([str(CUDAPROG), "link", *commands], env=env(ctx, claims, state),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read_until(proc: subprocess.Popen[str], cmd: str, timeout: float) -> list[dict[str, str]]:
+    """A running cudaprog's lines up to and including the first line of command ``cmd``."""
+    assert proc.stdout is not None
+    seen: list[dict[str, str]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        raw = proc.stdout.readline()
+        if not raw:
+            break
+        seen += parse_lines(raw)
+        if seen and seen[-1]["cmd"] == cmd:
+            return seen
+    err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
+    raise RuntimeError(f"cudaprog never reached {cmd!r}: {seen} {err[-400:]}")
