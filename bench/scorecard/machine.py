@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -161,34 +163,64 @@ def python_json(python: str, script: str, args: list[str], environ: dict[str, st
     return json.loads(lines[-1])
 
 
-def start_python(python: str, script: str, args: list[str], environ: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([python, "-c", script, *args], env=environ, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+class Child:
+    """A running Python child whose stdout is read by a thread, so waits have timeouts."""
+
+    def __init__(self, argv: list[str], environ: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(argv, env=environ, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, None), daemon=True).start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _pump(self, stream: Any, into: queue.Queue[str | None] | None) -> None:
+        for line in stream:
+            if into is not None:
+                into.put(line)
+            else:
+                self.stderr.append(line)
+        if into is not None:
+            into.put(None)
+
+    def next_json(self, timeout: float) -> dict[str, Any]:
+        """The next stdout line that is a JSON object (the child's other prints are skipped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RuntimeError(f"no answer within {timeout:.0f} s; stderr: {''.join(self.stderr)[-400:]}") from None
+            if line is None:
+                self.proc.wait()
+                raise RuntimeError(f"exited {self.proc.returncode} before answering: "
+                                   f"{''.join(self.stderr).strip()[-600:]}")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def send(self, text: str = "\n") -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text)
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
 
 
-def read_json_line(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
-    """The next line of a running child that is a JSON object (others, e.g. its own prints, skipped)."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    os.set_blocking(proc.stdout.fileno(), False)
-    buffered = ""
-    while time.monotonic() < deadline:
-        chunk = proc.stdout.read()
-        if chunk:
-            buffered += chunk
-            while "\n" in buffered:
-                line, buffered = buffered.split("\n", 1)
-                if line.startswith("{"):
-                    os.set_blocking(proc.stdout.fileno(), True)
-                    return json.loads(line)
-        elif proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
-    raise RuntimeError(f"no JSON line within {timeout:.0f} s (exit {proc.poll()}): {err[-600:]}")
+def start_python(python: str, script: str, args: list[str], environ: dict[str, str]) -> Child:
+    return Child([python, "-c", script, *args], environ)
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
+def stop(proc: subprocess.Popen[str] | Child) -> None:
+    if isinstance(proc, Child):
+        proc.stop()
+        return
     if proc.poll() is None:
         proc.kill()
     proc.wait()

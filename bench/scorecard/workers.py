@@ -17,7 +17,6 @@ from bench.scorecard.core import Measurement, Row, Verdict
 from bench.scorecard.memory import host_nvml
 from bench.scorecard.programs import NVML_PROBE
 from bench.scorecard.seed_workers import HARNESS, WORKERS
-from vgpu_dra.driver.limits import ShareRequest
 
 GROUP = "workers"
 HAMI = {"a": "HAMi: held ~1.5 GB, host nvidia-smi 1828 MiB, limit 2 GiB",
@@ -38,11 +37,13 @@ def _nvidia_smi(environ: dict[str, str]) -> dict[str, Any]:
 
 
 def measure(ctx: m.Context) -> dict[str, Any]:
+    from vgpu_dra.driver.limits import ShareRequest  # needs pydantic and kubernetes: only this row group
+
     window = 20.0
     work = ctx.scratch("workers")
     raw: dict[str, Any] = {}
-    procs: dict[str, subprocess.Popen[str]] = {}
-    claims = {}
+    procs: dict[str, m.Child] = {}
+    claims: dict[str, Any] = {}
     try:
         for name, (script, percent, cores) in WORKERS.items():
             share = ShareRequest(memory_percent=percent, cores=cores, cores_requested=True).resolve(ctx.gpu_usable)
@@ -53,7 +54,7 @@ def measure(ctx: m.Context) -> dict[str, Any]:
             environ = m.env(ctx, claims[name], POD_NAME=f"worker-{name}", PYTHONUNBUFFERED="1")
             procs[name] = m.start_python(ctx.torch_python, HARNESS, [script, str(window)], environ)
         for name, proc in procs.items():
-            raw[name].update(m.read_json_line(proc, timeout=150))
+            raw[name].update(proc.next_json(timeout=150))
         host = host_nvml(ctx)
         for name in procs:
             inside_env = m.env(ctx, claims[name])
@@ -62,11 +63,9 @@ def measure(ctx: m.Context) -> dict[str, Any]:
             raw[name]["nvidia_smi"] = _nvidia_smi(inside_env)
             raw[name]["nvml"] = m.python_json(sys.executable, NVML_PROBE, [], inside_env, timeout=60)
         for proc in procs.values():
-            assert proc.stdin is not None
-            proc.stdin.write("\n")
-            proc.stdin.flush()
+            proc.send()
         for name, proc in procs.items():
-            raw[name].update(m.read_json_line(proc, timeout=window + 60))
+            raw[name].update(proc.next_json(timeout=window + 60))
     finally:
         for proc in procs.values():
             m.stop(proc)
