@@ -57,7 +57,7 @@ def measurements():  # type: ignore[no-untyped-def]
             *smcap.measurements()]
 
 
-def build(fake: bool, work: Path) -> tuple[str, str]:
+def build(work: Path) -> tuple[str, str]:
     """make the shim, the fakes and the test programs; compile bench/shim_overhead_loop.c.
     Returns (loop path, problem)."""
     for target in ("shim", "tests/fakes", "tests/shim/progs"):
@@ -83,6 +83,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the table here")
     parser.add_argument("--torch-python", metavar="PATH", help="interpreter with PyTorch (default: found)")
     parser.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)  # shorter fake runs, for tests
+    # --fake plus the PyTorch rows on tests/fakes/torch: exercises the GPU path's plumbing in tests.
+    parser.add_argument("--torch-on-fakes", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", metavar="ID", help=argparse.SUPPRESS)
     parser.add_argument("--context", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.scorecard.core import Deadline, run_card, run_in_child
     from bench.scorecard.machine import Context, python_with_torch
 
-    mode = "fake" if args.fake else "gpu"
+    mode = "fake-torch" if args.torch_on_fakes else "fake" if args.fake else "gpu"
     chosen = [m for m in measurements() if not args.only or m.id.startswith("machine.")
               or any(m.id.startswith(p) for p in args.only)]
     deadline = Deadline(args.deadline)
@@ -133,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             return dry_run(chosen, mode, ctx)
         if mode == "gpu":
             ctx.torch_python = args.torch_python or python_with_torch()
-        ctx.loop, problem = build(args.fake, work)
+        elif mode == "fake-torch":
+            ctx.torch_python, ctx.python_path = sys.executable, str(REPO / "tests" / "fakes" / "torch")
+        ctx.loop, problem = build(work)
         if problem:
             print(f"gpu_scorecard: {problem}", file=sys.stderr)
             return 2

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Mode = Literal["fake", "gpu"]
+# fake-torch: --fake plus the PyTorch rows on tests/fakes/torch (the GPU path's plumbing, for tests).
+Mode = Literal["fake", "gpu", "fake-torch"]
 # driver: C programs on libcuda.so.1 (the fake in --fake, the real driver on a GPU);
 # torch: PyTorch on a real GPU only; gpu: anything else that only exists on a GPU machine (nvidia-smi).
 Needs = Literal["driver", "torch", "gpu"]
@@ -83,7 +84,7 @@ class Measurement:
     commands: Callable[[Any], list[str]] = field(default=lambda ctx: [])
 
     def runs_in(self, mode: Mode) -> bool:
-        return mode == "gpu" or self.needs == "driver"
+        return mode == "gpu" or self.needs == "driver" or (mode == "fake-torch" and self.needs == "torch")
 
 
 def judge(row: Row, group: str, raw: dict[str, Any], mode: Mode) -> Result:

@@ -56,10 +56,12 @@ class Context:
     gpu_usable: int = FAKE_TOTAL - FAKE_RESERVED
     loop: str = ""  # the compiled bench/shim_overhead_loop.c
     facts: dict[str, Any] = field(default_factory=dict)
+    python_path: str = ""  # put first on the PYTHONPATH of every child (the fake torch's folder)
 
     @property
     def fake(self) -> bool:
-        return self.mode == "fake"
+        """On the fake driver and NVML (with or without the fake torch)."""
+        return self.mode in ("fake", "fake-torch")
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))
@@ -122,6 +124,8 @@ def env(ctx: Context, claims: Path | None, state: Path | None = None, **extra: s
                 base[name] = os.environ[name]
     else:
         base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "VGPU_CLAIMS_ROOT")}
+    if ctx.python_path:
+        base["PYTHONPATH"] = os.pathsep.join(p for p in (ctx.python_path, base.get("PYTHONPATH", "")) if p)
     if claims is not None:
         base["LD_PRELOAD"] = str(TEST_SHIM)
         base["VGPU_CLAIMS_ROOT"] = str(claims)

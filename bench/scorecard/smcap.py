@@ -50,7 +50,7 @@ def _start_lane(ctx: m.Context, lane: Lane, work: Path, state: Path, seconds: fl
         claims = m.write_claim(work / lane.name, ctx.gpu_uuid, 1 << 50, lane.cap, "hard", uid=lane.name)
     environ = m.env(ctx, claims, state)
     run_for = seconds + (NEIGHBOUR_EXTRA_S if lane.neighbour else 0.0)
-    if ctx.fake:
+    if ctx.mode == "fake":
         argv = [str(m.LAUNCHLOOP), "--seconds", f"{run_for:g}", "--kind", lane.kind]
     else:
         argv = [ctx.torch_python, "-c", GRAPH_MATMUL if lane.kind == "graph" else MATMUL, f"{run_for:g}", SIZE]
@@ -73,7 +73,7 @@ def _collect(ctx: m.Context, procs: dict[str, subprocess.Popen[str]], seconds: f
         out, err = proc.communicate(timeout=seconds * 3 + 120)
         if proc.returncode != 0:
             raise RuntimeError(f"lane {name} exited {proc.returncode}: {err.strip()[-400:]}")
-        if ctx.fake:
+        if ctx.mode == "fake":
             rates[name] = _fake_rate(out, seconds, settle=min(2.0, seconds / 2))
         else:
             rates[name] = float(json.loads(out.strip().splitlines()[-1])["iters_per_s"])
@@ -93,9 +93,9 @@ def run_scenarios(ctx: m.Context, label: str, scenarios: list[Scenario]) -> dict
             procs = {lane.name: _start_lane(ctx, lane, where, where / "fake-cuda.state", seconds)
                      for lane in scenario.lanes}
             started.append((scenario, procs))
-            if not ctx.fake:  # on a GPU: one scenario at a time
+            if ctx.mode != "fake":  # PyTorch (on a GPU): one scenario at a time
                 rates[scenario.name] = _collect(ctx, procs, seconds)
-        if ctx.fake:
+        if ctx.mode == "fake":
             time.sleep(0.1)
             for scenario, procs in started:
                 rates[scenario.name] = _collect(ctx, procs, seconds)

@@ -39,7 +39,7 @@ def _nvidia_smi(environ: dict[str, str]) -> dict[str, Any]:
 def measure(ctx: m.Context) -> dict[str, Any]:
     from vgpu_dra.driver.limits import ShareRequest  # needs pydantic and kubernetes: only this row group
 
-    window = 20.0
+    window = ctx.seconds(gpu=20.0, fake=3.0)
     work = ctx.scratch("workers")
     raw: dict[str, Any] = {}
     procs: dict[str, m.Child] = {}
