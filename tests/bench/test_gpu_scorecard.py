@@ -84,7 +84,7 @@ def test_cap_shares_follow_the_caps(card: dict[str, Any]) -> None:
     rows = card["rows"]
     for row_id, cap in (("smcap.cap25", 25), ("smcap.cap50", 50), ("smcap.cap75", 75), ("smcap.neighbour25", 25),
                         ("smcap.pair30", 30), ("smcap.pair70", 70), ("smcap.graph50", 50)):
-        assert abs(rows[row_id]["value"] - cap) <= 15, rows[row_id]
+        assert abs(rows[row_id]["value"] - cap) <= 10, rows[row_id]
     assert rows["smcap.cap100"]["value"] >= 90 and rows["smcap.nocap"]["value"] >= 90
 
 

@@ -219,6 +219,12 @@ class _Cuda:
         return 1
 
     @staticmethod
+    def get_device_properties(index: int = 0) -> Any:
+        class Properties:
+            uuid = "fake"
+        return Properties()
+
+    @staticmethod
     def get_device_name(index: int = 0) -> str:
         return "NVIDIA Fake H100 80GB HBM3 (fake torch)"
 
