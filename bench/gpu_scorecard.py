@@ -73,6 +73,10 @@ def build(work: Path) -> tuple[str, str]:
     return str(loop), ""
 
 
+class NoGpu(Exception):
+    """A GPU run on a machine whose NVML answers nothing: say so once instead of a card of errors."""
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fake", action="store_true", help="run on the fake driver and NVML (no GPU needed)")
@@ -147,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             ctx.save(context_file)
             argv = [sys.executable, str(Path(__file__).resolve()), "--child", m.id, "--context", str(context_file)]
             raw = run_in_child(argv, timeout, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+            if m.id == "machine.facts" and mode == "gpu" and "nvml" not in raw:
+                raise NoGpu(str(raw.get("error") or raw.get("stderr") or "no answer")[-300:])
             if m.id == "machine.facts" and "nvml" in raw:
                 nvml = raw["nvml"]  # the rest of the card uses the GPU the facts found
                 ctx.gpu_uuid, ctx.gpu_total = nvml["uuid"], nvml["total"]
@@ -156,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
             return raw
 
         started = time.time()
-        results = run_card(chosen, mode, deadline, launch)  # type: ignore[arg-type]
+        try:
+            results = run_card(chosen, mode, deadline, launch)  # type: ignore[arg-type]
+        except NoGpu as exc:
+            print(f"gpu_scorecard: no NVIDIA GPU answers here (NVML: {exc}); `make scorecard ARGS=--fake` "
+                  "runs the card on the fake driver", file=sys.stderr)
+            return 2
     facts = ctx.facts.get("raw", {}).get("machine.facts", {})
     nvml, torch = facts.get("nvml", {}), facts.get("torch", {})
     from bench.scorecard.facts import cuda_version

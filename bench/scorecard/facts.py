@@ -21,8 +21,9 @@ def measure(ctx: m.Context) -> dict[str, Any]:
     if tool and not ctx.fake:
         out = subprocess.run([tool, "-L"], capture_output=True, text=True, timeout=60)
         raw["nvidia_smi"] = out.stdout.strip().splitlines()[0] if out.stdout.strip() else out.stderr.strip()[-200:]
-    if ctx.torch_python and not ctx.fake:
-        raw["torch"] = m.python_json(ctx.torch_python, TORCH_FACTS, [], m.env(ctx, None), timeout=120)
+    if not ctx.fake:
+        raw["torch"] = (m.python_json(ctx.torch_python, TORCH_FACTS, [], m.env(ctx, None), timeout=120)
+                        if ctx.torch_python else None)
     return raw
 
 
@@ -44,7 +45,9 @@ def _driver(raw: dict[str, Any]) -> Verdict:
 
 def _torch(raw: dict[str, Any]) -> Verdict:
     if "torch" not in raw:
-        return Verdict(None, None, "not used on the fakes" if "nvidia_smi" not in raw else "no PyTorch found")
+        return Verdict(None, None, "not used on the fakes")
+    if raw["torch"] is None:
+        return Verdict(None, False, "no Python with PyTorch found (--torch-python PATH)")
     t = raw["torch"]
     return Verdict(t["torch"], bool(t["available"]), f"built for CUDA {t['torch_cuda']}, sees {t['device']}")
 

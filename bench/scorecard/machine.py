@@ -124,6 +124,7 @@ def env(ctx: Context, claims: Path | None, state: Path | None = None, **extra: s
                 base[name] = os.environ[name]
     else:
         base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "VGPU_CLAIMS_ROOT")}
+        base.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # CUDA's device 0 is NVML's index 0
     if ctx.python_path:
         base["PYTHONPATH"] = os.pathsep.join(p for p in (ctx.python_path, base.get("PYTHONPATH", "")) if p)
     if claims is not None:
@@ -137,9 +138,15 @@ def run(argv: list[str], environ: dict[str, str], timeout: float) -> subprocess.
     """Run a program to completion; a failure names the program and its last stderr."""
     out = subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
-        raise RuntimeError(f"{Path(argv[0]).name} {' '.join(argv[1:3])} exited {out.returncode}: "
-                           f"{out.stderr.strip()[-600:]}")
+        label = Path(argv[0]).name + (" -c <program>" if argv[1:2] == ["-c"] else f" {' '.join(argv[1:3])}")
+        raise RuntimeError(f"{label} exited {out.returncode}: {last_line(out.stderr)}")
     return out
+
+
+def last_line(text: str) -> str:
+    """What a failed program said last (for a Python child: its exception, not the traceback)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(nothing on stderr)"
 
 
 def cudaprog(ctx: Context, claims: Path | None, *commands: str, state: Path | None = None,
@@ -160,7 +167,7 @@ def parse_lines(stdout: str) -> list[dict[str, str]]:
 
 def python_json(python: str, script: str, args: list[str], environ: dict[str, str], timeout: float) -> dict[str, Any]:
     """Run a Python child; the JSON object it printed last."""
-    out = run([python, "-c", script, *args], environ, timeout)
+    out = run([require(python), "-c", script, *args], environ, timeout)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"the child printed no JSON: {out.stdout[-300:]} {out.stderr[-300:]}")
@@ -198,11 +205,10 @@ class Child:
             try:
                 line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
-                raise RuntimeError(f"no answer within {timeout:.0f} s; stderr: {''.join(self.stderr)[-400:]}") from None
+                raise RuntimeError(f"no answer within {timeout:.0f} s; stderr: {last_line(''.join(self.stderr))}") from None
             if line is None:
                 self.proc.wait()
-                raise RuntimeError(f"exited {self.proc.returncode} before answering: "
-                                   f"{''.join(self.stderr).strip()[-600:]}")
+                raise RuntimeError(f"exited {self.proc.returncode} before answering: {last_line(''.join(self.stderr))}")
             if line.startswith("{"):
                 return json.loads(line)
 
@@ -217,8 +223,15 @@ class Child:
         self.proc.wait()
 
 
+def require(python: str) -> str:
+    """The interpreter, or the reason there is none (the PyTorch rows need one)."""
+    if not python:
+        raise RuntimeError("no Python with PyTorch found: pass --torch-python PATH")
+    return python
+
+
 def start_python(python: str, script: str, args: list[str], environ: dict[str, str]) -> Child:
-    return Child([python, "-c", script, *args], environ)
+    return Child([require(python), "-c", script, *args], environ)
 
 
 def stop(proc: subprocess.Popen[str] | Child) -> None:

@@ -53,7 +53,7 @@ def _start_lane(ctx: m.Context, lane: Lane, work: Path, state: Path, seconds: fl
     if ctx.mode == "fake":
         argv = [str(m.LAUNCHLOOP), "--seconds", f"{run_for:g}", "--kind", lane.kind]
     else:
-        argv = [ctx.torch_python, "-c", GRAPH_MATMUL if lane.kind == "graph" else MATMUL, f"{run_for:g}", SIZE]
+        argv = [m.require(ctx.torch_python), "-c", GRAPH_MATMUL if lane.kind == "graph" else MATMUL, f"{run_for:g}", SIZE]
     return subprocess.Popen(argv, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -156,3 +156,15 @@ def test_a_hung_child_is_killed_at_its_timeout_with_its_children() -> None:
     timed_out = run_card([_measurement("h", timeout=1)], "fake", Deadline(60), lambda m, t: {"timeout": True},
                          progress=lambda line: None)
     assert timed_out[0].status == "timeout"
+
+
+def test_a_gpu_run_without_a_gpu_says_so_in_one_line(tmp_path: Path) -> None:
+    # NVML that answers "driver not loaded" (the fake's failure mode), as on a machine without a GPU.
+    env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(REPO / "tests" / "fakes" / "out"),
+           "FAKE_NVML_FAIL_INIT": "DRIVER_NOT_LOADED", "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, str(SCRIPT), "--json", str(tmp_path / "card.json")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    said = [line for line in out.stderr.splitlines() if line.startswith("gpu_scorecard:")]
+    assert len(said) == 1 and "no NVIDIA GPU answers here" in said[0] and "ARGS=--fake" in said[0]
+    assert "Traceback" not in out.stderr and not (tmp_path / "card.json").exists()
