@@ -27,9 +27,12 @@ import tempfile
 import time
 import types
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.scorecard.core import Measurement, Mode  # noqa: E402  (stdlib only: safe before the bootstrap)
 
 
 def _bootstrap_imports() -> str:
@@ -49,7 +52,7 @@ def _bootstrap_imports() -> str:
     return ""
 
 
-def measurements():  # type: ignore[no-untyped-def]
+def measurements() -> list[Measurement]:
     """Every measurement of the card, in the order they run (most telling first)."""
     from bench.scorecard import costs, facts, memory, smcap, workers
 
@@ -105,9 +108,10 @@ def child(args: argparse.Namespace) -> int:
     return child_main(by_id[args.child], Context.load(args.context))
 
 
-def dry_run(chosen, mode: str, ctx) -> int:  # type: ignore[no-untyped-def]
+def dry_run(chosen: list[Measurement], mode: Mode, ctx: object) -> int:
+    """Print every row and the commands its measurement would run; run nothing."""
     for m in chosen:
-        where = "runs" if m.runs_in(mode) else "needs a GPU"  # type: ignore[arg-type]
+        where = "runs" if m.runs_in(mode) else "needs a GPU"
         print(f"{m.id}  [{m.needs}, timeout {m.timeout_s:.0f} s, {where}]")
         for command in m.commands(ctx):
             print(f"    $ {command}")
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.scorecard.core import Deadline, run_card, run_in_child
     from bench.scorecard.machine import Context, python_with_torch
 
-    mode = "fake-torch" if args.torch_on_fakes else "fake" if args.fake else "gpu"
+    mode: Mode = "fake-torch" if args.torch_on_fakes else "fake" if args.fake else "gpu"
     chosen = [m for m in measurements() if not args.only or m.id.startswith("machine.")
               or any(m.id.startswith(p) for p in args.only)]
     deadline = Deadline(args.deadline)
@@ -147,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         context_file = work / "context.json"
 
-        def launch(m, timeout: float) -> dict:  # type: ignore[no-untyped-def,type-arg]
+        figures: dict[str, dict[str, object]] = {}
+
+        def launch(m: Measurement, timeout: float) -> dict[str, Any]:
             ctx.save(context_file)
             argv = [sys.executable, str(Path(__file__).resolve()), "--child", m.id, "--context", str(context_file)]
             raw = run_in_child(argv, timeout, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
@@ -157,19 +163,19 @@ def main(argv: list[str] | None = None) -> int:
                 nvml = raw["nvml"]  # the rest of the card uses the GPU the facts found
                 ctx.gpu_uuid, ctx.gpu_total = nvml["uuid"], nvml["total"]
                 ctx.gpu_usable = nvml["total"] - nvml.get("reserved", 0)
-            ctx.facts.setdefault("raw", {})[m.id] = {k: v for k, v in raw.items() if k in ("nvml", "torch",
-                                                                                         "nvidia_smi")}
+            figures[m.id] = raw
             return raw
 
         started = time.time()
         try:
-            results = run_card(chosen, mode, deadline, launch)  # type: ignore[arg-type]
+            results = run_card(chosen, mode, deadline, launch)
         except NoGpu as exc:
             print(f"gpu_scorecard: no NVIDIA GPU answers here (NVML: {exc}); `make scorecard ARGS=--fake` "
                   "runs the card on the fake driver", file=sys.stderr)
             return 2
-    facts = ctx.facts.get("raw", {}).get("machine.facts", {})
-    nvml, torch = facts.get("nvml", {}), facts.get("torch", {})
+    facts = figures.get("machine.facts", {})
+    nvml: dict[str, Any] = facts.get("nvml") or {}  # type: ignore[assignment]
+    torch: dict[str, Any] = facts.get("torch") or {}  # type: ignore[assignment]
     from bench.scorecard.facts import cuda_version
 
     counts = render.summary(results)
@@ -184,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     table = render.markdown(results, header)
     print(table)
     json_path = args.json or Path(f"scorecard-{mode}.json")
-    json_path.write_text(render.document(results, header))
+    json_path.write_text(render.document(results, header, figures))
     if args.markdown:
         args.markdown.write_text(table)
     print(f"gpu_scorecard: wrote {json_path}" + (f" and {args.markdown}" if args.markdown else ""), file=sys.stderr)

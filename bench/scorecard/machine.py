@@ -55,7 +55,6 @@ class Context:
     gpu_total: int = FAKE_TOTAL
     gpu_usable: int = FAKE_TOTAL - FAKE_RESERVED
     loop: str = ""  # the compiled bench/shim_overhead_loop.c
-    facts: dict[str, Any] = field(default_factory=dict)
     python_path: str = ""  # put first on the PYTHONPATH of every child (the fake torch's folder)
 
     @property

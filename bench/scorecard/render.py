@@ -59,7 +59,9 @@ def summary(results: Sequence[Result]) -> dict[str, int]:
     return counts
 
 
-def document(results: Sequence[Result], header: dict[str, Any]) -> str:
-    """The JSON file: the machine, every row with its figure, and the published figures."""
+def document(results: Sequence[Result], header: dict[str, Any], figures: dict[str, Any] | None = None) -> str:
+    """The JSON file: the machine, every row with its figure, the published figures, and every
+    measurement's raw figures (each run's timings, each lane's rate) behind the rows."""
     return json.dumps({"card": "vgpu-dra scorecard", "version": 1, **header, "summary": summary(results),
-                       "rows": [r.to_json() for r in results], "published": PUBLISHED}, indent=2) + "\n"
+                       "rows": [r.to_json() for r in results], "published": PUBLISHED,
+                       "measurements": figures or {}}, indent=2) + "\n"

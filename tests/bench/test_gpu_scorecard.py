@@ -66,6 +66,10 @@ def test_the_machine_and_the_published_figures_are_recorded(card: dict[str, Any]
     assert doc["published"]["memory_limit_accuracy"]["HAMi-core"] == "91.46 %"
     assert card["rows"]["memory.driver_accuracy"]["published"].startswith("HAMi-core 91.46 %")
     assert card["rows"]["smcap.noisy_impact"]["published"] == "HAMi-core 14.38 %, best published 4.74 %"
+    # The raw figures behind the rows: every run, not only the median a row shows.
+    costs = doc["measurements"]["costs.driver"]
+    assert len(costs["startup_base_us"]) == len(costs["startup_shim_us"]) >= 5
+    assert set(doc["measurements"]["smcap.neighbour"]["rates"]["with25"]) == {"run", "noisy"}
 
 
 def test_the_wall_rows_hold_on_the_fake_driver(card: dict[str, Any]) -> None:
