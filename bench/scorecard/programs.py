@@ -44,13 +44,15 @@ print(json.dumps({"torch": torch.__version__, "torch_cuda": torch.version.cuda, 
                   "device": torch.cuda.get_device_name(0) if ok else ""}))
 """
 
-# Fill the wall: 256 MiB tensors until PyTorch's OutOfMemoryError, then 2 MiB ones (so the figure
-# is the wall's, not the chunk size's); print what it holds and wait on stdin (the parent reads the
-# host's NVML meanwhile); then free and prove the process still computes.
+# Fill the wall: 256 MiB tensors until PyTorch's OutOfMemoryError, then 16 MiB, then 1 MiB ones (so
+# the figure is the wall's, not the chunk size's: PyTorch's caching allocator reserves 20 MiB
+# segments for requests between 1 and 10 MiB, 2 MiB ones for requests up to 1 MiB, exact 2 MiB
+# multiples above); print what it holds and wait on stdin (the parent reads the host's NVML
+# meanwhile); then free and prove the process still computes.
 FILL_AND_HOLD = r"""
 import json, os, sys, torch
 held, oom, message = [], False, ""
-for chunk in (256 << 20, 2 << 20):
+for chunk in (256 << 20, 16 << 20, 1 << 20):
     try:
         while len(held) < 100000:
             held.append(torch.empty(chunk, dtype=torch.uint8, device="cuda"))
