@@ -60,10 +60,13 @@ def measurements() -> list[Measurement]:
             *smcap.measurements()]
 
 
+BUILD_TARGETS = ("shim", "tests/fakes", "tests/shim/progs")
+
+
 def build(work: Path) -> tuple[str, str]:
     """make the shim, the fakes and the test programs; compile bench/shim_overhead_loop.c.
     Returns (loop path, problem)."""
-    for target in ("shim", "tests/fakes", "tests/shim/progs"):
+    for target in BUILD_TARGETS:
         out = subprocess.run(["make", "-s", "-C", str(REPO / target)], capture_output=True, text=True)
         if out.returncode != 0:
             return "", f"`make -C {target}` failed: {out.stderr.strip()[-400:]}"
@@ -110,6 +113,10 @@ def child(args: argparse.Namespace) -> int:
 
 def dry_run(chosen: list[Measurement], mode: Mode, ctx: object) -> int:
     """Print every row and the commands its measurement would run; run nothing."""
+    print("build  (before any measurement)")
+    for target in BUILD_TARGETS:
+        print(f"    $ make -s -C {target}")
+    print("    $ cc -O2 -o <work>/shim_overhead_loop bench/shim_overhead_loop.c -L tests/fakes/out -l:libcuda.so.1")
     for m in chosen:
         where = "runs" if m.runs_in(mode) else "needs a GPU"
         print(f"{m.id}  [{m.needs}, timeout {m.timeout_s:.0f} s, {where}]")
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     problem = _bootstrap_imports()
     if args.child:
         return child(args)
-    if problem and not args.dry_run:
+    if problem:
         print(f"gpu_scorecard: {problem}", file=sys.stderr)
         return 2
     from bench.scorecard import render
