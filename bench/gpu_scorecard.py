@@ -43,12 +43,12 @@ def _bootstrap_imports() -> str:
         package = types.ModuleType("vgpu_dra")
         package.__path__ = [str(REPO)]  # vgpu_dra.driver -> driver/, vgpu_dra.api -> api/, ...
         sys.modules["vgpu_dra"] = package
-    # cffi reads claim regions, pynvml asks NVML; the workers' rows also size claims with the
-    # plugin's own code (pydantic, kubernetes) and say so themselves when those are missing.
+    # cffi reads claim regions, pynvml asks NVML; nothing else is needed (the workers' claims are
+    # sized by the plugin's code where pydantic and kubernetes are there, by the same rule if not).
     missing = [name for name in ("cffi", "pynvml") if importlib.util.find_spec(name) is None]
     if missing:
         return (f"missing Python packages {', '.join(missing)}: run `make venv` (or `pip install cffi "
-                "nvidia-ml-py pydantic kubernetes`), then `make scorecard`")
+                "nvidia-ml-py`), then `make scorecard`")
     return ""
 
 

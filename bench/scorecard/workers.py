@@ -36,9 +36,23 @@ def _nvidia_smi(environ: dict[str, str]) -> dict[str, Any]:
     return {"total_mib": total, "used_mib": used}
 
 
-def measure(ctx: m.Context) -> dict[str, Any]:
-    from vgpu_dra.driver.limits import ShareRequest  # needs pydantic and kubernetes: only this row group
+def share_of(usable: int, percent: int, cores: int) -> tuple[int, int, str]:
+    """(wall bytes, cores, core policy) of a claim asking ``percent`` of a GPU's usable memory, as
+    the kubelet plugin resolves it (driver/limits.py). Where that module cannot load (it needs
+    pydantic and kubernetes, which a GPU machine may lack) the same rule, which tests/bench holds
+    equal to it: percent of usable, down to the 1 MiB step, at least 64 MiB, soft policy."""
+    try:
+        from vgpu_dra.driver.limits import ShareRequest
+    except ImportError:
+        from vgpu_dra.api.names import MEMORY_MIN_BYTES, MEMORY_STEP_BYTES
 
+        wanted = usable * percent // 100
+        return max(wanted - wanted % MEMORY_STEP_BYTES, MEMORY_MIN_BYTES), cores, "soft"
+    share = ShareRequest(memory_percent=percent, cores=cores, cores_requested=True).resolve(usable)
+    return share.memory_bytes, share.cores, share.core_policy
+
+
+def measure(ctx: m.Context) -> dict[str, Any]:
     window = ctx.seconds(gpu=20.0, fake=3.0)
     work = ctx.scratch("workers")
     raw: dict[str, Any] = {}
@@ -46,11 +60,10 @@ def measure(ctx: m.Context) -> dict[str, Any]:
     claims: dict[str, Any] = {}
     try:
         for name, (script, percent, cores) in WORKERS.items():
-            share = ShareRequest(memory_percent=percent, cores=cores, cores_requested=True).resolve(ctx.gpu_usable)
-            claims[name] = m.write_claim(work / name, ctx.gpu_uuid, share.memory_bytes, share.cores,
-                                         share.core_policy, uid=f"worker-{name}")
-            raw[name] = {"limit": share.memory_bytes, "cores": share.cores, "policy": share.core_policy,
-                         "percent": percent}
+            wall, cap, policy = share_of(ctx.gpu_usable, percent, cores)
+            claims[name] = m.write_claim(work / name, ctx.gpu_uuid, wall, cap, policy,  # type: ignore[arg-type]
+                                         uid=f"worker-{name}")
+            raw[name] = {"limit": wall, "cores": cap, "policy": policy, "percent": percent}
             environ = m.env(ctx, claims[name], POD_NAME=f"worker-{name}", PYTHONUNBUFFERED="1")
             procs[name] = m.start_python(ctx.torch_python, HARNESS, [script, str(window)], environ)
         for name, proc in procs.items():

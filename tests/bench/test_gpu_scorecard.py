@@ -172,3 +172,16 @@ def test_a_gpu_run_without_a_gpu_says_so_in_one_line(tmp_path: Path) -> None:
     said = [line for line in out.stderr.splitlines() if line.startswith("gpu_scorecard:")]
     assert len(said) == 1 and "no NVIDIA GPU answers here" in said[0] and "ARGS=--fake" in said[0]
     assert "Traceback" not in out.stderr and not (tmp_path / "card.json").exists()
+
+
+@pytest.mark.parametrize("usable", [80 * 1024**3 - 512 * 1024**2, 10 * 1024**3, 15_828_058_112, 300 * 1024**2])
+@pytest.mark.parametrize("percent", [1, 20, 30, 100])
+def test_the_workers_claims_are_sized_the_plugins_way_with_or_without_its_module(
+        monkeypatch: pytest.MonkeyPatch, usable: int, percent: int) -> None:
+    from bench.scorecard.workers import share_of
+    from vgpu_dra.driver.limits import ShareRequest
+
+    plugin = ShareRequest(memory_percent=percent, cores=25, cores_requested=True).resolve(usable)
+    assert share_of(usable, percent, 25) == (plugin.memory_bytes, 25, plugin.core_policy)
+    monkeypatch.setitem(sys.modules, "vgpu_dra.driver.limits", None)  # a GPU machine without pydantic
+    assert share_of(usable, percent, 25) == (plugin.memory_bytes, 25, plugin.core_policy)
