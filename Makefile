@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv build shim fakes protos demo test test-all bench clean
+.PHONY: all venv build shim fakes protos demo test test-all bench scorecard clean
 
 all: build
 
@@ -42,6 +42,12 @@ test-all: $(STAMP) build
 
 bench: $(STAMP) build
 	$(PY) bench/allocator.py
+
+## scorecard: the GPU scorecard (bench/gpu_scorecard.py, docs/benchmarks.md); ARGS=--fake: on the fakes
+# Uses the venv when there is one, else python3 (a GPU machine whose python3 has PyTorch).
+SCORECARD_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+scorecard:
+	$(SCORECARD_PY) bench/gpu_scorecard.py $(ARGS)
 
 clean:
 	@if [ -f shim/Makefile ]; then $(MAKE) -C shim clean; fi

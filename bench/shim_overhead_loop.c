@@ -5,8 +5,14 @@
  * machine's speed at that moment, to tell a slow VM phase from a slow shim):
  * "round <alloc_free_ns> <launch_ns> <calibration_ns>" (launch_ns is 0 when the third argument is
  * "alloc-only"). With "startup" as the third argument it times only this
+<<<<<<< HEAD
  * process's first CUDA calls, cuInit + cuDevicePrimaryCtxRetain, then its first allocation and
  * free (4 KiB): "startup <init_ns> <first_alloc_ns>".
+=======
+ * process's first CUDA calls, cuInit + cuDevicePrimaryCtxRetain:  "startup <ns>". With
+ * "refuse:<bytes>" it times cuMemAlloc_v2 calls of that size that the claim's wall refuses (the
+ * enforcement latency of bench/gpu_scorecard.py): "refuse <ns per call> <CUresult of the last>".
+>>>>>>> scorecard
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,6 +84,21 @@ int main(int argc, char **argv)
     if (cuInit(0) || cuDevicePrimaryCtxRetain(&ctx, 0) || cuCtxSetCurrent(ctx)) {
         fprintf(stderr, "CUDA init failed\n");
         return 1;
+    }
+    if (argc > 3 && strncmp(argv[3], "refuse:", 7) == 0) {
+        size_t bytes = strtoull(argv[3] + 7, NULL, 10);
+        CUresult last = CUDA_SUCCESS;
+        for (int r = 0; r < rounds; r++) {
+            double t0 = now_ns();
+            for (long i = 0; i < iters; i++) {
+                CUdeviceptr p = 0;
+                last = cuMemAlloc_v2(&p, bytes);
+                if (last == CUDA_SUCCESS)
+                    cuMemFree_v2(p); /* not refused: the caller sees rc 0 and reports it */
+            }
+            printf("refuse %.2f %d\n", (now_ns() - t0) / iters, (int)last);
+        }
+        return 0;
     }
     for (int r = 0; r < rounds; r++) {
         double calib = calibration_ns();
