@@ -87,14 +87,15 @@ class NamespacedLedger(Ledger):
                           placement: HasConsumptions) -> QuotaRefusal | None:
         """Book every claim of `placement` (all in `namespace`) if together they fit its quota on
         top of what the namespace's other claims count; otherwise book nothing and say why."""
-        claims = list(placement.claim_consumptions())
-        keys = [key for key, _ in claims]
-        request = Usage()
-        for _, consumptions in claims:
-            request += claim_usage(consumptions)
-        refusal = check(quota, self.usage.used(namespace, excluding=keys), request)
-        if refusal is None:
-            for key, consumptions in claims:
-                super().record(key, consumptions)
-                self.usage.set(key, namespace, claim_usage(consumptions))
-        return refusal
+        claims = [(key, consumptions, claim_usage(consumptions)) for key, consumptions in placement.claim_consumptions()]
+        if quota is not None:
+            request = Usage()
+            for _, _, usage in claims:
+                request += usage
+            refusal = check(quota, self.usage.used(namespace, excluding=[key for key, _, _ in claims]), request)
+            if refusal is not None:
+                return refusal
+        for key, consumptions, usage in claims:
+            super().record(key, consumptions)
+            self.usage.set(key, namespace, usage)
+        return None
