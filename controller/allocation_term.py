@@ -8,8 +8,9 @@ Work items are ``("pod", namespace/name)`` — allocate a pending pod's claims �
 ``("claim", namespace/name)`` — finalizer and deallocation housekeeping of one claim.
 
 Split by concern: this module holds the lifecycle, the watch handlers and the indexes they keep,
-and deallocation; `pod_sync.PodSync` (mixed in) the allocation of pending pods; `claim_writes`
-every write to the API server; `pod_view` what is read of a pod.
+and deallocation; `pod_sync.PodSync` (mixed in) the allocation of pending pods;
+`quota_gate.QuotaGate` (mixed in) namespace GPU quotas; `claim_writes` every write to the API
+server; `pod_view` what is read of a pod.
 
 Bookkeeping invariant: the ledger holds, per claim UID, exactly what the cached claim's allocation
 consumes — except while this controller is writing an allocation (`_in_flight`), when it holds the
@@ -41,8 +42,8 @@ from .kubeapi import (DEVICE_CLASSES, NODES, PODS, RESOURCE_CLAIMS, RESOURCE_QUO
                       JsonObject, KubeApi)
 from .metrics import ClaimView, ControllerMetrics, GpuView
 from .pod_sync import PodSync
-from .quota_gate import QuotaGate
 from .pod_view import pod_alive, pod_awaits_claims, pod_essentials, pod_pending
+from .quota_gate import QuotaGate
 from .workqueue import WorkQueue
 
 log = structlog.get_logger(__name__)

@@ -3,8 +3,9 @@
 `PodSync` is mixed into `AllocationTerm` and works on its caches, ledger, indexes and queue (all
 guarded by the term's lock). Per pod: resolve its claims, turn the unallocated ones of our classes
 into allocator terms, decide on the ledger under the lock (booking the placement in memory before
-anything is written, so no concurrent decision hands out the same capacity), then write each
-claim's allocation and lift the pod's scheduling gate; a refusal becomes Events and a retry.
+anything is written, so no concurrent decision hands out the same capacity; the namespace's GPU
+quota is checked in that same step), then write each claim's allocation and lift the pod's
+scheduling gate; a refusal becomes Events and a retry.
 """
 from __future__ import annotations
 
