@@ -14,7 +14,7 @@ import structlog
 
 from vgpu_dra.driver.allocator import Placement
 from vgpu_dra.driver.claim_model import meta
-from vgpu_dra.driver.namespace_quota import NamespaceQuota, QuotaRefusal, Usage, quota_from_objects
+from vgpu_dra.driver.namespace_quota import KIND_INVALID, NamespaceQuota, QuotaRefusal, Usage, quota_from_objects
 
 from .kubeapi import JsonObject
 
@@ -69,7 +69,7 @@ class QuotaGate:
                            refusal: QuotaRefusal) -> None:
         namespace = meta(pod).get("namespace", "")
         self.metrics.quota_refusals.labels(namespace, refusal.kind).inc()
-        reason = REASON_INVALID_QUOTA if refusal.kind == "invalid-quota" else REASON_OVER_QUOTA
+        reason = REASON_INVALID_QUOTA if refusal.kind == KIND_INVALID else REASON_OVER_QUOTA
         self._refuse(pod, claims, refusal.message, refusal.kind, event_reason=reason)
 
     def quota_view(self: AllocationTerm) -> list[QuotaView]:
