@@ -14,6 +14,9 @@ from .cluster import add_device_class, add_node, claim, gpu, pod, running_contro
 from .waiting import wait_for
 
 GIB = 1 << 30
+# Refused pods are retried on a timer too; a long one shows that deletions and quota changes
+# retry them at once.
+NO_TIMER = TermSettings(watch_timeout_s=30, retry_refused_after_s=600.0)
 
 
 def resource_quota(memory_mib: str | None = None, cores: str | None = None, name: str = "team-gpu") -> dict:
@@ -60,7 +63,7 @@ def test_over_quota_stays_pending_with_an_event_and_allocates_once_a_claim_is_de
     server.create(resource_quota(memory_mib="4096", cores="100"))
     workload(server, "a", "2Gi", cores=30)
     workload(server, "b", "2Gi", cores=30)
-    with running_controller(server):
+    with running_controller(server, settings=NO_TIMER):
         wait_for(lambda: allocated(server, "a") and allocated(server, "b"), what="a and b within the quota")
         workload(server, "c", "1Gi", cores=30)
         [event] = wait_for(lambda: [e for e in quota_events(server, "c") if e.regarding_kind == "ResourceClaim"],
@@ -115,7 +118,7 @@ def test_a_restarted_controller_counts_what_is_allocated_and_a_lowered_quota_evi
     with running_controller(server):
         wait_for(lambda: allocated(server, "a") and allocated(server, "b"), what="a and b allocated")
     workload(server, "c", "1Gi")
-    with running_controller(server):  # a new term: usage rebuilt from the claims it lists
+    with running_controller(server, settings=NO_TIMER):  # a new term: usage rebuilt from the claims it lists
         wait_for(lambda: quota_events(server, "c"), what="c refused after the restart")
         set_quota(server, memory_mib="2048")  # lowered below what a and b hold
         wait_for(lambda: [e for e in quota_events(server, "c") if "2048 MiB (2 GiB)," in e.message],
@@ -131,7 +134,7 @@ def test_an_unreadable_quota_refuses_its_namespace_until_fixed(api_backend):
     add_device_class(server)
     server.create(resource_quota(memory_mib="20Gi"))
     workload(server, "a", "1Gi")
-    with running_controller(server) as controller:
+    with running_controller(server, settings=NO_TIMER) as controller:
         [event] = wait_for(lambda: [e for e in quota_events(server, "a", "QuotaInvalid")
                                     if e.regarding_kind == "ResourceClaim"], what="QuotaInvalid on claim a")
         assert f"{QUOTA_MEMORY} = '20Gi'" in event.message and '"20480" for 20 GiB' in event.message
