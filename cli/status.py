@@ -4,7 +4,8 @@ cores allocated and the claims holding them; claims still waiting, with their la
     vgpu-dra status
     kubectl vgpu --kubeconfig ~/.kube/prod -o json
 
-Reads the API server only (ResourceSlices, ResourceClaims, DeviceClasses, Events); works in both
+Reads the API server only (ResourceSlices, ResourceClaims, DeviceClasses, Events, ResourceQuotas
+for the namespace GPU quotas, see docs/quotas.md); works in both
 allocator modes, since what a claim takes is read from its allocation as kube-scheduler or the
 controller wrote it. Exit status 0, or 1 when the API cannot be read.
 """
@@ -19,6 +20,7 @@ from typing import Any, TextIO
 
 from vgpu_dra.api.names import ALLOCATOR_LABEL, DRIVER_NAME
 from vgpu_dra.api.quantity import humanize_bytes
+from vgpu_dra.cli.status_quotas import QuotasStatus, list_quotas, namespace_quotas, quotas_json, render_quotas
 from vgpu_dra.cli.table_format import format_table
 from vgpu_dra.controller.kubeapi import (DEVICE_CLASSES, EVENTS, RESOURCE_CLAIMS, RESOURCE_SLICES, ApiError,
                                          KubeApi, Resource)
@@ -93,6 +95,7 @@ class ClusterStatus:
 
     gpus: tuple[GpuStatus, ...]
     pending: tuple[PendingClaim, ...]
+    quotas: QuotasStatus = QuotasStatus()
 
 
 def _our_class_names(classes: Iterable[JsonObject]) -> set[str]:
@@ -121,7 +124,8 @@ def _newest_warning(events: Iterable[JsonObject], claim: JsonObject) -> JsonObje
 
 
 def cluster_status(slices: Sequence[JsonObject], claims: Sequence[JsonObject], classes: Sequence[JsonObject],
-                   events: Sequence[JsonObject]) -> ClusterStatus:
+                   events: Sequence[JsonObject], quotas: Sequence[JsonObject] = (),
+                   quotas_unreadable: str | None = None) -> ClusterStatus:
     """Join what nodes publish with what claims take (`booked_consumptions`, as the controller books)."""
     gpus: dict[tuple[str, str], GpuStatus] = {}
     capacity: dict[tuple[str, str], tuple[int, int]] = {}
@@ -155,7 +159,8 @@ def cluster_status(slices: Sequence[JsonObject], claims: Sequence[JsonObject], c
             gpu_status.claims.append(ClaimShare(meta(claim).get("namespace", ""), meta(claim).get("name", ""),
                                                 memory, taken.cores, pods, exclusive))
     ordered = sorted(gpus.values(), key=lambda g: (g.node, _device_number(g.device), g.device))
-    return ClusterStatus(gpus=tuple(ordered), pending=tuple(pending))
+    return ClusterStatus(gpus=tuple(ordered), pending=tuple(pending),
+                         quotas=namespace_quotas(quotas, claims, capacity, classes, quotas_unreadable))
 
 
 def _whole_gpu_results(claim: JsonObject) -> set[tuple[str, str]]:
@@ -185,6 +190,7 @@ def status_json(status: ClusterStatus) -> dict[str, Any]:
         } for gpu in status.gpus],
         "pending": [{"namespace": p.namespace, "name": p.name, "reason": p.reason, "message": p.message}
                     for p in status.pending],
+        "quotas": quotas_json(status.quotas),
     }
 
 
@@ -213,7 +219,7 @@ def render_status(status: ClusterStatus) -> str:
             ["CLAIM", "LAST REFUSAL"],
             [[f"{p.namespace}/{p.name}", f"{p.reason}: {p.message}" if p.reason else "(no event yet)"]
              for p in status.pending])
-    return text
+    return text + render_quotas(status.quotas)
 
 
 # --- I/O --------------------------------------------------------------------------------------------
@@ -258,7 +264,8 @@ def read_cluster(api_client: Any) -> ClusterStatus:
     # Only the warnings about claims: a cluster's events are many.
     events = (_list(api, EVENTS, "Events", field_selector="involvedObject.kind=ResourceClaim,type=Warning")
               if pending_any else [])
-    return cluster_status(slices, claims, classes, events)
+    quotas, unreadable = list_quotas(api)
+    return cluster_status(slices, claims, classes, events, quotas, unreadable)
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -8,8 +8,9 @@ Work items are ``("pod", namespace/name)`` — allocate a pending pod's claims �
 ``("claim", namespace/name)`` — finalizer and deallocation housekeeping of one claim.
 
 Split by concern: this module holds the lifecycle, the watch handlers and the indexes they keep,
-and deallocation; `pod_sync.PodSync` (mixed in) the allocation of pending pods; `claim_writes`
-every write to the API server; `pod_view` what is read of a pod.
+and deallocation; `pod_sync.PodSync` (mixed in) the allocation of pending pods;
+`quota_gate.QuotaGate` (mixed in) namespace GPU quotas; `claim_writes` every write to the API
+server; `pod_view` what is read of a pod.
 
 Bookkeeping invariant: the ledger holds, per claim UID, exactly what the cached claim's allocation
 consumes — except while this controller is writing an allocation (`_in_flight`), when it holds the
@@ -29,16 +30,20 @@ from vgpu_dra.api.names import DRIVER_NAME
 from vgpu_dra.driver.claim_model import (EXCLUSIVE_MEMORY_BYTES, allocated_node, allocation, booked_consumptions,
                                          has_finalizer, meta, reserved_for)
 from vgpu_dra.driver.ledger import Ledger
+from vgpu_dra.driver.namespace_quota import NamespaceQuota
+from vgpu_dra.driver.namespace_usage import NamespacedLedger
 from vgpu_dra.driver.placement_policy import PlacementPolicy
 from vgpu_dra.driver.published_gpus import gpus_by_node
 
 from .claim_writes import ClaimWriter, is_our_allocation
 from .events import EventRecorder
 from .informer import Informer
-from .kubeapi import DEVICE_CLASSES, NODES, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES, ApiError, JsonObject, KubeApi
+from .kubeapi import (DEVICE_CLASSES, NODES, PODS, RESOURCE_CLAIMS, RESOURCE_QUOTAS, RESOURCE_SLICES, ApiError,
+                      JsonObject, KubeApi)
 from .metrics import ClaimView, ControllerMetrics, GpuView
 from .pod_sync import PodSync
 from .pod_view import pod_alive, pod_awaits_claims, pod_essentials, pod_pending
+from .quota_gate import QuotaGate
 from .workqueue import WorkQueue
 
 log = structlog.get_logger(__name__)
@@ -61,7 +66,7 @@ class TermSettings:
     write_retries: int = 8
 
 
-class AllocationTerm(PodSync):
+class AllocationTerm(PodSync, QuotaGate):
     """Runs the controller for one leadership term; `run(stop)` returns when `stop` is set."""
 
     def __init__(self, api: KubeApi, settings: TermSettings, metrics: ControllerMetrics, events: EventRecorder):
@@ -70,7 +75,8 @@ class AllocationTerm(PodSync):
         self.metrics = metrics
         self.events = events
         self.lock = threading.RLock()
-        self.ledger = Ledger()
+        # Books per namespace too (quotas); a claim UID's namespace is that of its cached key.
+        self.ledger = NamespacedLedger(lambda uid: (self._claim_names.get(uid) or "/").partition("/")[0] or None)
         self.ready = threading.Event()
         self.queue = WorkQueue()
         timeout = settings.watch_timeout_s
@@ -80,7 +86,8 @@ class AllocationTerm(PodSync):
         self.classes = Informer(api, DEVICE_CLASSES, self._on_class, watch_timeout_s=timeout)
         self.pods = Informer(api, PODS, self._on_pod, watch_timeout_s=timeout, transform=pod_essentials)
         self.nodes = Informer(api, NODES, self._on_node, watch_timeout_s=timeout)
-        self.informers = (self.slices, self.classes, self.nodes, self.claims, self.pods)
+        self.quotas = Informer(api, RESOURCE_QUOTAS, self._on_quota, watch_timeout_s=timeout)
+        self.informers = (self.slices, self.classes, self.nodes, self.quotas, self.claims, self.pods)
         self.writer = ClaimWriter(api, self.claims, self.pods, metrics, settings.write_retries)
         # Indexes (guarded by self.lock).
         self._booked_uid: dict[str, str] = {}            # claim key -> uid booked in the ledger
@@ -101,6 +108,7 @@ class AllocationTerm(PodSync):
         self._unsized: dict[str, set[str]] = {}          # node -> claims booked whole-GPU before its slices
         self._node_generation = 0                        # bumped when a Node's labels/spec change
         self._fit_cache: dict[str, tuple[int, frozenset[str]]] = {}  # pod constraints -> allowed nodes
+        self._quotas: dict[str, NamespaceQuota] = {}     # namespace -> its GPU quota (where it has one)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -226,6 +234,7 @@ class AllocationTerm(PodSync):
                 self._claim_names.pop(booked, None)
                 self._drop_owner(key)
             if current is not None and uid:
+                self._claim_names[uid] = key  # before booking: the ledger counts it in this namespace
                 if uid not in self._in_flight or allocation(current):
                     consumptions = booked_consumptions(current, self._device_capacity())
                     before = self.ledger.booked(uid)
@@ -236,7 +245,6 @@ class AllocationTerm(PodSync):
                     freed |= bool(before) and sum(c.memory_bytes for c in before) > sum(
                         c.memory_bytes for c in consumptions)
                 self._booked_uid[key] = uid
-                self._claim_names[uid] = key
                 self._index_owner(key, current)
                 if allocation(current):
                     self._pending_claims.discard(key)

@@ -46,6 +46,7 @@ PODS = Resource("", "v1", "pods", True)
 NODES = Resource("", "v1", "nodes", False)
 EVENTS = Resource("", "v1", "events", True)
 LEASES = Resource("coordination.k8s.io", "v1", "leases", True)
+RESOURCE_QUOTAS = Resource("", "v1", "resourcequotas", True)
 
 
 class ApiError(Exception):

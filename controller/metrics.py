@@ -106,6 +106,12 @@ class ControllerMetrics:
         self.is_leader = Gauge("vgpu_dra_controller_leader", "1 while this replica holds the leader Lease",
                                registry=r)
         self.ready = Gauge("vgpu_dra_controller_ready", "1 once the caches had their first full sync", registry=r)
+        self.quota_refusals = Counter("vgpu_dra_controller_quota_refusals_total",
+                                      "Pods refused because their namespace's GPU quota is used up or unreadable",
+                                      ["namespace", "reason"], registry=r)
+        self.invalid_quotas = Counter("vgpu_dra_controller_quota_invalid_total",
+                                      "ResourceQuota values on GPU names that could not be read (fail closed)",
+                                      registry=r)
 
     def register_view(self, snapshot: Callable[[], tuple[list[GpuView], list[ClaimView]]]) -> None:
         """Expose the allocation view computed by `snapshot`."""

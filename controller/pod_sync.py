@@ -3,8 +3,9 @@
 `PodSync` is mixed into `AllocationTerm` and works on its caches, ledger, indexes and queue (all
 guarded by the term's lock). Per pod: resolve its claims, turn the unallocated ones of our classes
 into allocator terms, decide on the ledger under the lock (booking the placement in memory before
-anything is written, so no concurrent decision hands out the same capacity), then write each
-claim's allocation and lift the pod's scheduling gate; a refusal becomes Events and a retry.
+anything is written, so no concurrent decision hands out the same capacity; the namespace's GPU
+quota is checked in that same step), then write each claim's allocation and lift the pod's
+scheduling gate; a refusal becomes Events and a retry.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from vgpu_dra.driver.allocator import Placement, PodRequest, Refusal, allocate
 from vgpu_dra.driver.claim_model import (ClaimRejected, allocated_node, allocation, booked_consumptions, claim_label,
                                          is_ours, meta)
 from vgpu_dra.driver.claim_requests import claim_policy, claim_request
+from vgpu_dra.driver.namespace_quota import QuotaRefusal
 from vgpu_dra.driver.placement_policy import PlacementPolicy
 
 from .claim_writes import PERMANENT_WRITE_ERRORS, Abandon
@@ -106,10 +108,12 @@ class PodSync:
                                                             avoid_nodes=avoid, label=key), policy)
             except ValueError as exc:
                 decision = exc
+            over_quota: QuotaRefusal | None = None
             if isinstance(decision, Placement):
-                for claim_key, consumptions in decision.claim_consumptions():
-                    self._in_flight.add(claim_key)
-                    self.ledger.record(claim_key, consumptions)
+                over_quota = self._book_within_quota(meta(pod).get("namespace", ""), decision)
+        if over_quota is not None:
+            self._refuse_over_quota(pod, pending, over_quota)
+            return
         if isinstance(decision, Exception):
             self._refuse(pod, pending, f"cannot allocate: {decision}", "invalid-claim")
             return
@@ -208,7 +212,8 @@ class PodSync:
             self.metrics.allocation_latency.observe(time.monotonic() - started)
         self.writer.lift_gate(key, pod)
 
-    def _refuse(self: AllocationTerm, pod: JsonObject, claims: Iterable[JsonObject], reason: str, kind: str) -> None:
+    def _refuse(self: AllocationTerm, pod: JsonObject, claims: Iterable[JsonObject], reason: str, kind: str,
+                event_reason: str = REASON_FAILED) -> None:
         key = object_key(pod)
         now = time.monotonic()
         self.metrics.refusals.labels(kind).inc()
@@ -221,8 +226,8 @@ class PodSync:
         if announce:
             log.info("allocation refused", pod=key, reason=reason, kind=kind)
             for claim in claims:
-                self.events.record(claim, "Warning", REASON_FAILED, reason)
-            self.events.record(pod, "Warning", REASON_FAILED, reason)
+                self.events.record(claim, "Warning", event_reason, reason)
+            self.events.record(pod, "Warning", event_reason, reason)
         self.queue.add_after(("pod", key), self.settings.retry_refused_after_s)
 
 

@@ -20,6 +20,8 @@ from .events import EventRecorder
 from .kubeapi import KubeApi
 from .leader import LeaderElector
 from .metrics import ClaimView, ControllerMetrics, GpuView
+from .quota_gate import QuotaView
+from .quota_metrics import QuotaViewCollector
 
 log = structlog.get_logger(__name__)
 
@@ -65,11 +67,16 @@ class ControllerService:
         self.terms = 0
         self._term_lock = threading.Lock()
         self.metrics.register_view(self._view)
+        self.metrics.registry.register(QuotaViewCollector(self._quota_view))
         self.elector: LeaderElector | None = None
 
     def _view(self) -> tuple[list[GpuView], list[ClaimView]]:
         term = self.current_term
         return term.allocation_view() if term is not None else ([], [])
+
+    def _quota_view(self) -> list[QuotaView]:
+        term = self.current_term
+        return term.quota_view() if term is not None else []
 
     def run(self, stop: threading.Event) -> None:
         """Block until `stop`: campaign for the Lease (or just run) and lead terms."""

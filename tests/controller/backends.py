@@ -17,12 +17,13 @@ from typing import Any
 
 from tests.cluster.real_cluster import RealCluster, wait_until
 from tests.fakes.apiserver.server import RecordedEvent
-from vgpu_dra.controller.kubeapi import (DEVICE_CLASSES, EVENTS, NODES, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES,
-                                         ApiError, Resource)
+from vgpu_dra.controller.kubeapi import (DEVICE_CLASSES, EVENTS, NODES, PODS, RESOURCE_CLAIMS, RESOURCE_QUOTAS,
+                                         RESOURCE_SLICES, ApiError, Resource)
 
 TEMPLATES = Resource("resource.k8s.io", "v1", "resourceclaimtemplates", True)
 _BY_KIND = {"Pod": PODS, "ResourceClaim": RESOURCE_CLAIMS, "ResourceSlice": RESOURCE_SLICES,
-            "DeviceClass": DEVICE_CLASSES, "Node": NODES, "ResourceClaimTemplate": TEMPLATES, "Event": EVENTS}
+            "DeviceClass": DEVICE_CLASSES, "Node": NODES, "ResourceClaimTemplate": TEMPLATES, "Event": EVENTS,
+            "ResourceQuota": RESOURCE_QUOTAS}
 
 
 class RealBackend:
@@ -113,7 +114,8 @@ class RealBackend:
             if item["metadata"].get("finalizers"):
                 self._drop_finalizers(name)
             _ignore_missing(lambda name=name: kube.delete(RESOURCE_CLAIMS, name, "default"))
-        for resource, namespace in ((TEMPLATES, "default"), (EVENTS, "default"), (DEVICE_CLASSES, None),
+        for resource, namespace in ((TEMPLATES, "default"), (EVENTS, "default"), (RESOURCE_QUOTAS, "default"),
+                                    (DEVICE_CLASSES, None),
                                     (RESOURCE_SLICES, None)):
             for item in kube.list(resource, namespace).get("items") or []:
                 _ignore_missing(lambda item=item, resource=resource, namespace=namespace: kube.delete(

@@ -27,7 +27,7 @@ SCHEMA_REF = "#/components/schemas/"
 # group-version → the kinds the project builds, stores, validates or renders: the fake API server's
 # resource types (tests/fakes/apiserver/resources.py), the chart's objects and the examples' kinds.
 KEPT: dict[str, tuple[str, ...]] = {
-    "v1": ("ConfigMap", "Event", "Namespace", "Node", "Pod", "Secret", "Service", "ServiceAccount"),
+    "v1": ("ConfigMap", "Event", "Namespace", "Node", "Pod", "ResourceQuota", "Secret", "Service", "ServiceAccount"),
     "admissionregistration.k8s.io/v1": ("MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding",
                                         "MutatingWebhookConfiguration", "ValidatingAdmissionPolicy",
                                         "ValidatingAdmissionPolicyBinding"),

@@ -213,6 +213,14 @@ def test_controller_may_write_allocations_through_status_and_binding():
     assert {v for g, r, v in rules if r == "nodes"} == {"get", "list", "watch"}
 
 
+def test_controller_reads_resourcequotas_and_never_writes_them():
+    # Namespace GPU quotas (docs/quotas.md): the controller watches ResourceQuotas; their status is
+    # kube-controller-manager's.
+    rules = set(_rules(render().one("ClusterRole", "-controller")))
+    assert {v for g, r, v in rules if (g, r) == ("", "resourcequotas")} == {"get", "list", "watch"}
+    assert not any(r.startswith("resourcequotas/") for g, r, v in rules)
+
+
 def test_controller_lease_access_is_its_own_lease_in_the_release_namespace():
     rendered = render({"controller": {"leaderElection": {"leaseName": "gpu-allocator"}}})
     role = rendered.one("Role", "-leader-election")

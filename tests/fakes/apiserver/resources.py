@@ -74,6 +74,8 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "events", "Event", True, "io.k8s.api.core.v1.Event",
                  field_selectors=_CORE_EVENT_FIELDS, short_names=("ev",)),
     ResourceType("", "v1", "configmaps", "ConfigMap", True, "io.k8s.api.core.v1.ConfigMap", short_names=("cm",)),
+    ResourceType("", "v1", "resourcequotas", "ResourceQuota", True, "io.k8s.api.core.v1.ResourceQuota",
+                 status_subresource=True, short_names=("quota",)),
     ResourceType("events.k8s.io", "v1", "events", "Event", True, "io.k8s.api.events.v1.Event",
                  field_selectors=_CORE_EVENT_FIELDS, short_names=("ev",), stored_as="Event"),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True, "io.k8s.api.coordination.v1.Lease"),
