@@ -17,6 +17,7 @@ import structlog
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from vgpu_dra.driver.allocation_limits import pod_refs
 from vgpu_dra.driver.checkpoint import Checkpoint, CheckpointStore, CorruptCheckpoint, read_boot_id
 from vgpu_dra.driver.devices import device_name, publishable_gpus
 from vgpu_dra.driver.inventory import NodeInventory, discover
@@ -148,6 +149,10 @@ class KubeletPlugin:
             if self.slices is not None:
                 self.slices.set_inventory(inventory)
                 self.slices.sync()
+        self.refresh_pods()
+
+    def refresh_pods(self) -> None:
+        """Re-read which pods reserve each prepared claim (names for metrics, UIDs for the watchdog)."""
         assert self.preparer is not None
         for uid, claim in self.preparer.prepared_claims().items():
             try:
@@ -155,9 +160,8 @@ class KubeletPlugin:
             except (ClaimReadError, LookupError):
                 continue
             if (current.get("metadata") or {}).get("uid") == uid:
-                pods = tuple(sorted(r.get("name", "") for r in (current.get("status") or {}).get("reservedFor") or ()
-                                    if r.get("resource") == "pods"))
-                self.preparer.set_pods(uid, pods)
+                refs = pod_refs(current)
+                self.preparer.set_pods(uid, tuple(name for name, _ in refs), refs)
 
     def stop(self) -> None:
         """Stop serving: registration and DRA sockets removed, threads ended."""
