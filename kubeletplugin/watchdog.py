@@ -225,35 +225,35 @@ class UsageWatchdog(Collector):
         with self._lock:
             try:
                 claims, first, healthy = self._sample()
+                if first.findings and self._maybe_refresh(first.findings):
+                    claims, first, healthy = self._sample()  # with the pods as they are now
+                findings = first.findings
+                if findings:
+                    claims, second, confirmed_healthy = self._sample()
+                    keys = {f.key for f in findings}
+                    findings = tuple(f for f in second.findings if f.key in keys)
+                    first, healthy = second, healthy and confirmed_healthy
                 self._note("nvml", [])
             except ProcessQueryError as exc:
                 self._note("nvml", [str(exc)])
                 self._healthy = False
                 return PollOutcome(healthy=False)
-            findings = first.findings
-            if findings:
-                self._maybe_refresh(findings)
-                try:
-                    claims, second, healthy2 = self._sample()
-                except ProcessQueryError as exc:
-                    self._note("nvml", [str(exc)])
-                    self._healthy = False
-                    return PollOutcome(healthy=False)
-                keys = {f.key for f in findings}
-                findings = tuple(f for f in second.findings if f.key in keys)
-                first, healthy = second, healthy and healthy2
             self._last, self._last_claims, self._healthy = first, claims, healthy
             return self._act(findings, claims, healthy)
 
-    def _maybe_refresh(self, findings: tuple[Finding, ...]) -> None:
+    def _maybe_refresh(self, findings: tuple[Finding, ...]) -> bool:
+        """Re-read the claims' pods when a process's pod is unknown (once per such pod)."""
         unknown = {f.pod_uid for f in findings if f.kind == "untracked" and f.pod_uid}
         self._refreshed_for &= unknown
-        if self._refresh_pods is not None and unknown - self._refreshed_for:
-            self._refreshed_for |= unknown
-            try:
-                self._refresh_pods()  # a pod that joined a shared claim since Prepare
-            except Exception as exc:  # noqa: BLE001 - the finding stands without the refresh
-                log.warning("cannot re-read the pods of prepared claims", error=str(exc))
+        if self._refresh_pods is None or not unknown - self._refreshed_for:
+            return False
+        self._refreshed_for |= unknown
+        try:
+            self._refresh_pods()  # a pod that joined a shared claim since Prepare
+        except Exception as exc:  # noqa: BLE001 - the finding stands without the refresh
+            log.warning("cannot re-read the pods of prepared claims", error=str(exc))
+            return False
+        return True
 
     def _act(self, findings: tuple[Finding, ...], claims: Mapping[str, PreparedClaim], healthy: bool) -> PollOutcome:
         kills: dict[int, str] = {}

@@ -35,7 +35,6 @@
  * slot of that state. Guarded by g_occ_lock. */
 static pthread_mutex_t g_occ_lock = PTHREAD_MUTEX_INITIALIZER;
 static const struct fake_state *g_occ;
-static int g_occ_tried;
 static char g_occ_path[4096]; /* FAKE_CUDA_STATE when g_occ was mapped: a test may switch it */
 static struct {
     long long at_ns, busy_ns;
@@ -51,22 +50,25 @@ static long long mono_ns(void)
 
 static const struct fake_state *occupancy(void)
 {
-    const char *path;
+    const char *path = getenv("FAKE_CUDA_STATE");
     struct stat st;
     int fd;
-    path = getenv("FAKE_CUDA_STATE");
-    if (g_occ_tried && strcmp(path ? path : "", g_occ_path) == 0)
+    if (!path)
+        path = "";
+    if (g_occ && strcmp(path, g_occ_path) == 0)
         return g_occ;
-    g_occ = NULL; /* an earlier mapping stays: another thread may still read it */
-    g_occ_tried = 1;
-    snprintf(g_occ_path, sizeof(g_occ_path), "%s", path ? path : "");
-    memset(g_sample, 0, sizeof(g_sample));
-    if (!path || !*path || (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    /* Not mapped yet (the state file may appear later), or a test switched FAKE_CUDA_STATE. An
+     * earlier mapping stays mapped: another thread may still read it. */
+    g_occ = NULL;
+    if (!*path || (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
         return NULL;
     if (fstat(fd, &st) == 0 && st.st_size >= (off_t)sizeof(struct fake_state)) {
         void *map = mmap(NULL, sizeof(struct fake_state), PROT_READ, MAP_SHARED, fd, 0);
-        if (map != MAP_FAILED)
+        if (map != MAP_FAILED) {
             g_occ = map;
+            snprintf(g_occ_path, sizeof(g_occ_path), "%s", path);
+            memset(g_sample, 0, sizeof(g_sample));
+        }
     }
     close(fd);
     return g_occ;
