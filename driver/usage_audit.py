@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 FindingKind = Literal["untracked", "unshimmed", "over_wall", "region_mismatch", "region_tampered"]
 KINDS: tuple[FindingKind, ...] = ("untracked", "unshimmed", "over_wall", "region_mismatch", "region_tampered")
@@ -56,9 +56,9 @@ class ProcessOwner:
     ns_pid: int = 0  # the PID the process has in its own PID namespace; 0 when unknown
 
 
-@dataclass(frozen=True, slots=True)
-class SlotView:
-    """A process slot of a region (state live; ``alive`` false once its owner died)."""
+class SlotView(NamedTuple):
+    """A process slot of a region (state live; ``alive`` false once its owner died). A tuple:
+    a poll reads hundreds of them."""
 
     pid: int  # PID in the process's own namespace
     host_pid: int  # the host PID the shim learned, 0 until learned
@@ -151,16 +151,18 @@ def mib(value: int) -> str:
     return f"{value / MiB:.0f} MiB"
 
 
-def _is_shimmed(owner: ProcessOwner, claims: Iterable[ClaimView]) -> bool:
-    for claim in claims:
-        for slot in claim.region.slots if claim.region else ():
-            if not slot.alive:
-                continue
-            if slot.host_pid == owner.pid:
-                return True
-            # A shim that has not learned its host PID yet is known by its PID in its namespace.
-            if slot.host_pid == 0 and owner.ns_pid and slot.pid == owner.ns_pid:
-                return True
+def _shim_pids(claim: ClaimView) -> tuple[frozenset[int], frozenset[int]]:
+    """Host PIDs of the claim's live shimmed processes, and namespace PIDs of those that have not
+    learned their host PID yet (known by their PID inside their own namespace)."""
+    slots = [s for s in claim.region.slots if s.alive] if claim.region else []
+    return (frozenset(s.host_pid for s in slots if s.host_pid),
+            frozenset(s.pid for s in slots if not s.host_pid))
+
+
+def _is_shimmed(owner: ProcessOwner, shims: Iterable[tuple[frozenset[int], frozenset[int]]]) -> bool:
+    for hosts, unlearned in shims:
+        if owner.pid in hosts or (owner.ns_pid and owner.ns_pid in unlearned):
+            return True
     return False
 
 
@@ -197,28 +199,43 @@ def audit(processes: Iterable[GpuProcess], owners: Mapping[int, ProcessOwner], c
     groups: dict[str, _Groups] = {gpu: _Groups() for gpu in shared}
     members: dict[tuple[str, str], list[GpuProcess]] = {}  # (gpu, first candidate uid) -> processes
 
+    shims = {uid: _shim_pids(c) for uid, c in by_uid.items()}
+    candidates_of: dict[tuple[str, str], list[ClaimView]] = {}
     for proc in processes:
         owner = owners.get(proc.pid)
         if proc.gpu_uuid not in shared or owner is None:
             continue
         used = proc.used_bytes or 0
-        candidates = sorted((c for c in by_pod.get(owner.pod_uid or "", ()) if proc.gpu_uuid in c.walls),
-                            key=lambda c: c.uid)
+        key = (owner.pod_uid or "", proc.gpu_uuid)
+        candidates = candidates_of.get(key)
+        if candidates is None:
+            candidates = sorted((c for c in by_pod.get(key[0], ()) if proc.gpu_uuid in c.walls), key=lambda c: c.uid)
+            candidates_of[key] = candidates
         if not candidates:
             unclaimed[proc.gpu_uuid] = unclaimed.get(proc.gpu_uuid, 0) + used
             findings.append(_untracked(proc, owner))
             continue
-        if not _is_shimmed(owner, candidates):
+        if not _is_shimmed(owner, [shims[c.uid] for c in candidates]):
             findings.append(_unshimmed(proc, owner, candidates))
-        groups[proc.gpu_uuid].union(c.uid for c in candidates)
+        if len(candidates) > 1:
+            groups[proc.gpu_uuid].union(c.uid for c in candidates)
         members.setdefault((proc.gpu_uuid, candidates[0].uid), []).append(proc)
 
     untracked: dict[tuple[str, str], int] = {}
-    for gpu in sorted(shared):
-        grouped: dict[str, list[str]] = {}
-        for uid in sorted(u for u, c in by_uid.items() if gpu in c.walls):
-            grouped.setdefault(groups[gpu].find(uid), []).append(uid)
-        for uids in grouped.values():
+    on_gpu: dict[str, list[str]] = {}
+    for uid in sorted(by_uid):
+        for gpu in by_uid[uid].walls:
+            on_gpu.setdefault(gpu, []).append(uid)
+    for gpu, uids_here in sorted(on_gpu.items()):
+        union = groups[gpu]
+        if union.parent:  # some process belongs to several claims: judge those claims together
+            grouped: dict[str, list[str]] = {}
+            for uid in uids_here:
+                grouped.setdefault(union.find(uid), []).append(uid)
+            sets: Iterable[list[str]] = grouped.values()
+        else:
+            sets = ([uid] for uid in uids_here)
+        for uids in sets:
             procs = [p for uid in uids for p in members.get((gpu, uid), ())]
             findings += _judge_group(gpu, [by_uid[u] for u in uids], procs, tolerance, untracked)
     for claim in by_uid.values():
@@ -253,16 +270,25 @@ def _unshimmed(proc: GpuProcess, owner: ProcessOwner, claims: list[ClaimView]) -
 def _judge_group(gpu: str, claims: list[ClaimView], procs: list[GpuProcess], tolerance: Tolerance,
                  untracked: dict[tuple[str, str], int]) -> list[Finding]:
     uids = tuple(c.uid for c in claims)
-    wall = sum(c.walls[gpu] for c in claims)
-    accounted = sum(max(0, c.region.used.get(gpu, 0)) for c in claims if c.region)
-    known = [p.used_bytes for p in procs if p.used_bytes is not None]
-    measured = sum(known)
+    wall = accounted = measured = 0
+    for c in claims:
+        wall += c.walls[gpu]
+        if c.region is not None:
+            accounted += max(0, c.region.used.get(gpu, 0))
+    unknown = False
+    for proc in procs:
+        if proc.used_bytes is None:
+            unknown = True
+        else:
+            measured += proc.used_bytes
     untracked[(uids[0], gpu)] = max(0, measured - accounted)
     for uid in uids[1:]:
         untracked[(uid, gpu)] = 0
-    if not procs or len(known) < len(procs):
+    if not procs or unknown:
         return []  # nothing running, or NVML cannot say how much some process uses
     allowance = tolerance.allowance(wall, len(procs))
+    if measured <= wall + allowance and measured <= accounted + allowance:
+        return []
     pids = tuple(sorted(p.pid for p in procs))
     names = ", ".join(c.label for c in claims)
     found = []
@@ -295,7 +321,11 @@ def _tampering(claim: ClaimView) -> list[Finding]:
         if limit is not None and limit != wall:
             problems.append(f"its limit reads {mib(limit)}, the wall is {mib(wall)}")
         used = max(0, region.used.get(gpu, 0))
-        in_slots = sum(max(0, s.used.get(gpu, 0)) for s in region.slots)
+        in_slots = 0
+        for slot in region.slots:
+            held = slot.used.get(gpu, 0)
+            if held > 0:
+                in_slots += held
         if in_slots > used:
             problems.append(f"its processes hold {mib(in_slots)} but its counter says {mib(used)}")
         if problems:

@@ -15,6 +15,8 @@ unanswered question never reads as "all fine".
 """
 from __future__ import annotations
 
+import ctypes
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,9 +30,10 @@ from prometheus_client.registry import Collector
 
 from vgpu_dra.driver.cdi import REGION_FILE
 from vgpu_dra.driver.checkpoint import PreparedClaim
-from vgpu_dra.driver.region import RegionError, read_region
+from vgpu_dra.driver.region import RegionError
+from vgpu_dra.driver.region_accounting import RegionReaders
 from vgpu_dra.driver.usage_audit import (KINDS, AuditResult, ClaimView, Finding, GpuProcess, PodRef, ProcessOwner,
-                                         RegionView, SlotView, Tolerance, audit)
+                                         RegionView, Tolerance, audit)
 from vgpu_dra.kubeletplugin.object_events import ObjectRef
 from vgpu_dra.kubeletplugin.proc_owners import ProcOwners, kill_process
 
@@ -58,8 +61,21 @@ class ProcessSource(Protocol):
     def processes(self, uuids: set[str]) -> list[GpuProcess]: ...
 
 
+class _ProcessInfo(ctypes.Structure):
+    """nvmlProcessInfo_t (the _v2/_v3 layout), without pynvml's slow attribute hooks."""
+
+    _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong), ("gpuInstanceId", ctypes.c_uint),
+                ("computeInstanceId", ctypes.c_uint)]
+
+
 class NvmlProcesses:
-    """Compute and graphics processes of GPUs through pynvml (NVML stays initialised)."""
+    """Compute and graphics processes of GPUs through pynvml's NVML binding (NVML stays initialised).
+
+    The lists are read with one call into a reused array (NVML fills it when it is large enough),
+    not pynvml's two-call helpers, whose per-entry objects cost more than the rest of a poll.
+    """
+
+    _CALLS = ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses")
 
     def __init__(self) -> None:
         import pynvml
@@ -67,13 +83,32 @@ class NvmlProcesses:
         self._nvml = pynvml
         pynvml.nvmlInit()
         self._handles: dict[str, Any] = {}
+        self._capacity = 64
+        self._array: Any = (_ProcessInfo * self._capacity)()
+        self._functions: dict[str, Any] = {}
 
-    def _list(self, name: str, handle: Any) -> list[Any]:
-        nvml = self._nvml
-        try:
-            return list(getattr(nvml, f"{name}_v3")(handle))
-        except nvml.NVMLError_FunctionNotFound:
-            return list(getattr(nvml, f"{name}_v2")(handle))  # drivers before R510
+    def _function(self, name: str) -> Any:
+        if name not in self._functions:
+            try:
+                self._functions[name] = self._nvml._nvmlGetFunctionPointer(f"{name}_v3")
+            except self._nvml.NVMLError_FunctionNotFound:  # drivers before R510; same entry layout
+                self._functions[name] = self._nvml._nvmlGetFunctionPointer(f"{name}_v2")
+        return self._functions[name]
+
+    def _list(self, name: str, handle: Any) -> list[tuple[int, int | None]]:
+        nvml, function = self._nvml, self._function(name)
+        for _ in range(4):  # processes may start between a too-small answer and the next try
+            count = ctypes.c_uint(self._capacity)
+            ret = function(handle, ctypes.byref(count), self._array)
+            if ret == nvml.NVML_SUCCESS:
+                unknown = nvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value
+                return [(int(e.pid), None if e.usedGpuMemory == unknown else int(e.usedGpuMemory))
+                        for e in self._array[:count.value]]
+            if ret != nvml.NVML_ERROR_INSUFFICIENT_SIZE:
+                raise nvml.NVMLError(ret)
+            self._capacity = max(self._capacity * 2, int(count.value) * 2 + 16)
+            self._array = (_ProcessInfo * self._capacity)()
+        raise nvml.NVMLError(nvml.NVML_ERROR_INSUFFICIENT_SIZE)
 
     def processes(self, uuids: set[str]) -> list[GpuProcess]:
         """Every process on those GPUs; raises ProcessQueryError when any GPU cannot answer."""
@@ -82,18 +117,15 @@ class NvmlProcesses:
             try:
                 handle = self._handles.get(uuid) or self._nvml.nvmlDeviceGetHandleByUUID(uuid)
                 self._handles[uuid] = handle
-                listed = (self._list("nvmlDeviceGetComputeRunningProcesses", handle)
-                          + self._list("nvmlDeviceGetGraphicsRunningProcesses", handle))
+                listed = [entry for name in self._CALLS for entry in self._list(name, handle)]
             except self._nvml.NVMLError as exc:
                 self._handles.pop(uuid, None)
                 raise ProcessQueryError(f"NVML cannot list the processes of GPU {uuid}: {exc}") from exc
-            for entry in listed:
-                used = entry.usedGpuMemory if isinstance(entry.usedGpuMemory, int) else None
-                key = (uuid, int(entry.pid))
-                seen = found.get(key)
+            for pid, used in listed:
+                seen = found.get((uuid, pid))
                 # A process with both a compute and a graphics context is listed twice, same bytes.
                 if seen is None or (used or 0) > (seen.used_bytes or 0):
-                    found[key] = GpuProcess(gpu_uuid=uuid, pid=int(entry.pid), used_bytes=used)
+                    found[(uuid, pid)] = GpuProcess(gpu_uuid=uuid, pid=pid, used_bytes=used)
         return list(found.values())
 
     def close(self) -> None:
@@ -124,17 +156,6 @@ class PollOutcome:
     healthy: bool = True
 
 
-def region_view(path: Path) -> RegionView:
-    """A claim's region as the audit reads it; raises RegionError."""
-    snapshot = read_region(path)
-    return RegionView(
-        claim_uid=snapshot.claim_uid,
-        used={g.uuid: g.used_bytes for g in snapshot.gpus},
-        limit={g.uuid: g.limit_bytes for g in snapshot.gpus},
-        slots=tuple(SlotView(pid=p.pid, host_pid=p.host_pid, alive=p.alive, used=p.used_bytes)
-                    for p in snapshot.processes))
-
-
 class UsageWatchdog(Collector):
     """The polling loop, its metrics (a Collector for the plugin's registry) and its enforcement."""
 
@@ -156,6 +177,8 @@ class UsageWatchdog(Collector):
         self._emit_node = emit_node
         self._refresh_pods = refresh_pods
         self.owners = ProcOwners(settings.proc_root)
+        self._regions = RegionReaders()
+        self._claim_parts: dict[str, tuple[Any, Any, dict[str, int], tuple[PodRef, ...], str]] = {}
         self._active: set[tuple[Any, ...]] = set()
         self._refreshed_for: set[str] = set()
         self._failing: set[str] = set()  # what is failing now, logged once
@@ -194,19 +217,33 @@ class UsageWatchdog(Collector):
 
     def _views(self, claims: Mapping[str, PreparedClaim]) -> tuple[list[ClaimView], bool]:
         views, errors = [], []
+        self._regions.keep_only(set(claims))
+        for uid in set(self._claim_parts) - set(claims):
+            del self._claim_parts[uid]
         for uid, claim in claims.items():
-            walls: dict[str, int] = {}
-            for device in claim.devices:
-                walls[device.gpu_uuid] = walls.get(device.gpu_uuid, 0) + device.memory_bytes
+            walls, pods, path = self._parts(uid, claim)
             try:
-                region: RegionView | None = region_view(self._claims_dir / uid / REGION_FILE)
-            except RegionError as exc:
+                region: RegionView | None = self._regions.read(uid, path)
+            except (RegionError, OSError) as exc:
                 region = None  # judged as accounting for nothing: fails closed
                 errors.append(f"claim {claim.namespace}/{claim.name}: {exc}")
-            views.append(ClaimView(uid=uid, namespace=claim.namespace, name=claim.name,
-                                   pods=tuple(PodRef(n, u) for n, u in claim.pod_refs), walls=walls, region=region))
+            views.append(ClaimView(uid=uid, namespace=claim.namespace, name=claim.name, pods=pods, walls=walls,
+                                   region=region))
         self._note("region", errors)
         return views, not errors
+
+    def _parts(self, uid: str, claim: PreparedClaim) -> tuple[dict[str, int], tuple[PodRef, ...], str]:
+        """A claim's walls, pods and region path, recomputed only when its devices or pods changed."""
+        cached = self._claim_parts.get(uid)
+        if cached is not None and cached[0] is claim.devices and cached[1] == claim.pod_refs:
+            return cached[2], cached[3], cached[4]
+        walls: dict[str, int] = {}
+        for device in claim.devices:
+            walls[device.gpu_uuid] = walls.get(device.gpu_uuid, 0) + device.memory_bytes
+        pods = tuple(PodRef(name, pod_uid) for name, pod_uid in claim.pod_refs)
+        path = os.path.join(str(self._claims_dir), uid, REGION_FILE)
+        self._claim_parts[uid] = (claim.devices, claim.pod_refs, walls, pods, path)
+        return walls, pods, path
 
     def _note(self, what: str, errors: list[str]) -> None:
         """Count failures; one log line when they start and one when they stop."""
@@ -357,3 +394,5 @@ class UsageWatchdog(Collector):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        with self._lock:
+            self._regions.close()

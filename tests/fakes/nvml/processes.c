@@ -8,29 +8,45 @@
  *   <gpu uuid> <pid|self> <used bytes> [compute|graphics]     default compute
  *   error <nvml function> <code>                              that function fails on every GPU
  * A line that cannot be parsed is reported once on stderr and ignored; a file that does not exist
- * is the same as an empty one (a test that removes it removes its processes).
+ * is the same as an empty one (a test that removes it removes its processes). The file is parsed
+ * again when it changes (its inode, size or mtime: write a new file and rename it over the old).
  *
  * Compute entries join nvmlDeviceGetComputeRunningProcesses* (after the inventory's and the fake
  * CUDA driver's processes); graphics entries are what nvmlDeviceGetGraphicsRunningProcesses*
  * answer. Both count in the GPU's used memory.
  */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "fake_nvml.h"
 
 #define LINE_MAX_LEN 512
 
-static FILE *open_live(void)
-{
-    const char *path = getenv("FAKE_NVML_PROCESSES");
-    if (!path || !*path)
-        return NULL;
-    return fopen(path, "re");
-}
+/* The file parsed once per version of it (device, inode, size, mtime): a poll of hundreds of
+ * processes must not pay for parsing them at every call of the two-call protocol. */
+struct live_entry {
+    char uuid[FAKE_UUID_LEN];
+    struct fake_process process;
+    int graphics;
+};
+
+struct live_error {
+    char function[64];
+    nvmlReturn_t code;
+};
+
+static pthread_mutex_t g_live_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct stat g_live_stat;
+static char g_live_path[4096];
+static struct live_entry *g_entries;
+static size_t g_entry_count;
+static struct live_error g_errors[FAKE_MAX_ERRORS];
+static size_t g_error_count;
 
 static void complain_once(const char *line)
 {
@@ -41,67 +57,101 @@ static void complain_once(const char *line)
     }
 }
 
-size_t fake_live_processes(const struct fake_gpu *gpu, int graphics, struct fake_listed *out, size_t cap, size_t n)
+static void parse_line(const char *start)
 {
+    char uuid[FAKE_UUID_LEN], pid_text[32], kind[16] = "compute", code_text[48];
+    unsigned long long used;
+    if (strncmp(start, "error ", 6) == 0) {
+        struct live_error e;
+        if (g_error_count >= FAKE_MAX_ERRORS || sscanf(start + 6, "%63s %47s", e.function, code_text) != 2 ||
+            fake_error_code_from_text(code_text, &e.code) != 0) {
+            complain_once(start);
+            return;
+        }
+        g_errors[g_error_count++] = e;
+        return;
+    }
+    int fields = sscanf(start, "%95s %31s %llu %15s", uuid, pid_text, &used, kind);
+    int graphics = strcmp(kind, "graphics") == 0;
+    if (fields < 3 || (!graphics && strcmp(kind, "compute") != 0)) {
+        complain_once(start);
+        return;
+    }
+    struct live_entry entry = {.graphics = graphics};
+    snprintf(entry.uuid, sizeof(entry.uuid), "%s", uuid);
+    entry.process.used_bytes = used;
+    entry.process.is_self = strcmp(pid_text, "self") == 0;
+    if (!entry.process.is_self) {
+        char *end = NULL;
+        unsigned long pid = strtoul(pid_text, &end, 10);
+        if (*end != '\0' || pid == 0 || pid > 0xffffffffUL) {
+            complain_once(start);
+            return;
+        }
+        entry.process.pid = (unsigned int)pid;
+    }
+    struct live_entry *grown = realloc(g_entries, (g_entry_count + 1) * sizeof(*grown));
+    if (!grown)
+        return;
+    g_entries = grown;
+    g_entries[g_entry_count++] = entry;
+}
+
+/* Under g_live_lock: the cache matches the file now (emptied when there is none). */
+static void refresh_locked(void)
+{
+    const char *path = getenv("FAKE_NVML_PROCESSES");
+    struct stat st;
     char line[LINE_MAX_LEN];
-    FILE *f = open_live();
+    if (!path || !*path || stat(path, &st) != 0) {
+        g_entry_count = g_error_count = 0;
+        g_live_path[0] = '\0';
+        return;
+    }
+    if (strcmp(path, g_live_path) == 0 && st.st_dev == g_live_stat.st_dev && st.st_ino == g_live_stat.st_ino &&
+        st.st_size == g_live_stat.st_size && st.st_mtim.tv_sec == g_live_stat.st_mtim.tv_sec &&
+        st.st_mtim.tv_nsec == g_live_stat.st_mtim.tv_nsec)
+        return;
+    g_entry_count = g_error_count = 0;
+    FILE *f = fopen(path, "re");
     if (!f)
-        return n;
+        return;
     while (fgets(line, sizeof(line), f)) {
-        char uuid[FAKE_UUID_LEN], pid_text[32], kind[16] = "compute";
-        unsigned long long used;
         line[strcspn(line, "\n")] = '\0';
         const char *start = line + strspn(line, " \t");
-        if (*start == '\0' || *start == '#' || strncmp(start, "error ", 6) == 0)
-            continue;
-        int fields = sscanf(start, "%95s %31s %llu %15s", uuid, pid_text, &used, kind);
-        int is_graphics = strcmp(kind, "graphics") == 0;
-        if (fields < 3 || (!is_graphics && strcmp(kind, "compute") != 0)) {
-            complain_once(start);
-            continue;
-        }
-        if (is_graphics != graphics || strcmp(uuid, gpu->uuid) != 0)
-            continue;
-        struct fake_process p = {0, strcmp(pid_text, "self") == 0, used};
-        if (!p.is_self) {
-            char *end = NULL;
-            unsigned long pid = strtoul(pid_text, &end, 10);
-            if (*pid_text == '\0' || *end != '\0' || pid == 0 || pid > 0xffffffffUL) {
-                complain_once(start);
-                continue;
-            }
-            p.pid = (unsigned int)pid;
-        }
-        if (out && n < cap)
-            out[n] = (struct fake_listed){fake_activity_pid(&p), used};
-        n++;
+        if (*start != '\0' && *start != '#')
+            parse_line(start);
     }
     fclose(f);
+    g_live_stat = st;
+    snprintf(g_live_path, sizeof(g_live_path), "%s", path);
+}
+
+size_t fake_live_processes(const struct fake_gpu *gpu, int graphics, struct fake_listed *out, size_t cap, size_t n)
+{
+    pthread_mutex_lock(&g_live_lock);
+    refresh_locked();
+    for (size_t i = 0; i < g_entry_count; i++) {
+        const struct live_entry *e = &g_entries[i];
+        if (e->graphics != graphics || strcmp(e->uuid, gpu->uuid) != 0)
+            continue;
+        if (out && n < cap)
+            out[n] = (struct fake_listed){fake_activity_pid(&e->process), e->process.used_bytes};
+        n++;
+    }
+    pthread_mutex_unlock(&g_live_lock);
     return n;
 }
 
 nvmlReturn_t fake_live_error(const char *function)
 {
-    char line[LINE_MAX_LEN];
     nvmlReturn_t rc = NVML_SUCCESS;
-    FILE *f = open_live();
-    if (!f)
-        return NVML_SUCCESS;
-    while (rc == NVML_SUCCESS && fgets(line, sizeof(line), f)) {
-        char name[64], code[48];
-        line[strcspn(line, "\n")] = '\0';
-        const char *start = line + strspn(line, " \t");
-        if (strncmp(start, "error ", 6) != 0)
-            continue;
-        if (sscanf(start + 6, "%63s %47s", name, code) != 2 || fake_error_code_from_text(code, &rc) != 0) {
-            complain_once(start);
-            rc = NVML_SUCCESS;
-            continue;
-        }
-        if (strcmp(name, function) != 0)
-            rc = NVML_SUCCESS;
-    }
-    fclose(f);
+    pthread_mutex_lock(&g_live_lock);
+    refresh_locked();
+    for (size_t i = 0; i < g_error_count && rc == NVML_SUCCESS; i++)
+        if (strcmp(g_errors[i].function, function) == 0)
+            rc = g_errors[i].code;
+    pthread_mutex_unlock(&g_live_lock);
     return rc;
 }
 
