@@ -305,3 +305,38 @@ def test_honest_shimmed_processes_are_not_findings(shim_node):
     finally:
         for proc in procs:
             harness.stop(proc)
+
+
+def test_a_finding_the_second_sample_does_not_confirm_is_not_reported(tmp_path):
+    """NVML and the regions are read moments apart: an allocation in between must not read as an attack."""
+    from vgpu_dra.driver.checkpoint import PreparedClaim, PreparedDevice
+    from vgpu_dra.driver.claimconfig import ClaimConfig, GpuLimit
+    from vgpu_dra.driver.region import create_region
+    from vgpu_dra.driver.usage_audit import GpuProcess
+    from vgpu_dra.kubeletplugin.watchdog import UsageWatchdog, WatchdogSettings
+
+    pod = "11111111-2222-4333-8444-555555555555"
+    device = PreparedDevice(request="gpu", pool="n", device="gpu-0", share_id=None, gpu_uuid=T4_0, gpu_index=0,
+                            gpu_minor=0, memory_bytes=GIB, cores=0, core_policy="soft", nvidia_cdi_device=None,
+                            cdi_device_ids=())
+    claim = PreparedClaim(uid="c1", namespace="t", name="c", state="prepared", devices=(device,), shim_host_path="",
+                          pods=("p",), pod_refs=(("p", pod),))
+    (tmp_path / "claims" / "c1").mkdir(parents=True)
+    create_region(tmp_path / "claims" / "c1" / "region", ClaimConfig("c1", (GpuLimit(T4_0, GIB, 0, "soft"),)))
+    write_proc(tmp_path / "proc", 4600, pod)
+    samples = [[GpuProcess(T4_0, 4600, 2 * GIB)], [GpuProcess(T4_0, 4600, 0)]]  # a spike, then nothing
+    events: list[tuple[Any, ...]] = []
+
+    class Source:
+        def processes(self, uuids: set[str]) -> list[GpuProcess]:
+            return samples.pop(0) if samples else [GpuProcess(T4_0, 4600, 2 * GIB)]
+
+    watchdog = UsageWatchdog("n", WatchdogSettings(proc_root=tmp_path / "proc"), lambda: {"c1": claim},
+                             tmp_path / "claims", source=Source(), emit=lambda *a: events.append(a),
+                             emit_node=lambda *a: events.append(a))
+    assert [f.kind for f in watchdog.poll().findings] == ["unshimmed"]  # only what both samples show
+    assert {e[1] for e in events} == {"GpuProcessWithoutShim"}
+    events.clear()
+    kinds = sorted(f.kind for f in watchdog.poll().findings)  # now it persists: confirmed
+    assert kinds == ["over_wall", "region_mismatch", "unshimmed"]
+    assert {e[1] for e in events} == {"GpuMemoryOverWall", "GpuRegionMismatch"}
