@@ -396,3 +396,6 @@ class UsageWatchdog(Collector):
             self._thread.join(timeout=10)
         with self._lock:
             self._regions.close()
+            close = getattr(self._source, "close", None)
+            if close is not None:
+                close()  # NVML's reference: the plugin's other users keep theirs
