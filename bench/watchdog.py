@@ -105,6 +105,14 @@ class Node:
             os.close(fd)
 
 
+def current_rss_mb() -> float:
+    """VmRSS of this process now."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def watchdog_for(node: Node, source: NvmlProcesses) -> UsageWatchdog:
     os.environ["FAKE_NVML_PROCESSES"] = str(node.process_file)
     return UsageWatchdog("mixed-node", WatchdogSettings(proc_root=node.root / "proc"), lambda: node.claims,
@@ -137,6 +145,7 @@ def main() -> int:
         flat.write_text(render_flat_inventory(inventory_document("mixed-node")))
         os.environ["FAKE_NVML_INVENTORY"] = str(flat)
         preload_in_process(build_library())
+        rss_before = current_rss_mb()
         source = NvmlProcesses()
         big = Node(root / "big", args.claims, args.processes_per_claim, first_pid=100_000)
         unit = Node(root / "unit", 1, args.processes_per_claim, first_pid=900_000)
@@ -166,6 +175,8 @@ def main() -> int:
         print(f"{'ratio big / 1 claim':>28}: {', '.join(f'{r:.1f}x' for r in ratios)}")
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"{'peak RSS of this process':>28}: {rss:.1f} MB (imports the plugin's modules)")
+        print(f"{'RSS of the watchdog state':>28}: {current_rss_mb() - rss_before:+.1f} MB (NVML, 3 watchdogs, "
+              f"{args.claims + 1} open regions, owners of {total + args.processes_per_claim} PIDs)")
         verdict = statistics.median(rows["big"]) <= 5.0 and rss <= 100
         print("target (<= 5 ms CPU per poll, RSS <= 100 MB):", "met" if verdict else "NOT met")
         for node in nodes.values():
