@@ -48,6 +48,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--resync-seconds", type=float, default=60.0,
                         help="period of inventory and claim-pod refresh (default: 60)")
     parser.add_argument("--no-slices", action="store_true", help="do not publish ResourceSlices")
+    parser.add_argument("--watchdog-seconds", type=float, default=5.0,
+                        help="usage watchdog poll period, 0 = off (default: 5)")
+    parser.add_argument("--watchdog-enforcement", choices=("report", "kill"), default="report",
+                        help="report findings, or also SIGKILL the offending processes (default: report)")
+    parser.add_argument("--watchdog-tolerance", default="64Mi",
+                        help="per process: GPU memory NVML may measure above the wall or region (default: 64Mi)")
+    parser.add_argument("--watchdog-tolerance-percent", type=float, default=5.0,
+                        help="of the wall, added to the tolerance (default: 5)")
+    parser.add_argument("--proc-root", type=Path, default=Path("/proc"),
+                        help="the host's /proc, whose PIDs NVML reports (default: /proc)")
     add_log_format_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -58,6 +68,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the plugin until SIGTERM/SIGINT."""
+    from vgpu_dra.api.quantity import parse_bytes
     from vgpu_dra.kubeletplugin.plugin import KubeletPlugin
     from vgpu_dra.kubeletplugin.settings import DEFAULT_NVIDIA_CDI_DIRS, PluginSettings
 
@@ -69,7 +80,10 @@ def run(args: argparse.Namespace) -> int:
             cdi_dir=args.cdi_dir, nvidia_cdi_dirs=tuple(args.nvidia_cdi_dirs or DEFAULT_NVIDIA_CDI_DIRS),
             state_dir=args.state_dir, shim_source=args.shim, dev_dir=args.dev_dir, boot_id_path=args.boot_id_file,
             pod_uid=args.pod_uid, metrics_address=args.metrics_address,
-            metrics_port=None if args.metrics_port < 0 else args.metrics_port, resync_seconds=args.resync_seconds)
+            metrics_port=None if args.metrics_port < 0 else args.metrics_port, resync_seconds=args.resync_seconds,
+            watchdog_seconds=args.watchdog_seconds, watchdog_enforcement=args.watchdog_enforcement,
+            watchdog_tolerance_bytes=parse_bytes(args.watchdog_tolerance),
+            watchdog_tolerance_percent=args.watchdog_tolerance_percent, proc_root=args.proc_root)
         plugin = KubeletPlugin(settings, api_client(args.kubeconfig), publish_slices=not args.no_slices)
         return plugin.run_until_signal()
     except Exception as exc:  # noqa: BLE001 - one clear line, then a non-zero exit for the DaemonSet

@@ -77,6 +77,8 @@ class ClaimAllocation:
     name: str
     devices: tuple[DeviceLimit, ...]
     reserved_for_pods: tuple[str, ...]
+    # (name, uid) of each reserving pod: the usage watchdog knows a pod's processes by its UID.
+    reserved_for_pod_refs: tuple[tuple[str, str], ...] = ()
 
 
 def _get(obj: Any, *path: str) -> Any:
@@ -249,4 +251,12 @@ def claim_allocation(claim: Mapping[str, Any], *, expected_uid: str, node_name: 
                                    share_id=result.get("shareID") or None, share=share, source=source))
     pods = tuple(sorted(r.get("name", "") for r in _get(claim, "status", "reservedFor") or ()
                         if r.get("resource") == "pods" and r.get("name")))
-    return ClaimAllocation(uid=uid, namespace=namespace, name=name, devices=tuple(devices), reserved_for_pods=pods)
+    return ClaimAllocation(uid=uid, namespace=namespace, name=name, devices=tuple(devices), reserved_for_pods=pods,
+                           reserved_for_pod_refs=pod_refs(claim))
+
+
+def pod_refs(claim: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(name, uid) of the pods in a claim's ``status.reservedFor``, sorted by name."""
+    return tuple(sorted((str(r.get("name", "")), str(r.get("uid", "")))
+                        for r in _get(claim, "status", "reservedFor") or ()
+                        if isinstance(r, Mapping) and r.get("resource") == "pods" and r.get("name")))

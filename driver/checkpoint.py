@@ -58,6 +58,8 @@ class PreparedClaim:
     devices: tuple[PreparedDevice, ...]
     shim_host_path: str
     pods: tuple[str, ...] = ()
+    # (name, uid) of the reserving pods; older checkpoints lack it (filled by the next resync).
+    pod_refs: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ def _claim(raw: Mapping[str, Any]) -> PreparedClaim:
         PreparedDevice(**{**_known(PreparedDevice, d), "cdi_device_ids": tuple(d["cdi_device_ids"])})
         for d in raw["devices"])
     values["pods"] = tuple(raw.get("pods") or ())
+    values["pod_refs"] = tuple((str(p[0]), str(p[1])) for p in raw.get("pod_refs") or () if len(p) == 2)
     if values.get("state") not in ("preparing", "prepared"):
         raise ValueError(f"state {values.get('state')!r}")
     return PreparedClaim(**values)

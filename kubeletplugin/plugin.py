@@ -17,6 +17,7 @@ import structlog
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from vgpu_dra.driver.allocation_limits import pod_refs
 from vgpu_dra.driver.checkpoint import Checkpoint, CheckpointStore, CorruptCheckpoint, read_boot_id
 from vgpu_dra.driver.devices import device_name, publishable_gpus
 from vgpu_dra.driver.inventory import NodeInventory, discover
@@ -30,6 +31,8 @@ from vgpu_dra.kubeletplugin.preparer import NodeGpus, NodePreparer
 from vgpu_dra.kubeletplugin.settings import PluginSettings
 from vgpu_dra.kubeletplugin.shim_install import install_shim
 from vgpu_dra.kubeletplugin.slices import SlicePublisher
+from vgpu_dra.kubeletplugin.watchdog import ProcessSource, UsageWatchdog
+from vgpu_dra.kubeletplugin.watchdog_wiring import start_watchdog
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +42,8 @@ class KubeletPlugin:
 
     def __init__(self, settings: PluginSettings, api_client: client.ApiClient, *,
                  inventory_source: Callable[[], NodeInventory] | None = None,
-                 sample_gpus: bool = True, publish_slices: bool = True):
+                 sample_gpus: bool = True, publish_slices: bool = True,
+                 process_source: ProcessSource | None = None):
         settings.check()
         self.settings = settings
         self.api_client = api_client
@@ -58,6 +62,8 @@ class KubeletPlugin:
         self.metrics_port: int | None = None
         self.slices: SlicePublisher | None = None
         self._sampler: NvmlSampler | None = None
+        self._process_source = process_source
+        self.watchdog: UsageWatchdog | None = None
 
     # ---- node facts ----------------------------------------------------------------------------
     def _node_labels(self) -> dict[str, str]:
@@ -113,6 +119,8 @@ class KubeletPlugin:
         if settings.metrics_port is not None:
             self.metrics_port = self.metrics.serve(settings.metrics_address, settings.metrics_port)
             log.info("serving metrics", address=settings.metrics_address, port=self.metrics_port)
+        if settings.watchdog_seconds > 0:
+            self.watchdog = start_watchdog(self, self._process_source)
         if self._publish_slices:
             self.slices = SlicePublisher(self.api_client, settings.node_name, settings.driver_name, self._inventory,
                                          max_devices_per_slice=settings.max_devices_per_slice)
@@ -148,6 +156,10 @@ class KubeletPlugin:
             if self.slices is not None:
                 self.slices.set_inventory(inventory)
                 self.slices.sync()
+        self.refresh_pods()
+
+    def refresh_pods(self) -> None:
+        """Re-read which pods reserve each prepared claim (names for metrics, UIDs for the watchdog)."""
         assert self.preparer is not None
         for uid, claim in self.preparer.prepared_claims().items():
             try:
@@ -155,9 +167,8 @@ class KubeletPlugin:
             except (ClaimReadError, LookupError):
                 continue
             if (current.get("metadata") or {}).get("uid") == uid:
-                pods = tuple(sorted(r.get("name", "") for r in (current.get("status") or {}).get("reservedFor") or ()
-                                    if r.get("resource") == "pods"))
-                self.preparer.set_pods(uid, pods)
+                refs = pod_refs(current)
+                self.preparer.set_pods(uid, tuple(name for name, _ in refs), refs)
 
     def stop(self) -> None:
         """Stop serving: registration and DRA sockets removed, threads ended."""
@@ -166,6 +177,8 @@ class KubeletPlugin:
             self.endpoints.stop()
         if self.slices is not None:
             self.slices.stop()
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.metrics is not None:
             self.metrics.stop()
         if self.preparer is not None:

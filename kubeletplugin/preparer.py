@@ -152,6 +152,8 @@ class NodePreparer:
         self._mutex = threading.Lock()
         self._fetch_pool = ThreadPoolExecutor(max_workers=fetch_workers, thread_name_prefix="claim-get")
         self._pods: dict[str, tuple[str, ...]] = {uid: c.pods for uid, c in checkpoint.claims.items()}
+        # (name, uid) of the reserving pods as last read; the checkpoint's until then.
+        self._pod_refs: dict[str, tuple[tuple[str, str], ...]] = {}
         self._pods_lock = threading.Lock()
 
     # ---- serialization -------------------------------------------------------------------------
@@ -188,14 +190,17 @@ class NodePreparer:
         """Claims prepared now, with the latest known pod names."""
         claims = dict(self._checkpoint.claims)
         with self._pods_lock:
-            return {uid: replace(c, pods=self._pods.get(uid, c.pods)) for uid, c in claims.items()
-                    if c.state == "prepared"}
+            return {uid: replace(c, pods=self._pods.get(uid, c.pods), pod_refs=self._pod_refs.get(uid, c.pod_refs))
+                    for uid, c in claims.items() if c.state == "prepared"}
 
-    def set_pods(self, uid: str, pods: tuple[str, ...]) -> None:
-        """Record the pods that currently reserve a prepared claim (for metric labels)."""
+    def set_pods(self, uid: str, pods: tuple[str, ...], refs: tuple[tuple[str, str], ...] | None = None) -> None:
+        """Record the pods that currently reserve a prepared claim (metric labels; with ``refs``,
+        their (name, uid) pairs, by which the usage watchdog knows their processes)."""
         with self._pods_lock:
             if uid in self._pods or uid in self._checkpoint.claims:
                 self._pods[uid] = pods
+                if refs is not None:
+                    self._pod_refs[uid] = refs
 
     # ---- prepare -------------------------------------------------------------------------------
     def prepare(self, claims: list[ClaimRef]) -> dict[str, ClaimOutcome]:
@@ -300,7 +305,8 @@ class NodePreparer:
                 cdi_device_ids=(nvidia, ours) if nvidia else (ours,)))
         prepared = PreparedClaim(uid=ref.uid, namespace=allocation.namespace, name=allocation.name,
                                  state="preparing", devices=tuple(devices),
-                                 shim_host_path=str(self._shim.shim_path), pods=allocation.reserved_for_pods)
+                                 shim_host_path=str(self._shim.shim_path), pods=allocation.reserved_for_pods,
+                                 pod_refs=allocation.reserved_for_pod_refs)
         claim_config_of(prepared)  # validate now: a claim the shim would refuse fails here, clearly
         return prepared
 
@@ -325,6 +331,7 @@ class NodePreparer:
             outcomes[claim.uid] = outcome_of(done)
             with self._pods_lock:
                 self._pods[claim.uid] = done.pods
+                self._pod_refs[claim.uid] = done.pod_refs
             log.info("prepared claim", claim=f"{claim.namespace}/{claim.name}", uid=claim.uid,
                      devices=[d.device for d in claim.devices],
                      limits=[f"{d.memory_bytes}B/{d.cores}%" for d in claim.devices])
@@ -371,6 +378,7 @@ class NodePreparer:
                     log.info("unprepared claim", claim=f"{ref.namespace}/{ref.name}", uid=ref.uid)
                 with self._pods_lock:
                     self._pods.pop(ref.uid, None)
+                    self._pod_refs.pop(ref.uid, None)
             if len(remaining) != len(self._checkpoint.claims):
                 try:
                     self._save(remaining)
@@ -434,6 +442,7 @@ class NodePreparer:
             self._checkpoint_identity = self._store.identity()
             with self._pods_lock:
                 self._pods = {uid: c.pods for uid, c in claims.items()}
+                self._pod_refs = {}
 
     def _rebuild(self, claims: dict[str, PreparedClaim],
                  list_claims: Callable[[], list[dict[str, Any]]] | None) -> bool:

@@ -49,6 +49,16 @@ class PluginSettings:
     resync_seconds: float = 60.0
     """How often ResourceSlices and the pod names of prepared claims are refreshed."""
     api_timeout_seconds: float = 10.0
+    watchdog_seconds: float = 5.0
+    """How often the usage watchdog compares NVML's processes with the claims; 0 turns it off."""
+    watchdog_enforcement: str = "report"
+    """report: Events, metrics, logs; kill: also SIGKILL to the offending processes."""
+    watchdog_tolerance_bytes: int = 64 << 20
+    """Per process: what NVML may measure above the wall or the region (page rounding, context)."""
+    watchdog_tolerance_percent: float = 5.0
+    """Of the wall, added to the per-process tolerance."""
+    proc_root: Path = Path("/proc")
+    """The host's /proc (PIDs as NVML reports them); the plugin pod needs hostPID to see them."""
 
     @property
     def registration_socket(self) -> Path:
@@ -91,3 +101,7 @@ class PluginSettings:
                 raise ValueError(f"socket path {sock} is longer than {MAX_SOCKET_PATH} bytes (AF_UNIX limit)")
         if not 1 <= self.max_devices_per_slice <= 128:
             raise ValueError("max devices per slice must be 1..128")
+        if self.watchdog_enforcement not in ("report", "kill"):
+            raise ValueError(f"watchdog enforcement {self.watchdog_enforcement!r} is not report or kill")
+        if self.watchdog_seconds < 0 or self.watchdog_tolerance_bytes < 0 or self.watchdog_tolerance_percent < 0:
+            raise ValueError("watchdog interval and tolerances must not be negative (interval 0 turns it off)")

@@ -13,7 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vgpu_dra.controller.metrics import ClaimView, ControllerMetrics, GpuView
 from vgpu_dra.driver.checkpoint import PreparedClaim, PreparedDevice
+from vgpu_dra.driver.region import create_region
 from vgpu_dra.kubeletplugin.metrics import GpuSample, NodeMetrics
+from vgpu_dra.kubeletplugin.preparer import claim_config_of
+from vgpu_dra.kubeletplugin.watchdog import UsageWatchdog, WatchdogSettings
 from vgpu_dra.webhook.server import WebhookMetrics
 
 _UUID = "GPU-00000000-0000-4000-8000-000000000000"
@@ -49,7 +52,20 @@ def _node_registry(claims_dir: Path) -> CollectorRegistry:
                        utilization_percent=0)
     metrics = NodeMetrics("node-a", lambda: {"u": claim}, claims_dir, gpu_sampler=lambda: [sample])
     _touch_labelled(metrics)
+    _add_watchdog(metrics, claim, claims_dir)
     return metrics.registry
+
+
+def _add_watchdog(metrics: NodeMetrics, claim: PreparedClaim, claims_dir: Path) -> None:
+    """The usage watchdog registers into the plugin's registry; one poll fills its gauges."""
+    (claims_dir / claim.uid).mkdir(parents=True, exist_ok=True)
+    create_region(claims_dir / claim.uid / "region", claim_config_of(claim))
+    source = type("Source", (), {"processes": lambda self, uuids: []})()
+    watchdog = UsageWatchdog("node-a", WatchdogSettings(proc_root=claims_dir / "proc"), lambda: {claim.uid: claim},
+                             claims_dir, source=source, emit=lambda *a: None, emit_node=lambda *a: None,
+                             registry=metrics.registry)
+    _touch_labelled(watchdog)
+    watchdog.poll()
 
 
 def _controller_registry() -> CollectorRegistry:

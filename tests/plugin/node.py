@@ -46,7 +46,8 @@ def node_settings(root: Path, node_name: str, shim: Path, **overrides: Any) -> P
     values: dict[str, Any] = dict(
         node_name=node_name, registrar_dir=root / "reg", plugin_dir=root / "plug", cdi_dir=root / "run-cdi",
         nvidia_cdi_dirs=(root / "etc-cdi", root / "run-cdi"), state_dir=root / "state", shim_source=shim,
-        boot_id_path=boot_id, metrics_address="127.0.0.1", metrics_port=0, resync_seconds=3600.0)
+        boot_id_path=boot_id, metrics_address="127.0.0.1", metrics_port=0, resync_seconds=3600.0,
+        watchdog_seconds=0.0)  # tests/plugin/test_watchdog.py turns the usage watchdog on
     values.update(overrides)
     return PluginSettings(**values)
 

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +35,7 @@
  * slot of that state. Guarded by g_occ_lock. */
 static pthread_mutex_t g_occ_lock = PTHREAD_MUTEX_INITIALIZER;
 static const struct fake_state *g_occ;
-static int g_occ_tried;
+static char g_occ_path[4096]; /* FAKE_CUDA_STATE when g_occ was mapped: a test may switch it */
 static struct {
     long long at_ns, busy_ns;
     unsigned int percent;
@@ -49,19 +50,25 @@ static long long mono_ns(void)
 
 static const struct fake_state *occupancy(void)
 {
-    const char *path;
+    const char *path = getenv("FAKE_CUDA_STATE");
     struct stat st;
     int fd;
-    if (g_occ_tried)
+    if (!path)
+        path = "";
+    if (g_occ && strcmp(path, g_occ_path) == 0)
         return g_occ;
-    g_occ_tried = 1;
-    path = getenv("FAKE_CUDA_STATE");
-    if (!path || !*path || (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    /* Not mapped yet (the state file may appear later), or a test switched FAKE_CUDA_STATE. An
+     * earlier mapping stays mapped: another thread may still read it. */
+    g_occ = NULL;
+    if (!*path || (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
         return NULL;
     if (fstat(fd, &st) == 0 && st.st_size >= (off_t)sizeof(struct fake_state)) {
         void *map = mmap(NULL, sizeof(struct fake_state), PROT_READ, MAP_SHARED, fd, 0);
-        if (map != MAP_FAILED)
+        if (map != MAP_FAILED) {
             g_occ = map;
+            snprintf(g_occ_path, sizeof(g_occ_path), "%s", path);
+            memset(g_sample, 0, sizeof(g_sample));
+        }
     }
     close(fd);
     return g_occ;
@@ -118,21 +125,16 @@ unsigned int fake_activity_pid(const struct fake_process *process)
     return process->is_self ? (unsigned int)getpid() + pid_offset() : process->pid;
 }
 
-/* One process using the GPU, as NVML lists it. */
-struct listed {
-    unsigned int pid;
-    unsigned long long used;
-};
-
 /* The GPU's processes: the inventory's, then the fake driver's live ones on it. Returns how
  * many there are (processes come and go: possibly more than cap); fills at most cap entries of
  * out (out may be NULL to count). */
-static size_t list_processes(const struct fake_gpu *gpu, struct listed *out, size_t cap)
+static size_t list_processes(const struct fake_gpu *gpu, struct fake_listed *out, size_t cap)
 {
     size_t n = 0;
     for (size_t i = 0; i < gpu->process_count; i++, n++)
         if (out && n < cap)
-            out[n] = (struct listed){fake_activity_pid(&gpu->processes[i]), gpu->processes[i].used_bytes};
+            out[n] = (struct fake_listed){fake_activity_pid(&gpu->processes[i]), gpu->processes[i].used_bytes};
+    n = fake_live_processes(gpu, 0, out, cap, n);
     pthread_mutex_lock(&g_occ_lock);
     const struct fake_state *st = occupancy();
     pthread_mutex_unlock(&g_occ_lock);
@@ -157,7 +159,7 @@ static size_t list_processes(const struct fake_gpu *gpu, struct listed *out, siz
         if (listed_already)
             continue;
         if (out && n < cap)
-            out[n] = (struct listed){shown, used > 0 ? (unsigned long long)used : 0};
+            out[n] = (struct fake_listed){shown, used > 0 ? (unsigned long long)used : 0};
         n++;
     }
     return n;
@@ -166,7 +168,7 @@ static size_t list_processes(const struct fake_gpu *gpu, struct listed *out, siz
 unsigned long long fake_activity_used_bytes(const struct fake_gpu *gpu)
 {
     size_t n = list_processes(gpu, NULL, 0);
-    struct listed *all = calloc(n ? n : 1, sizeof(*all));
+    struct fake_listed *all = calloc(n ? n : 1, sizeof(*all));
     unsigned long long used = 0;
     if (!all)
         return 0;
@@ -175,7 +177,7 @@ unsigned long long fake_activity_used_bytes(const struct fake_gpu *gpu)
     for (size_t i = 0; i < n && i < cap; i++)
         used += all[i].used;
     free(all);
-    return used;
+    return used + fake_live_graphics_bytes(gpu);
 }
 
 FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_t *utilization)
@@ -197,12 +199,14 @@ FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device,
 static nvmlReturn_t processes(nvmlDevice_t device, const char *function, unsigned int *count, void *infos, int v1)
 {
     nvmlReturn_t rc = fake_check_device(device, function);
+    if (rc == NVML_SUCCESS)
+        rc = fake_live_error(function);
     if (rc != NVML_SUCCESS)
         return rc;
     if (count == NULL)
         return NVML_ERROR_INVALID_ARGUMENT;
     size_t n = list_processes(device, NULL, 0), cap = n + 8; /* room for processes starting now */
-    struct listed *all = calloc(cap, sizeof(*all));
+    struct fake_listed *all = calloc(cap, sizeof(*all));
     if (!all)
         return NVML_ERROR_MEMORY;
     n = list_processes(device, all, cap);

@@ -173,4 +173,16 @@ nvmlReturn_t fake_activity_utilization(const struct fake_gpu *gpu, nvmlUtilizati
 unsigned long long fake_activity_used_bytes(const struct fake_gpu *gpu);
 unsigned int fake_activity_pid(const struct fake_process *process);
 
+/* processes.c: processes a test sets while NVML runs (FAKE_NVML_PROCESSES, see README.md). */
+struct fake_listed {
+    unsigned int pid;
+    unsigned long long used;
+};
+/* Appends the live file's compute (graphics = 0) or graphics entries of gpu to out from index n
+ * (writing only below cap); returns the new count. */
+size_t fake_live_processes(const struct fake_gpu *gpu, int graphics, struct fake_listed *out, size_t cap, size_t n);
+unsigned long long fake_live_graphics_bytes(const struct fake_gpu *gpu);
+/* The code the live file makes `function` answer, NVML_SUCCESS when none. */
+nvmlReturn_t fake_live_error(const char *function);
+
 #endif
