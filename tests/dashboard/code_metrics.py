@@ -12,7 +12,10 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from vgpu_dra.controller.metrics import ClaimView, ControllerMetrics, GpuView
+from vgpu_dra.controller.quota_gate import QuotaView
+from vgpu_dra.controller.quota_metrics import QuotaViewCollector
 from vgpu_dra.driver.checkpoint import PreparedClaim, PreparedDevice
+from vgpu_dra.driver.namespace_quota import Usage, quota_from_objects
 from vgpu_dra.driver.region import create_region
 from vgpu_dra.kubeletplugin.metrics import GpuSample, NodeMetrics
 from vgpu_dra.kubeletplugin.preparer import claim_config_of
@@ -73,6 +76,12 @@ def _controller_registry() -> CollectorRegistry:
     metrics.register_view(lambda: ([GpuView("node-a", "gpu-0", _UUID, 1 << 34, 1 << 30, 25, 1)],
                                    [ClaimView("ns", "claim", "node-a", "gpu-0", 1 << 30, 25)]))
     _touch_labelled(metrics)
+    quota = quota_from_objects("ns", [{"metadata": {"name": "gpu", "namespace": "ns"}, "spec": {"hard": {
+        "limits.nvidia.com/gpumem": "20480", "limits.nvidia.com/gpucores": "150"}}}])
+    bad = quota_from_objects("bad", [{"metadata": {"name": "gpu", "namespace": "bad"}, "spec": {"hard": {
+        "limits.nvidia.com/gpumem": "lots"}}}])
+    metrics.registry.register(QuotaViewCollector(lambda: [QuotaView("ns", quota, Usage(1 << 30, 25, 1)),
+                                                          QuotaView("bad", bad, Usage())]))
     return metrics.registry
 
 
