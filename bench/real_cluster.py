@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from tests.cluster.control_plane import ControlPlane, binaries_source, find_binaries  # noqa: E402
 from tests.cluster.real_cluster import RealCluster, wait_until  # noqa: E402
 from tests.e2e.install import installed  # noqa: E402
+from vgpu_dra.api.names import SCHEDULING_GATE  # noqa: E402
 from vgpu_dra.controller.kubeapi import PODS, RESOURCE_CLAIMS, ApiError, KubeApi, Resource  # noqa: E402
 
 TEMPLATES = Resource("resource.k8s.io", "v1", "resourceclaimtemplates", True)
@@ -56,6 +57,7 @@ class Timeline:
         self.claimed: dict[str, float] = {}     # pod name → its claim first seen
         self.allocated: dict[str, float] = {}   # pod name → time
         self.bound: dict[str, float] = {}
+        self.ungated: dict[str, float] = {}     # pod name → first seen without the controller's gate
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._watch, args=(r,), daemon=True) for r in (PODS, RESOURCE_CLAIMS)]
 
@@ -72,6 +74,9 @@ class Timeline:
                     obj = event["object"]
                     version = obj["metadata"].get("resourceVersion", version)
                     now = time.monotonic()
+                    if resource is PODS and not any(g.get("name") == SCHEDULING_GATE
+                                                    for g in obj["spec"].get("schedulingGates") or []):
+                        self.ungated.setdefault(obj["metadata"]["name"], now)
                     if resource is PODS and obj["spec"].get("nodeName"):
                         self.bound.setdefault(obj["metadata"]["name"], now)
                     if resource is RESOURCE_CLAIMS:
@@ -139,6 +144,7 @@ def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: s
         timeline.stop()
     result = {"claimed": [timeline.claimed[n] - timeline.created[n] for n in names],
               "allocated": [timeline.allocated[n] - timeline.created[n] for n in names],
+              "ungated": [timeline.ungated.get(n, timeline.created[n]) - timeline.created[n] for n in names],
               "bound": [timeline.bound[n] - timeline.created[n] for n in names],
               "makespan": [max(timeline.bound.values()) - start]}
     cluster.kubectl("delete", "namespace", namespace, "--wait=false")
@@ -180,11 +186,13 @@ def main() -> int:
                         if phase not in args.phases.split(","):
                             continue
                         got = one_round(cluster, mode, args.pods, rate, args.memory, args.cores, round_no)
-                        bucket = results.setdefault((mode, phase), {"claimed": [], "allocated": [], "bound": [], "makespan": []})
+                        bucket = results.setdefault((mode, phase), {"claimed": [], "allocated": [], "ungated": [],
+                                                                     "bound": [], "makespan": []})
                         for key, values in got.items():
                             bucket[key] += values
                         print(f"round {round_no + 1} {mode:10s} {phase}: create→claim {summary(got['claimed'])}; "
                               f"create→allocated {summary(got['allocated'])}; "
+                              f"create→ungated {summary(got['ungated'])}; "
                               f"create→bound {summary(got['bound'])}; all bound after {got['makespan'][0]:.2f} s",
                               flush=True)
     finally:

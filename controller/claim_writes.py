@@ -109,13 +109,22 @@ class ClaimWriter:
             if not any(g.get("name") == SCHEDULING_GATE for g in gates):
                 return
             remaining = [g for g in gates if g.get("name") != SCHEDULING_GATE]
-            # A JSON patch (the cache keeps only part of each pod, so no PUT); naming the
-            # resourceVersion makes it conditional: a changed pod answers 409.
-            patch = [{"op": "replace", "path": "/metadata/resourceVersion", "value": meta(current)["resourceVersion"]},
+            # A JSON patch (the cache keeps only part of each pod, so no PUT), conditional on the
+            # gates alone: a `test` of the list read, not the resourceVersion, which
+            # kube-controller-manager's status write of the pod's claims has usually moved on
+            # since the pod was cached (a 409, a re-read and a second patch on every pod's path
+            # to kube-scheduler). A failed test answers 422: re-read and try again.
+            patch = [{"op": "test", "path": "/spec/schedulingGates", "value": gates},
                      {"op": "replace", "path": "/spec/schedulingGates", "value": remaining} if remaining
                      else {"op": "remove", "path": "/spec/schedulingGates"}]
             namespace, name = key.split("/", 1)
-            self.pods.observe(self.api.patch(PODS, name, patch, namespace, patch_type="application/json-patch+json"))
+            try:
+                updated = self.api.patch(PODS, name, patch, namespace, patch_type="application/json-patch+json")
+            except ApiError as exc:
+                if exc.status != 422:
+                    raise
+                raise ApiError(409, "Conflict", f"pod {key}: its scheduling gates changed since read") from exc
+            self.pods.observe(updated)
             log.info("removed scheduling gate", pod=key)
 
         self.resolve_conflicts(PODS, key, pod, lift, observe=None)
