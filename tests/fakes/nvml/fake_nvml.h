@@ -173,4 +173,7 @@ nvmlReturn_t fake_activity_utilization(const struct fake_gpu *gpu, nvmlUtilizati
 unsigned long long fake_activity_used_bytes(const struct fake_gpu *gpu);
 unsigned int fake_activity_pid(const struct fake_process *process);
 
+/* events.c: whether the control file (FAKE_NVML_CONTROL) says this GPU fell off the bus. */
+int fake_gpu_lost(const struct fake_gpu *gpu);
+
 #endif
