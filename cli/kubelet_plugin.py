@@ -48,6 +48,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--resync-seconds", type=float, default=60.0,
                         help="period of inventory and claim-pod refresh (default: 60)")
     parser.add_argument("--no-slices", action="store_true", help="do not publish ResourceSlices")
+    parser.add_argument("--health-quiet-seconds", type=float, default=300.0,
+                        help="a GPU's device taint is removed after this long without a new health signal "
+                             "(default: 300)")
+    parser.add_argument("--health-poll-seconds", type=float, default=5.0,
+                        help="how often each GPU's health is polled besides NVML events (default: 5)")
     add_log_format_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -69,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
             cdi_dir=args.cdi_dir, nvidia_cdi_dirs=tuple(args.nvidia_cdi_dirs or DEFAULT_NVIDIA_CDI_DIRS),
             state_dir=args.state_dir, shim_source=args.shim, dev_dir=args.dev_dir, boot_id_path=args.boot_id_file,
             pod_uid=args.pod_uid, metrics_address=args.metrics_address,
-            metrics_port=None if args.metrics_port < 0 else args.metrics_port, resync_seconds=args.resync_seconds)
+            metrics_port=None if args.metrics_port < 0 else args.metrics_port, resync_seconds=args.resync_seconds,
+            health_quiet_seconds=args.health_quiet_seconds, health_poll_seconds=args.health_poll_seconds)
         plugin = KubeletPlugin(settings, api_client(args.kubeconfig), publish_slices=not args.no_slices)
         return plugin.run_until_signal()
     except Exception as exc:  # noqa: BLE001 - one clear line, then a non-zero exit for the DaemonSet

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "fake_nvml.h"
@@ -68,6 +69,8 @@ typedef struct fake_event_set *nvmlEventSet_t;
 /* Guarded by g_lock: the control file's read offset, the events read so far, health by UUID. */
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static long g_offset;
+static char g_path[4096];
+static ino_t g_inode;
 static struct fake_event *g_events;
 static size_t g_event_count, g_event_capacity;
 static struct fake_health g_health[MAX_HEALTH];
@@ -150,8 +153,17 @@ static void read_control_locked(void)
     char line[LINE_MAX_LEN];
     FILE *file;
 
+    struct stat st;
+
     if (path == NULL || *path == '\0' || (file = fopen(path, "r")) == NULL)
         return;
+    /* Another control file (the next test in the same process): start over with its health. */
+    if (fstat(fileno(file), &st) == 0 && (strcmp(path, g_path) != 0 || st.st_ino != g_inode)) {
+        snprintf(g_path, sizeof(g_path), "%s", path);
+        g_inode = st.st_ino;
+        g_offset = 0;
+        g_health_count = 0;
+    }
     if (fseek(file, g_offset, SEEK_SET) == 0) {
         while (fgets(line, sizeof(line), file) != NULL) {
             size_t length = strlen(line);
