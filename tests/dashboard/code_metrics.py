@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vgpu_dra.controller.metrics import ClaimView, ControllerMetrics, GpuView
 from vgpu_dra.driver.checkpoint import PreparedClaim, PreparedDevice
+from vgpu_dra.kubeletplugin.health_metrics import HealthMetrics
 from vgpu_dra.kubeletplugin.metrics import GpuSample, NodeMetrics
 
 _UUID = "GPU-00000000-0000-4000-8000-000000000000"
@@ -48,6 +49,7 @@ def _node_registry(claims_dir: Path) -> CollectorRegistry:
                        utilization_percent=0)
     metrics = NodeMetrics("node-a", lambda: {"u": claim}, claims_dir, gpu_sampler=lambda: [sample])
     _touch_labelled(metrics)
+    _touch_labelled(HealthMetrics("node-a", metrics.registry))
     return metrics.registry
 
 

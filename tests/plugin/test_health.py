@@ -175,3 +175,27 @@ def test_the_kubelet_health_stream_reports_unhealthy_while_tainted_and_unknown_w
         stream.cancel()
     finally:
         plugin.stop()
+
+
+def test_the_plugin_as_a_process_taints_on_an_xid_written_by_another_process(
+        settings, kubeconfig_path, fake_nvml, claims, control, fake_apiserver):
+    import subprocess
+
+    from tests.plugin.node import plugin_command
+
+    env = control.env(fake_nvml.env("mixed-node"))
+    command = [*plugin_command(settings, kubeconfig_path), "--health-quiet-seconds=30", "--health-poll-seconds=0.5"]
+    log = settings.state_dir.parent / "plugin.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait(lambda: _taints(fake_apiserver), 30, "the slice published")
+        control.xid(GPU1, 48)
+        try:
+            _wait(lambda: _taints(fake_apiserver).get("gpu-1"), 15, "the taint")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{log.read_text()[-3000:]}") from None
+        assert _taints(fake_apiserver)["gpu-1"] == [("vgpu.dra.dev/xid", "48", "NoExecute")]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
