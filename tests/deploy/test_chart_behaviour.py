@@ -305,8 +305,8 @@ def test_every_binding_grants_a_rendered_role_to_a_rendered_service_account(allo
 
 def test_admission_policy_binds_the_plugins_service_account_to_its_own_nodes_slices():
     rendered = render()
-    policy = rendered.one("ValidatingAdmissionPolicy")
-    binding = rendered.one("ValidatingAdmissionPolicyBinding")
+    policy = rendered.one("ValidatingAdmissionPolicy", "-resourceslices")
+    binding = rendered.one("ValidatingAdmissionPolicyBinding", "-resourceslices")
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert binding["spec"]["validationActions"] == ["Deny"]
     (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]

@@ -121,6 +121,9 @@ def test_an_xid_taints_the_real_slice_and_no_allocator_places_claims_there_until
     cluster = installation.cluster
     wait_until(lambda: _taints(installation) == [], 60, "gpu-node-a published, untainted")
     [gpu] = load_inventory(installation.nodes[NODE_A].spec.inventory).gpus
+    # Events outlive an installation (the other allocator mode ran on the same Node name): count.
+    tainted_before = len(_node_events(installation, "GpuTainted"))
+    removed_before = len(_node_events(installation, "GpuTaintRemoved"))
     control.xid(gpu.uuid, 79)
     try:
         [taint] = wait_until(lambda: _taints(installation), 30,
@@ -129,7 +132,8 @@ def test_an_xid_taints_the_real_slice_and_no_allocator_places_claims_there_until
         raise AssertionError(f"{exc}\n{installation.logs()}") from None
     assert (taint["key"], taint["value"], taint["effect"]) == ("vgpu.dra.dev/xid", "79", "NoExecute")
     assert taint.get("timeAdded")
-    [message] = wait_until(lambda: _node_events(installation, "GpuTainted"), 30, "the Node event")
+    wait_until(lambda: len(_node_events(installation, "GpuTainted")) > tainted_before, 30, "the Node event")
+    message = _node_events(installation, "GpuTainted")[-1]
     assert "XID 79" in message and gpu.uuid in message
 
     manifest = _only_the_3080("wants-3080")
@@ -144,7 +148,8 @@ def test_an_xid_taints_the_real_slice_and_no_allocator_places_claims_there_until
             "a claim was allocated on a tainted GPU"
         # Quiet period over: the taint goes and the waiting claim lands on the GPU.
         wait_until(lambda: _taints(installation) == [], QUIET + 30, "the taint removed after the quiet period")
-        wait_until(lambda: _node_events(installation, "GpuTaintRemoved"), 30, "the Node event for the removal")
+        wait_until(lambda: len(_node_events(installation, "GpuTaintRemoved")) > removed_before, 30,
+                   "the Node event for the removal")
         allocated = wait_until(
             lambda: ((_claim_of(installation, "wants-3080") or {}).get("status") or {}).get("allocation"), 120,
             "the claim allocated once the GPU is healthy again")
