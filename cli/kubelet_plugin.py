@@ -58,6 +58,11 @@ def register(subparsers: Any) -> None:
                         help="of the wall, added to the tolerance (default: 5)")
     parser.add_argument("--proc-root", type=Path, default=Path("/proc"),
                         help="the host's /proc, whose PIDs NVML reports (default: /proc)")
+    parser.add_argument("--health-quiet-seconds", type=float, default=300.0,
+                        help="a GPU's device taint is removed after this long without a new health signal "
+                             "(default: 300)")
+    parser.add_argument("--health-poll-seconds", type=float, default=5.0,
+                        help="how often each GPU's health is polled besides NVML events (default: 5)")
     add_log_format_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -83,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
             metrics_port=None if args.metrics_port < 0 else args.metrics_port, resync_seconds=args.resync_seconds,
             watchdog_seconds=args.watchdog_seconds, watchdog_enforcement=args.watchdog_enforcement,
             watchdog_tolerance_bytes=parse_bytes(args.watchdog_tolerance),
-            watchdog_tolerance_percent=args.watchdog_tolerance_percent, proc_root=args.proc_root)
+            watchdog_tolerance_percent=args.watchdog_tolerance_percent, proc_root=args.proc_root,
+            health_quiet_seconds=args.health_quiet_seconds, health_poll_seconds=args.health_poll_seconds)
         plugin = KubeletPlugin(settings, api_client(args.kubeconfig), publish_slices=not args.no_slices)
         return plugin.run_until_signal()
     except Exception as exc:  # noqa: BLE001 - one clear line, then a non-zero exit for the DaemonSet

@@ -11,7 +11,7 @@ must be semver 2.0: compute capability ``8.6`` is published as ``8.6.0``, CUDA `
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -190,13 +190,15 @@ def build_slices(
     generation: int,
     allow_multiple_allocations: bool,
     max_devices_per_slice: int = MAX_DEVICES_PER_SLICE,
+    taints: Mapping[str, Sequence[JsonObject]] | None = None,
 ) -> list[JsonObject]:
     """The node's pool as ResourceSlice specs (``io.k8s.api.resource.v1.ResourceSliceSpec``).
 
     One pool named after the node, devices in index order, split into as many slices as the
     per-slice limit needs; always at least one slice, so a node without shareable GPUs publishes
     an empty pool rather than none. Every slice carries the same ``generation`` and the total
-    ``resourceSliceCount``. MIG-enabled GPUs are left out with a warning.
+    ``resourceSliceCount``. MIG-enabled GPUs are left out with a warning. ``taints`` (device name →
+    ``taints[]`` entries, from the node's health loop) are put on their devices.
     """
     if generation < 0:
         raise ValueError(f"pool generation must not be negative, got {generation}")
@@ -204,6 +206,9 @@ def build_slices(
         raise ValueError(f"max_devices_per_slice must be at least 1, got {max_devices_per_slice}")
     devices = [to_device(gpu, allow_multiple_allocations=allow_multiple_allocations)
                for gpu in publishable_gpus(inventory)]
+    for device in devices:
+        if (taints or {}).get(device["name"]):
+            device["taints"] = [dict(t) for t in (taints or {})[device["name"]]]
     limit = slice_device_limit(devices, max_devices_per_slice)
     chunks = [devices[start:start + limit] for start in range(0, len(devices), limit)] or [[]]
     return [

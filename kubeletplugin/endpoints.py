@@ -17,6 +17,8 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from vgpu_dra.kubeletplugin.dra_service import ClaimPreparer, DraV1beta1Service, DraV1Service
+from vgpu_dra.kubeletplugin.health_service import HEALTH_VERSION, DraHealthService, HealthSource
+from vgpu_dra.kubeletplugin.proto import dra_health_v1alpha1_pb2_grpc
 from vgpu_dra.kubeletplugin.proto import dra_v1_pb2, dra_v1_pb2_grpc, dra_v1beta1_pb2, dra_v1beta1_pb2_grpc
 from vgpu_dra.kubeletplugin.proto import pluginregistration_pb2_grpc
 from vgpu_dra.kubeletplugin.registration import RegistrationService
@@ -89,14 +91,20 @@ class PluginEndpoints:
     """Owns the DRA and registration servers of one plugin process."""
 
     def __init__(self, settings: PluginSettings, preparer: ClaimPreparer, *, max_workers: int = 8,
-                 on_registered: Callable[[], None] | None = None):
+                 on_registered: Callable[[], None] | None = None, health_source: HealthSource | None = None):
+        """``health_source``: the GPU health loop; with it the DRAResourceHealth stream is served and
+        advertised."""
         self.settings = settings
-        self.registration = RegistrationService(settings.driver_name, str(settings.dra_socket), on_registered)
+        self.registration = RegistrationService(settings.driver_name, str(settings.dra_socket), on_registered,
+                                                extra_versions=(HEALTH_VERSION,) if health_source else ())
         self.health = health.HealthServicer()
         self._dra = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="dra"))
         dra_v1_pb2_grpc.add_DRAPluginServicer_to_server(DraV1Service(preparer), self._dra)
         dra_v1beta1_pb2_grpc.add_DRAPluginServicer_to_server(DraV1beta1Service(preparer), self._dra)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._dra)
+        if health_source is not None:
+            dra_health_v1alpha1_pb2_grpc.add_DRAResourceHealthServicer_to_server(
+                DraHealthService(health_source, settings.node_name), self._dra)
         self._reg = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="registration"))
         pluginregistration_pb2_grpc.add_RegistrationServicer_to_server(self.registration, self._reg)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._reg)

@@ -23,9 +23,13 @@ from vgpu_dra.driver.devices import device_name, publishable_gpus
 from vgpu_dra.driver.inventory import NodeInventory, discover
 from vgpu_dra.kubeletplugin.claim_files import ClaimFiles
 from vgpu_dra.kubeletplugin.claim_reader import ClaimReader, ClaimReadError
+from vgpu_dra.kubeletplugin.claim_status_writer import (ClaimStatusWriter, RememberingClaimSource,
+                                                        StatusReportingPreparer)
 from vgpu_dra.kubeletplugin.endpoints import PluginEndpoints
+from vgpu_dra.kubeletplugin.health_metrics import HealthMetrics
 from vgpu_dra.kubeletplugin.metrics import NodeMetrics, NvmlSampler
 from vgpu_dra.kubeletplugin.node_events import report_node_event
+from vgpu_dra.kubeletplugin.node_health import NodeHealth
 from vgpu_dra.kubeletplugin.node_object import read_node
 from vgpu_dra.kubeletplugin.preparer import NodeGpus, NodePreparer
 from vgpu_dra.kubeletplugin.settings import PluginSettings
@@ -64,6 +68,8 @@ class KubeletPlugin:
         self._sampler: NvmlSampler | None = None
         self._process_source = process_source
         self.watchdog: UsageWatchdog | None = None
+        self.health: NodeHealth | None = None
+        self.status_writer: ClaimStatusWriter | None = None
 
     # ---- node facts ----------------------------------------------------------------------------
     def _node_labels(self) -> dict[str, str]:
@@ -104,8 +110,9 @@ class KubeletPlugin:
                               f"vgpu-dra checkpoint {settings.checkpoint_path} was unreadable ({exc}); set aside as "
                               f"{moved} and rebuilt from the API server", timeout=settings.api_timeout_seconds)
         files = ClaimFiles(settings.claims_dir, settings.cdi_dir)
+        self._claim_source = RememberingClaimSource(self.reader)
         self.preparer = NodePreparer(
-            settings, self.reader, self._current_gpus, files, store, checkpoint, shim, node_labels=self._node_labels,
+            settings, self._claim_source, self._current_gpus, files, store, checkpoint, shim, node_labels=self._node_labels,
             reinstall_shim=lambda: install_shim(settings.shim_source, settings.shim_dir, settings.shim_container_path))
         self.preparer.recover(boot_id, corrupt=corrupt, list_claims=self.reader.list_all)
         if self._sample_gpus:
@@ -124,12 +131,35 @@ class KubeletPlugin:
         if self._publish_slices:
             self.slices = SlicePublisher(self.api_client, settings.node_name, settings.driver_name, self._inventory,
                                          max_devices_per_slice=settings.max_devices_per_slice)
-        self.endpoints = PluginEndpoints(settings, self.preparer, on_registered=self._registered)
+        health_metrics = HealthMetrics(settings.node_name, self.metrics.registry)
+        served: Any = self.preparer
+        if settings.write_claim_status:
+            self.status_writer = ClaimStatusWriter(self.api_client, settings.driver_name, settings.node_name,
+                                                   on_failure=health_metrics.status_write_failed,
+                                                   timeout=settings.api_timeout_seconds, recent=self._claim_source)
+            self.status_writer.start()
+            served = StatusReportingPreparer(self.preparer, self.status_writer)
+        if settings.watch_health:
+            self.health = NodeHealth(settings, self.api_client, dict(self._gpu_uuids()), self.slices, health_metrics)
+            try:
+                self.health.start()
+            except Exception as exc:  # noqa: BLE001 - NVML served the inventory; this is a driver fault
+                for device in self._gpu_uuids():
+                    health_metrics.registration_failed(device)
+                log.error("cannot watch gpu health: no device taints will be published for this node",
+                          error=str(exc))
+                self.health = None
+        self.endpoints = PluginEndpoints(settings, served, on_registered=self._registered,
+                                         health_source=self.health)
         self.endpoints.start()
         if self.slices is not None:
             self.slices.start()
         self._resync = threading.Thread(target=self._resync_loop, name="resync", daemon=True)
         self._resync.start()
+
+    def _gpu_uuids(self) -> dict[str, str]:
+        assert self._inventory is not None
+        return {device_name(g): g.uuid for g in publishable_gpus(self._inventory)}
 
     def _registered(self) -> None:
         if self.slices is None:
@@ -156,6 +186,8 @@ class KubeletPlugin:
             if self.slices is not None:
                 self.slices.set_inventory(inventory)
                 self.slices.sync()
+            if self.health is not None:  # watch the GPUs the node has now
+                self.health.restart(self._gpu_uuids())
         self.refresh_pods()
 
     def refresh_pods(self) -> None:
@@ -175,10 +207,14 @@ class KubeletPlugin:
         self._stop.set()
         if self.endpoints is not None:
             self.endpoints.stop()
+        if self.health is not None:
+            self.health.stop()
         if self.slices is not None:
             self.slices.stop()
         if self.watchdog is not None:
             self.watchdog.stop()
+        if self.status_writer is not None:
+            self.status_writer.stop()
         if self.metrics is not None:
             self.metrics.stop()
         if self.preparer is not None:

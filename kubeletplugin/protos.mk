@@ -8,7 +8,7 @@
 PY        ?= python3
 PROTO_DIR := kubeletplugin/proto
 VIRTUAL   := vgpu_dra/kubeletplugin/proto
-PROTOS    := pluginregistration dra_v1 dra_v1beta1
+PROTOS    := pluginregistration dra_v1 dra_v1beta1 dra_health_v1alpha1
 STUBS     := $(foreach p,$(PROTOS),$(PROTO_DIR)/$(p)_pb2.py $(PROTO_DIR)/$(p)_pb2_grpc.py)
 
 .PHONY: protos clean-protos

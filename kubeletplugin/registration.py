@@ -20,9 +20,12 @@ log = structlog.get_logger(__name__)
 class RegistrationService(pb_grpc.RegistrationServicer):
     """Answers the kubelet's plugin watcher and remembers whether registration succeeded."""
 
-    def __init__(self, driver_name: str, endpoint: str, on_registered: Callable[[], None] | None = None):
+    def __init__(self, driver_name: str, endpoint: str, on_registered: Callable[[], None] | None = None,
+                 extra_versions: tuple[str, ...] = ()):
+        """``extra_versions`` (the health service) go after the DRA versions: the kubelet picks the
+        DRA version it speaks from the front and looks for the health service anywhere."""
         self._info = pb.PluginInfo(type=PLUGIN_TYPE, name=driver_name, endpoint=endpoint,
-                                   supported_versions=list(SUPPORTED_VERSIONS))
+                                   supported_versions=[*SUPPORTED_VERSIONS, *extra_versions])
         self.registered = threading.Event()
         self.last_error = ""
         self._on_registered = on_registered

@@ -59,6 +59,14 @@ class PluginSettings:
     """Of the wall, added to the per-process tolerance."""
     proc_root: Path = Path("/proc")
     """The host's /proc (PIDs as NVML reports them); the plugin pod needs hostPID to see them."""
+    health_quiet_seconds: float = 300.0
+    """How long a GPU taint stays after the last signal that caused it (XID, ECC, lost, pages)."""
+    health_poll_seconds: float = 5.0
+    """How often the health loop polls each GPU (off the bus, pending pages, ECC counts)."""
+    watch_health: bool = True
+    """Run the NVML health loop (device taints); off only for tests without NVML."""
+    write_claim_status: bool = True
+    """Write the limits in force into prepared claims' status.devices."""
 
     @property
     def registration_socket(self) -> Path:
@@ -99,6 +107,8 @@ class PluginSettings:
         for sock in (self.registration_socket, self.dra_socket):
             if len(str(sock).encode()) > MAX_SOCKET_PATH:
                 raise ValueError(f"socket path {sock} is longer than {MAX_SOCKET_PATH} bytes (AF_UNIX limit)")
+        if self.health_quiet_seconds <= 0 or self.health_poll_seconds <= 0:
+            raise ValueError("the health quiet period and poll interval must be positive seconds")
         if not 1 <= self.max_devices_per_slice <= 128:
             raise ValueError("max devices per slice must be 1..128")
         if self.watchdog_enforcement not in ("report", "kill"):

@@ -58,6 +58,13 @@ def dropped_fields(sent: JsonObject, stored: JsonObject) -> list[str]:
     return sorted(dropped)
 
 
+def taints_dropped(sent: JsonObject, stored: JsonObject) -> bool:
+    """Whether the server kept none of the taints we sent on some device (DRADeviceTaints off)."""
+    stored_devices = {d.get("name"): d for d in (stored.get("devices") or ())}
+    return any(device.get("taints") and not (stored_devices.get(device["name"]) or {}).get("taints")
+               for device in sent.get("devices") or ())
+
+
 class SlicePublisher:
     """Reconciles the node's ResourceSlices with its inventory."""
 
@@ -80,6 +87,8 @@ class SlicePublisher:
         self._thread: threading.Thread | None = None
         self._watch_response: Any = None
         self._list_version = ""
+        self._taints: dict[str, list[JsonObject]] = {}
+        self._warned_taints = False
 
     @property
     def field_selector(self) -> str:
@@ -94,6 +103,11 @@ class SlicePublisher:
         """Use a new inventory; the next sync publishes it if it changed anything."""
         with self._lock:
             self._inventory = inventory
+
+    def set_taints(self, taints: dict[str, list[JsonObject]]) -> None:
+        """Device taints to publish (device name → ``taints[]``); the next sync writes them."""
+        with self._lock:
+            self._taints = {name: list(entries) for name, entries in taints.items()}
 
     # ---- reconcile -----------------------------------------------------------------------------
     def _owner(self) -> JsonObject:
@@ -112,7 +126,7 @@ class SlicePublisher:
     def _desired(self, generation: int) -> list[JsonObject]:
         return build_slices(self._inventory, generation=generation,
                             allow_multiple_allocations=self.allow_multiple_allocations,
-                            max_devices_per_slice=self._max)
+                            max_devices_per_slice=self._max, taints=self._taints)
 
     def sync(self) -> bool:
         """Publish if anything differs from what we last wrote; True when slices were written."""
@@ -144,6 +158,12 @@ class SlicePublisher:
             stored = self._write(name, body, existing.get(name))
             versions[name] = stored["metadata"]["resourceVersion"]
             dropped = dropped_fields(spec, stored.get("spec") or {})
+            if taints_dropped(spec, stored.get("spec") or {}) and not self._warned_taints:
+                self._warned_taints = True
+                log.warning("the API server dropped the device taints of our ResourceSlice: DRADeviceTaints is off "
+                            "there, so neither kube-scheduler nor the vgpu-dra controller sees that the GPU is unhealthy; "
+                            "enable the feature gate on the API server",
+                            slice=name)
             if dropped and self.allow_multiple_allocations:
                 if not self._warned_dropped:
                     log.warning("the API server dropped fields of our ResourceSlice: consumable capacity is off "

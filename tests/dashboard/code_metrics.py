@@ -17,6 +17,7 @@ from vgpu_dra.controller.quota_metrics import QuotaViewCollector
 from vgpu_dra.driver.checkpoint import PreparedClaim, PreparedDevice
 from vgpu_dra.driver.namespace_quota import Usage, quota_from_objects
 from vgpu_dra.driver.region import create_region
+from vgpu_dra.kubeletplugin.health_metrics import HealthMetrics
 from vgpu_dra.kubeletplugin.metrics import GpuSample, NodeMetrics
 from vgpu_dra.kubeletplugin.preparer import claim_config_of
 from vgpu_dra.kubeletplugin.watchdog import UsageWatchdog, WatchdogSettings
@@ -56,6 +57,7 @@ def _node_registry(claims_dir: Path) -> CollectorRegistry:
     metrics = NodeMetrics("node-a", lambda: {"u": claim}, claims_dir, gpu_sampler=lambda: [sample])
     _touch_labelled(metrics)
     _add_watchdog(metrics, claim, claims_dir)
+    _touch_labelled(HealthMetrics("node-a", metrics.registry))
     return metrics.registry
 
 

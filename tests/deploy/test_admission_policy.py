@@ -33,11 +33,11 @@ NO_EXTRA = object()
 
 
 def admit(operation: str, user: str, node_of_token: str | None, old: dict | None, new: dict | None, *,
-          extra: Any = None) -> str | None:
+          extra: Any = None, policy_suffix: str = "-resourceslices") -> str | None:
     """None when the write is allowed, else the denial message. The request's `userInfo.extra`
     holds the token's node name, or `extra` when given; `NO_EXTRA` leaves the field out, as the
     API server does for a user without extras."""
-    policy = render().one("ValidatingAdmissionPolicy")
+    policy = render().one("ValidatingAdmissionPolicy", policy_suffix)
     (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
     if operation not in rule["operations"]:
         return None

@@ -262,13 +262,22 @@ def test_a_standby_may_watch_its_own_lease():
     assert {"get", "list", "watch", "update"} <= set(named["verbs"])
 
 
-def test_kubelet_plugin_can_publish_slices_but_never_write_claims():
-    rules = set(_rules(render().one("ClusterRole", "-kubelet-plugin")))
+def test_kubelet_plugin_can_publish_slices_and_write_only_its_claims_device_status():
+    role = render().one("ClusterRole", "-kubelet-plugin")
+    rules = set(_rules(role))
     assert {v for g, r, v in rules if r == "resourceslices"} == {
         "get", "list", "watch", "create", "update", "patch", "delete"}
-    assert {v for g, r, v in rules if r.startswith("resourceclaims")} == {"get", "list"}
+    assert {v for g, r, v in rules if r == "resourceclaims"} == {"get", "list"}
+    # status.devices only: a patch of /status that the 1.36 API server lets through for our
+    # driver's entries on claims allocated on the token's node; never allocation or reservedFor
+    # (resourceclaims/binding), never the claim itself.
+    assert {v for g, r, v in rules if r == "resourceclaims/status"} == {"patch"}
+    assert {v for g, r, v in rules if r == "resourceclaims/driver"} == {"associated-node:patch"}
+    [driver_rule] = [rule for rule in role["rules"] if "resourceclaims/driver" in rule["resources"]]
+    assert driver_rule["resourceNames"] == ["vgpu.dra.dev"]
     assert {v for g, r, v in rules if r == "nodes"} == {"get"}
-    assert {r for g, r, v in rules} == {"resourceslices", "resourceclaims", "nodes"}
+    assert {r for g, r, v in rules} == {"resourceslices", "resourceclaims", "resourceclaims/status",
+                                        "resourceclaims/driver", "nodes"}
 
 
 def test_kubelet_plugin_may_create_node_events_where_the_code_writes_them():
@@ -304,8 +313,8 @@ def test_every_binding_grants_a_rendered_role_to_a_rendered_service_account(allo
 
 def test_admission_policy_binds_the_plugins_service_account_to_its_own_nodes_slices():
     rendered = render()
-    policy = rendered.one("ValidatingAdmissionPolicy")
-    binding = rendered.one("ValidatingAdmissionPolicyBinding")
+    policy = rendered.one("ValidatingAdmissionPolicy", "-resourceslices")
+    binding = rendered.one("ValidatingAdmissionPolicyBinding", "-resourceslices")
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert binding["spec"]["validationActions"] == ["Deny"]
     (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]

@@ -216,9 +216,10 @@ class Installation:
             events = self.cluster.kubectl("get", "events", "-n", NAMESPACE, check=False).stdout[-3000:]
             raise AssertionError(f"{exc}\n{state}\n{events}") from None
 
-    def start_plugin(self, name: str) -> Process:
+    def start_plugin(self, name: str, extra_args: Sequence[str] = ()) -> Process:
         """Run the DaemonSet container's command for node `name`, under a token of the plugin's
-        ServiceAccount bound to its pod on that node."""
+        ServiceAccount bound to its pod on that node; `extra_args` (`--option=value`) replace the
+        chart's."""
         node = self.nodes[name]
         daemonset = self.workload("DaemonSet")
         pod = self.plugin_pod(name)
@@ -233,6 +234,9 @@ class Installation:
                               ("--boot-id-file", s.boot_id_path), ("--metrics-port", "-1"),
                               ("--kubeconfig", kubeconfig)):
             args = _with_option(args, option, str(value))
+        for extra in extra_args:
+            option, _, value = extra.partition("=")
+            args = _with_option(args, option, value)
         args = [a for a in args if not a.startswith("--nvidia-cdi-dir")]
         args += [f"--nvidia-cdi-dir={d}" for d in s.nvidia_cdi_dirs]
         # With the pod UID the plugin names its sockets per pod (rolling updates): drop it so the

@@ -78,11 +78,32 @@ def test_a_plugin_token_that_names_no_node_gets_the_policys_own_message(installa
     assert "fails to evaluate" not in error.message
 
 
+def _unallocated_claim(installation: Installation, name: str) -> dict:
+    return installation.cluster.kube.create(RESOURCE_CLAIMS, {
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", "metadata": {"name": name},
+        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "vgpu.dra.dev"}}]}}},
+        "default")
+
+
 def test_the_plugin_cannot_allocate_and_the_controller_cannot_publish(installation: Installation) -> None:
+    # The plugin may patch claims' status (status.devices, the limits in force), but never write an
+    # allocation: the 1.36 API server wants resourceclaims/binding for that, which it lacks.
     plugin = _as(installation, _plugin_token(installation, "gpu-node-a"), "plugin-a-rbac")
-    error = _refusal(lambda: plugin.patch(RESOURCE_CLAIMS, "anything", {"status": {}}, "default",
-                                          subresource="status"))
-    assert error.status == 403, error
+    claim = _unallocated_claim(installation, "plugin-may-not-allocate")
+    allocation = {"devices": {"results": [{"request": "gpu", "driver": "vgpu.dra.dev", "pool": "gpu-node-a",
+                                           "device": "gpu-0"}]},
+                  "nodeSelector": {"nodeSelectorTerms": [{"matchFields": [
+                      {"key": "metadata.name", "operator": "In", "values": ["gpu-node-a"]}]}]}}
+    try:
+        error = _refusal(lambda: plugin.patch(RESOURCE_CLAIMS, claim["metadata"]["name"],
+                                              {"status": {"allocation": allocation}}, "default", subresource="status"))
+        # The API server answers with a field error: status.allocation Forbidden, naming the missing
+        # resourceclaims/binding permission.
+        assert error.status in (403, 422) and "resourceclaims/binding" in error.message, error
+        stored = installation.cluster.kube.get(RESOURCE_CLAIMS, claim["metadata"]["name"], "default")
+        assert not (stored.get("status") or {}).get("allocation")
+    finally:
+        installation.cluster.kube.delete(RESOURCE_CLAIMS, claim["metadata"]["name"], "default")
     if installation.allocator != "controller":
         return  # scheduler mode deploys no controller, so there is no controller identity to check
     account = installation.workload("Deployment")["spec"]["template"]["spec"]["serviceAccountName"]

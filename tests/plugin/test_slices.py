@@ -103,8 +103,9 @@ def test_inventory_change_seen_by_resync_republishes(settings, kube_client, fake
     from vgpu_dra.kubeletplugin.plugin import KubeletPlugin
 
     fake_nvml.use("mixed-node")
-    # Without the metrics' NVML sampler, which keeps NVML initialised and so pins the fake's inventory.
-    plugin = KubeletPlugin(settings, kube_client, sample_gpus=False)
+    # Without the metrics' NVML sampler and the health loop, which keep NVML initialised and so pin
+    # the fake's inventory.
+    plugin = KubeletPlugin(replace(settings, watch_health=False), kube_client, sample_gpus=False)
     plugin.start()
     try:
         (before,) = _wait(lambda: _slices(fake_apiserver))

@@ -184,5 +184,7 @@ size_t fake_live_processes(const struct fake_gpu *gpu, int graphics, struct fake
 unsigned long long fake_live_graphics_bytes(const struct fake_gpu *gpu);
 /* The code the live file makes `function` answer, NVML_SUCCESS when none. */
 nvmlReturn_t fake_live_error(const char *function);
+/* events.c: whether the control file (FAKE_NVML_CONTROL) says this GPU fell off the bus. */
+int fake_gpu_lost(const struct fake_gpu *gpu);
 
 #endif

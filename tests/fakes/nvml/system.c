@@ -40,6 +40,8 @@ nvmlReturn_t fake_check_device(nvmlDevice_t device, const char *function)
         return NVML_ERROR_UNINITIALIZED;
     if (device == NULL || inv->gpu_count == 0 || device < inv->gpus || device >= inv->gpus + inv->gpu_count)
         return NVML_ERROR_INVALID_ARGUMENT;
+    if (fake_gpu_lost(device))
+        return NVML_ERROR_GPU_IS_LOST;
     rc = fake_injected_error(inv->errors, inv->error_count, function);
     if (rc != NVML_SUCCESS)
         return rc;
@@ -179,6 +181,8 @@ static nvmlReturn_t handle_by_index(const char *function, unsigned int index, nv
     if (device == NULL || index >= inv->gpu_count)
         return NVML_ERROR_INVALID_ARGUMENT;
     *device = &inv->gpus[index];
+    if (fake_gpu_lost(*device))
+        return NVML_ERROR_GPU_IS_LOST;
     return fake_injected_error((*device)->errors, (*device)->error_count, function);
 }
 
@@ -204,7 +208,7 @@ FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDe
     for (i = 0; i < inv->gpu_count; i++) {
         if (strcmp(inv->gpus[i].uuid, uuid) == 0) {
             *device = &inv->gpus[i];
-            return NVML_SUCCESS;
+            return fake_gpu_lost(*device) ? NVML_ERROR_GPU_IS_LOST : NVML_SUCCESS;
         }
     }
     return NVML_ERROR_NOT_FOUND;
