@@ -18,7 +18,7 @@ Keys (documented in docs/kubelet-plugin.md):
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from types import MappingProxyType
@@ -172,7 +172,3 @@ def signals_from_poll(*, lost: bool, retired_pending: bool | None, remap_pending
         found.append(DoubleBitEcc())
     return found
 
-
-def effects(taints: Iterable[ActiveTaint]) -> set[str]:
-    """The effects among ``taints``."""
-    return {t.taint.effect for t in taints}
