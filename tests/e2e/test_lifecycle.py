@@ -83,9 +83,13 @@ def test_a_claim_that_fits_nowhere_stays_pending_says_why_and_holds_nothing(inst
     try:
         if installation.allocator == "controller":
             def refusal() -> str:
+                # Events outlive their claims (an hour on the real server): only this pod's claim's.
+                names = {c["metadata"]["name"] for c in _claims(installation)
+                         if any(o.get("name") == "too-big-0" for o in c["metadata"].get("ownerReferences") or ())}
                 events = cluster.kube.list(EVENTS, NAMESPACE).get("items") or []
                 return next((e["message"] for e in events if e.get("reason") == "AllocationFailed"
-                             and e["involvedObject"]["kind"] == "ResourceClaim"), "")
+                             and e["involvedObject"]["kind"] == "ResourceClaim"
+                             and e["involvedObject"]["name"] in names), "")
         else:
             def refusal() -> str:
                 events = cluster.kube.list(EVENTS, NAMESPACE).get("items") or []

@@ -51,9 +51,12 @@ def test_a_team_quota_holds_its_claims_to_the_budget_and_frees_with_a_pod(instal
             return
 
         def refusal() -> str:
+            # Events outlive their claims: only one about a claim of this run counts.
+            names = {c["metadata"]["name"] for c in _claims(installation)}
             events = cluster.kube.list(EVENTS, NAMESPACE).get("items") or []
             return next((e["message"] for e in events if e.get("reason") == "QuotaExceeded"
-                         and e["involvedObject"]["kind"] == "ResourceClaim"), "")
+                         and e["involvedObject"]["kind"] == "ResourceClaim"
+                         and e["involvedObject"]["name"] in names), "")
 
         message = wait_until(refusal, 90, "a QuotaExceeded event on the fourth claim")
         assert "ResourceQuota team-gpu is 3072 MiB (3 GiB)" in message, message

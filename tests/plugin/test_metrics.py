@@ -135,6 +135,7 @@ def test_per_gpu_nvml_series(plugin):
 def test_resync_refreshes_the_pods_of_prepared_claims(kubelet, claims, plugin, fake_apiserver):
     claim = claims.create([{"request": "gpu", "device": "gpu-1"}], pods=("first",))
     kubelet.prepare([claim.ref])
+    assert plugin.status_writer.wait_idle(10)  # its status write, from a worker thread, went first
     stored = fake_apiserver.get("ResourceClaim", claim.name, claim.namespace)
     stored["status"]["reservedFor"].append({"resource": "pods", "name": "second", "uid": "0000-second"})
     fake_apiserver.update_status(stored)  # a second pod started sharing the claim

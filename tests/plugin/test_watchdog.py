@@ -48,6 +48,10 @@ class Node:
         claim = self.claims.create([{"request": "gpu", "device": device, "shareID": str(uuidlib.uuid4()),
                                      "consumedCapacity": {"memory": memory, "cores": "0"}}], pods=pods)
         assert self.kubelet.prepare([claim.ref])[claim.uid].error == ""
+        # The limits go into the claim's status from a worker thread: a test that then writes the
+        # claim itself must not race that write.
+        if self.plugin.status_writer is not None:
+            assert self.plugin.status_writer.wait_idle(10)
         return claim
 
     def pod_uid(self, claim: Any, index: int = 0) -> str:
