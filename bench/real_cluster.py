@@ -21,6 +21,7 @@ what the controller adds over the native path.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -111,7 +112,7 @@ def pod(name: str, template_name: str) -> dict[str, Any]:
 
 
 def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: str, cores: int,
-              round_no: int) -> dict[str, list[float]]:
+              round_no: int | str) -> dict[str, list[float]]:
     namespace = f"bench-{mode}-{round_no}-{'paced' if rate else 'burst'}"
     cluster.create_namespace(namespace)
     kube = cluster.kube
@@ -167,6 +168,10 @@ def main() -> int:
     parser.add_argument("--controller-workers", type=int, default=None,
                         help="the chart's controller.workers (default: the chart's)")
     parser.add_argument("--phases", default="burst,paced", help="which phases to run")
+    parser.add_argument("--warmup", type=int, default=20,
+                        help="pods created (paced, not measured) after each installation, before its rounds")
+    parser.add_argument("--dump", type=Path, default=None,
+                        help="write every pod's times (JSON, per mode and phase) here, to look at the tail")
     args = parser.parse_args()
     source = binaries_source()
     if source is None:
@@ -182,6 +187,10 @@ def main() -> int:
             for mode in ("controller", "scheduler"):
                 values = {"controller": {"workers": args.controller_workers}} if args.controller_workers else {}
                 with installed(cluster, mode, values):
+                    if args.warmup:
+                        # Both modes start measured on warm components: the first pods a fresh
+                        # control plane sees pay its first-use costs (connections, caches).
+                        one_round(cluster, mode, args.warmup, args.rate, args.memory, args.cores, f"warmup{round_no}")
                     for phase, rate in (("burst", 0.0), ("paced", args.rate)):
                         if phase not in args.phases.split(","):
                             continue
@@ -197,6 +206,8 @@ def main() -> int:
                               flush=True)
     finally:
         cluster.close()
+    if args.dump:
+        args.dump.write_text(json.dumps({f"{mode} {phase}": got for (mode, phase), got in results.items()}))
     print(f"\n{args.pods} pods per round, {args.rounds} round(s) per mode; paced = {args.rate:g} pods/s")
     print("| phase | measure | controller p50 / p99 | native p50 / p99 | ratio p50 / p99 |")
     print("|---|---|---|---|---|")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import sys
 import threading
@@ -82,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
     log.info("starting", node_policy=args.node_policy, gpu_policy=args.gpu_policy, leader_elect=args.leader_elect,
              identity=leader.identity, metrics_port=args.metrics_port, lease_duration_s=leader.lease_duration_s,
              renew_deadline_s=leader.renew_deadline_s, retry_period_s=leader.retry_period_s)
+    # Everything loaded so far (the kubernetes client's models, CEL, our modules: tens of thousands
+    # of objects) lives as long as the process: out of the collector's sight, so a full collection
+    # no longer walks them while a pod waits for its allocation (a 15-20 ms pause at this size).
+    gc.freeze()
     service.run(stop)
     log.info("stopped")
     return 0

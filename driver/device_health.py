@@ -15,6 +15,11 @@ Keys (documented in docs/kubelet-plugin.md):
 - ``vgpu.dra.dev/lost=gpu-is-lost:NoExecute``: NVML answers GPU_IS_LOST for the device.
 - ``vgpu.dra.dev/pages=retirement-pending|remap-pending:NoSchedule``: memory pages wait for a
   reset to be retired or remapped; ``remap-failed:NoExecute``: remapping failed.
+- ``vgpu.dra.dev/health=state-unreadable:NoSchedule``: the plugin restarted and could not read
+  the taints it had in force, so it does not know which GPUs were faulty (fail closed).
+
+The taints in force outlive a plugin restart (:func:`book_to_json`, :func:`book_from_json`): an
+XID is reported once, and a restarted plugin must not forget it before its quiet period ends.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from types import MappingProxyType
+from typing import Any
 
 from vgpu_dra.api.names import DRIVER_NAME
 from vgpu_dra.driver.device_taints import DeviceTaint
@@ -30,7 +36,11 @@ XID_KEY = f"{DRIVER_NAME}/xid"
 ECC_KEY = f"{DRIVER_NAME}/ecc"
 LOST_KEY = f"{DRIVER_NAME}/lost"
 PAGES_KEY = f"{DRIVER_NAME}/pages"
-TAINT_KEYS = (XID_KEY, ECC_KEY, LOST_KEY, PAGES_KEY)
+HEALTH_KEY = f"{DRIVER_NAME}/health"
+TAINT_KEYS = (XID_KEY, ECC_KEY, LOST_KEY, PAGES_KEY, HEALTH_KEY)
+STATE_UNREADABLE = DeviceTaint(HEALTH_KEY, "state-unreadable", "NoSchedule")
+"""Put on every GPU when the taints kept across a restart cannot be read."""
+_STATE_VERSION = 1
 
 APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
 """XIDs an application's own fault causes (illegal access, page fault, its context reset)."""
@@ -172,3 +182,33 @@ def signals_from_poll(*, lost: bool, retired_pending: bool | None, remap_pending
         found.append(DoubleBitEcc())
     return found
 
+
+
+def book_to_json(book: TaintBook, uuids: Mapping[str, str]) -> dict[str, Any]:
+    """The taints in force as the plugin keeps them across a restart; each names its GPU's UUID
+    (``uuids``: device name → UUID), so a device name that now means another GPU drops it."""
+    return {"version": _STATE_VERSION, "taints": [
+        {"device": t.device, "uuid": uuids.get(t.device, ""), "key": t.taint.key, "value": t.taint.value,
+         "effect": t.taint.effect, "addedAt": t.added_at, "lastSeen": t.last_seen}
+        for _slot, t in sorted(book.active.items())]}
+
+
+def book_from_json(data: Any, uuids: Mapping[str, str]) -> TaintBook:
+    """The book :func:`book_to_json` wrote, keeping only taints of GPUs still there under the same
+    name. Raises ValueError when ``data`` is not such a document."""
+    if not isinstance(data, Mapping) or data.get("version") != _STATE_VERSION or \
+            not isinstance(data.get("taints"), list):
+        raise ValueError(f"not a version-{_STATE_VERSION} taint state document")
+    active: dict[tuple[str, str], ActiveTaint] = {}
+    for index, raw in enumerate(data["taints"]):
+        try:
+            entry = ActiveTaint(str(raw["device"]), DeviceTaint(str(raw["key"]), str(raw["value"]), str(raw["effect"])),
+                                float(raw["addedAt"]), float(raw["lastSeen"]))
+            uuid = str(raw["uuid"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"taints[{index}] is malformed ({exc!r})") from None
+        if entry.taint.effect not in _EFFECT_RANK:
+            raise ValueError(f"taints[{index}]: unknown effect {entry.taint.effect!r}")
+        if uuids.get(entry.device) == uuid:
+            active[(entry.device, entry.taint.key)] = entry
+    return TaintBook(MappingProxyType(active))

@@ -65,8 +65,10 @@ class HealthMonitor:
 
     def __init__(self, devices: Mapping[str, str], *, quiet_seconds: float, poll_seconds: float,
                  on_change: Callable[[TaintBook], None], on_taint: Callable[[ActiveTaint, bool, str], None],
-                 observer: HealthObserver, clock: Callable[[], float] = time.time, nvml: Any = None):
-        """``devices`` maps device name → GPU UUID; ``on_taint(taint, added, why)``."""
+                 observer: HealthObserver, clock: Callable[[], float] = time.time, nvml: Any = None,
+                 on_book: Callable[[TaintBook], None] | None = None):
+        """``devices`` maps device name → GPU UUID; ``on_taint(taint, added, why)``; ``on_book`` gets
+        the book after every change, a signal's last-seen time included (to keep it on disk)."""
         if quiet_seconds <= 0 or poll_seconds <= 0:
             raise ValueError("the health quiet period and poll interval must be positive")
         if nvml is None:
@@ -78,6 +80,7 @@ class HealthMonitor:
         self._poll_seconds = poll_seconds
         self._on_change = on_change
         self._on_taint = on_taint
+        self._on_book = on_book
         self._observer = observer
         self._clock = clock
         self.book = TaintBook()
@@ -266,6 +269,9 @@ class HealthMonitor:
             return
         with self._lock:
             self.book, published = self.book.observe(device, taint, self._clock())
+            book = self.book
+        if self._on_book is not None:
+            self._on_book(book)
         if published is not None:
             log.warning("gpu tainted", gpu=device, uuid=self._devices[device], taint=str(published.taint),
                         detail=why)
@@ -275,8 +281,11 @@ class HealthMonitor:
     def _expire(self) -> None:
         with self._lock:
             self.book, gone = self.book.expire(self._clock(), self._quiet)
+            book = self.book
         if not gone:
             return
+        if self._on_book is not None:
+            self._on_book(book)
         self._publish()
         for entry in gone:
             log.info("gpu taint removed after the quiet period", gpu=entry.device, taint=str(entry.taint),

@@ -32,6 +32,10 @@ class HealthMetrics:
             "vgpu_dra_claim_status_write_failures",
             "Claim status.devices writes that failed (the limits still apply)", ["node", "operation"],
             registry=registry)
+        self.taint_state_failures = Counter(
+            "vgpu_dra_device_taint_state_failures",
+            "Reads or writes of the GPU taints kept across restarts that failed (operation: load, save)",
+            ["node", "operation"], registry=registry)
         self._shown: set[tuple[str, str, str]] = set()
 
     # ---- HealthObserver ------------------------------------------------------------------------
@@ -51,6 +55,9 @@ class HealthMetrics:
         for shown in now:
             self.tainted.labels(self.node_name, *shown).set(1)
         self._shown = now
+
+    def taint_state_failed(self, operation: str) -> None:
+        self.taint_state_failures.labels(self.node_name, operation).inc()
 
     # ---- claim status writer -------------------------------------------------------------------
     def status_write_failed(self, operation: str) -> None:

@@ -100,6 +100,11 @@ class PluginSettings:
         """The plugin's checkpoint of prepared claims."""
         return self.state_dir / "checkpoint.json"
 
+    @property
+    def taint_state_path(self) -> Path:
+        """The GPU taints in force, kept across restarts (kubeletplugin/taint_store.py)."""
+        return self.state_dir / "gpu-taints.json"
+
     def check(self) -> None:
         """Raise ValueError when a setting cannot work (e.g. a socket path too long for AF_UNIX)."""
         if not self.node_name:

@@ -19,7 +19,6 @@
  * region) is pulled back to now, so no wait can become unbounded. A driver call that fails on
  * this path never lifts the cap: the launch is held and charged anyway, and failsafe.c counts it.
  */
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -37,6 +36,10 @@
  * and reset by the fork child handler; the pointed-to structs are shared with the monitor. */
 struct vgpu_limiter *vgpu_limiters[VGPU_MAX_CLAIMS * VGPU_MAX_GPUS];
 int vgpu_limiter_active;
+/* Owned by this file: the storage of every lane, indexed like vgpu_accounts. Static rather than
+ * allocated so that setting up a cap cannot fail (an allocation failure would have left the GPU
+ * uncapped); zero pages cost no memory until a lane is used. */
+static struct vgpu_limiter g_lanes[VGPU_MAX_CLAIMS * VGPU_MAX_GPUS];
 /* The head lane with the smallest total cap: applied when a launch's device is unknown. */
 static struct vgpu_limiter *g_strictest;
 /* CLOCK_MONOTONIC_COARSE's tick (ns) when it is usable for the launch fast path, else 0. */
@@ -95,13 +98,7 @@ void vgpu_limiter_setup(int fork_child)
             if (!all_capped)
                 continue;
             if (!lim) {
-                void *mem = NULL;
-                /* Cache-line aligned: the launchers' and the monitor's fields on lines of their own. */
-                lim = posix_memalign(&mem, 64, sizeof(*lim)) == 0 ? memset(mem, 0, sizeof(*lim)) : NULL;
-                if (!lim) {
-                    all_capped = 0; /* cannot happen at start-up sizes; leaves the GPU uncapped */
-                    continue;
-                }
+                lim = &g_lanes[index]; /* zero since load: never used before */
                 vgpu_limiters[index] = lim;
             } else if (fork_child) {
                 /* The parent's events belong to its contexts; the child starts with fresh slots. */

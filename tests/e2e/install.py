@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -70,6 +71,17 @@ def _with_option(args: list[str], option: str, value: str) -> list[str]:
     instead of the host's)."""
     kept = [a for a in args if a != option and not a.startswith(option + "=")]
     return [*kept, f"{option}={value}"]
+
+
+def controller_ready(process: Process) -> bool:
+    """True once the controller `process` leads with synced caches (its ready gauge is 1)."""
+    port = next(a.split("=", 1)[1] for a in process.argv if a.startswith("--metrics-port="))
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return False
+    return any(line.split() == ["vgpu_dra_controller_ready", "1.0"] for line in text.splitlines())
 
 
 @dataclass
@@ -171,7 +183,13 @@ class Installation:
         for spec in self.node_specs:
             wait_until(lambda spec=spec: self.published(spec.name), 90, f"ResourceSlices of {spec.name}")
         if self.allocator == "controller":
-            self.start_controller()
+            controller = self.start_controller()
+            # As kube-scheduler is before a test starts: up, leading, caches synced. A test's first
+            # pod must not time the controller's start-up (that is bench/failover.py's measure).
+            wait_until(lambda: controller_ready(controller) or not controller.running, 90,
+                       "the controller leading with synced caches")
+            if not controller.running:
+                raise AssertionError(f"the controller exited at start-up\n{self.logs()}")
         return self
 
     # ------------------------------------------------------------------ components

@@ -57,11 +57,12 @@ def control(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> NvmlControl:
     return found
 
 
-def _start(node_root: Any, shim_source: Any, kube_client: Any, fake_nvml: Any, inventory: Any) -> Any:
+def _start(node_root: Any, shim_source: Any, kube_client: Any, fake_nvml: Any, inventory: Any,
+           quiet: float = QUIET) -> Any:
     from vgpu_dra.kubeletplugin.plugin import KubeletPlugin
 
     fake_nvml.use(inventory)
-    settings = node_settings(node_root, NODE, shim_source, health_quiet_seconds=QUIET, health_poll_seconds=0.2)
+    settings = node_settings(node_root, NODE, shim_source, health_quiet_seconds=quiet, health_poll_seconds=0.2)
     plugin = KubeletPlugin(settings, kube_client, sample_gpus=False)
     plugin.start()
     return plugin
@@ -199,3 +200,57 @@ def test_the_plugin_as_a_process_taints_on_an_xid_written_by_another_process(
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def _delete_slices(server: Any) -> None:
+    for found in server.objects("ResourceSlice"):
+        server.delete("ResourceSlice", found["metadata"]["name"])
+
+
+def test_a_restarted_plugin_publishes_the_xid_taint_until_its_quiet_period_ends(
+        node_root, shim_source, kube_client, fake_nvml, claims, control, fake_apiserver, tmp_path, monkeypatch):
+    plugin = _start(node_root, shim_source, kube_client, fake_nvml, "mixed-node", quiet=8)
+    try:
+        _wait(lambda: _taints(fake_apiserver), what="the slice published")
+        control.xid(GPU0, 79)
+        _wait(lambda: _taints(fake_apiserver).get("gpu-0"), what="a taint on gpu-0")
+    finally:
+        plugin.stop()
+    # NVML reports an XID once: the restarted plugin has only what it kept. Its slices are gone
+    # (deleted here), so what it publishes is what it restored.
+    _delete_slices(fake_apiserver)
+    NvmlControl(tmp_path / "nvml-control-after").use(monkeypatch)  # the XID is not seen again
+    plugin = _start(node_root, shim_source, kube_client, fake_nvml, "mixed-node", quiet=8)
+    try:
+        published = _wait(lambda: _taints(fake_apiserver), what="the restarted plugin's slice")
+        assert published["gpu-0"] == [("vgpu.dra.dev/xid", "79", "NoExecute")]
+        assert published["gpu-1"] == [] and published["gpu-2"] == []
+        assert _tainted(plugin, "gpu-0", "vgpu.dra.dev/xid", "NoExecute") == 1.0
+        assert len(_node_events(fake_apiserver, "GpuTainted")) == 1  # restored, not reported again
+        _wait(lambda: _taints(fake_apiserver).get("gpu-0") == [], timeout=20, what="the taint removed")
+        _wait(lambda: _node_events(fake_apiserver, "GpuTaintRemoved"), what="a Node event for the removal")
+    finally:
+        plugin.stop()
+
+
+def test_an_unreadable_taint_file_taints_every_gpu_for_one_quiet_period(
+        node_root, shim_source, kube_client, fake_nvml, claims, control, fake_apiserver):
+    path = node_settings(node_root, NODE, shim_source).taint_state_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"version": 1, "taints": [{"device": "gpu-0"')  # torn by a full disk, say
+    plugin = _start(node_root, shim_source, kube_client, fake_nvml, "mixed-node", quiet=3)
+    try:
+        published = _wait(lambda: _taints(fake_apiserver), what="the slice published")
+        unreadable = [("vgpu.dra.dev/health", "state-unreadable", "NoSchedule")]
+        assert published == {"gpu-0": unreadable, "gpu-1": unreadable, "gpu-2": unreadable}
+        assert plugin.metrics.registry.get_sample_value(
+            "vgpu_dra_device_taint_state_failures_total", {"node": NODE, "operation": "load"}) == 1.0
+        messages = _wait(lambda: len(_node_events(fake_apiserver, "GpuTainted")) == 3
+                         and _node_events(fake_apiserver, "GpuTainted"), what="an Event per GPU")
+        assert all("could not be read" in m and str(path) in m for m in messages), messages
+        assert path.with_name(path.name + ".unreadable").exists()  # kept for a post-mortem
+        _wait(lambda: _taints(fake_apiserver) == {"gpu-0": [], "gpu-1": [], "gpu-2": []}, timeout=20,
+              what="every GPU untainted after the quiet period")
+    finally:
+        plugin.stop()
+    assert '"taints": []' in path.read_text()  # the next start reads a good file

@@ -1,6 +1,8 @@
 """GPU health signals → DRA device taints, and how long a taint stays (driver/device_health.py)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from vgpu_dra.driver.device_health import (ECC_KEY, LOST_KEY, PAGES_KEY, XID_KEY, DoubleBitEcc, GpuLost,
@@ -81,3 +83,29 @@ def test_taints_as_slice_json_are_sorted_and_keep_their_first_time():
         "gpu-2": [{"key": PAGES_KEY, "value": "retirement-pending", "effect": "NoSchedule",
                    "timeAdded": "1970-01-01T00:00:01Z"}],
     }
+
+
+def test_the_book_kept_across_a_restart_reads_back_only_for_the_same_gpus():
+    from vgpu_dra.driver.device_health import book_from_json, book_to_json
+
+    book, _ = TaintBook().observe("gpu-0", DeviceTaint("vgpu.dra.dev/xid", "79", "NoExecute"), 100.0)
+    book, _ = book.observe("gpu-1", DeviceTaint("vgpu.dra.dev/pages", "remap-pending", "NoSchedule"), 110.0)
+    book, _ = book.observe("gpu-0", DeviceTaint("vgpu.dra.dev/xid", "79", "NoExecute"), 150.0)
+    uuids = {"gpu-0": "GPU-a", "gpu-1": "GPU-b"}
+    document = json.loads(json.dumps(book_to_json(book, uuids)))
+    assert book_from_json(document, uuids) == book
+    [kept] = book_from_json(document, {"gpu-0": "GPU-a", "gpu-1": "GPU-other"}).active.values()
+    assert (kept.device, kept.added_at, kept.last_seen) == ("gpu-0", 100.0, 150.0)  # the quiet period goes on
+    assert book_from_json(document, {}).active == {}
+
+
+@pytest.mark.parametrize("document", [None, [], {"version": 2, "taints": []}, {"version": 1},
+                                      {"version": 1, "taints": [{"device": "gpu-0"}]},
+                                      {"version": 1, "taints": [{"device": "gpu-0", "uuid": "GPU-a", "key": "k",
+                                                                 "value": "v", "effect": "Sometimes",
+                                                                 "addedAt": 1, "lastSeen": 1}]}])
+def test_a_document_that_is_not_a_kept_book_is_refused(document):
+    from vgpu_dra.driver.device_health import book_from_json
+
+    with pytest.raises(ValueError):
+        book_from_json(document, {"gpu-0": "GPU-a"})
