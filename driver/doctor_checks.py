@@ -113,6 +113,41 @@ def check_consumable_capacity(published_devices: Sequence[Mapping[str, Any]], pr
                  "run doctor again once a node publishes its GPUs, or with a user allowed to create ResourceSlices")
 
 
+HAMI_PODS = "hami-pods"
+_HAMI_ONLY = ("nvidia.com/gpumem", "nvidia.com/gpumem-percentage", "nvidia.com/gpucores")
+
+
+def asks_for_hami(pod: Mapping[str, Any]) -> bool:
+    """The pod names a resource only HAMi serves, or HAMi's scheduler."""
+    spec = pod.get("spec") or {}
+    if spec.get("schedulerName") == "hami-scheduler":
+        return True
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        resources = container.get("resources") or {}
+        if any(name in (resources.get(section) or {}) for section in ("limits", "requests") for name in _HAMI_ONLY):
+            return True
+    return False
+
+
+def check_hami_pods(pending_pods: Sequence[Mapping[str, Any]], webhook_installed: bool) -> Verdict:
+    """Pending pods still written for HAMi: without vgpu-dra's HAMi webhook nothing serves their
+    ``nvidia.com/gpumem``/``gpucores``, and with it only pods created afterwards are translated."""
+    waiting = sorted(f"{(p.get('metadata') or {}).get('namespace', '')}/{(p.get('metadata') or {}).get('name', '')}"
+                     for p in pending_pods if asks_for_hami(p))
+    if not waiting:
+        return _ok(HAMI_PODS, "no pending pod asks for HAMi resources (nvidia.com/gpumem, gpumem-percentage, "
+                              "gpucores) or hami-scheduler")
+    shown = ", ".join(waiting[:3]) + (f" and {len(waiting) - 3} more" if len(waiting) > 3 else "")
+    if webhook_installed:
+        return _warn(HAMI_PODS, f"{len(waiting)} pending pod(s) still ask for HAMi resources ({shown}) although the "
+                                "HAMi webhook is installed: they were created before it",
+                     "recreate them (kubectl rollout restart of their Deployment, or delete the pod) so the webhook "
+                     "translates them at admission")
+    return _warn(HAMI_PODS, f"{len(waiting)} pending pod(s) ask for HAMi resources that nothing here serves ({shown})",
+                 "install vgpu-dra with --set hamiWebhook.enabled=true and recreate them, or translate their "
+                 "manifests once with `vgpu-dra migrate` (docs/migrate-hami.md)")
+
+
 # --- node -------------------------------------------------------------------------------------------
 
 CDI = "cdi-runtime"

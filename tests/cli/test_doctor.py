@@ -77,6 +77,50 @@ def consumable(server: FakeApiServer) -> checks.Verdict:
         return list(doctor.cluster_verdicts(client))[-1]
 
 
+# --- cluster: pods still written for HAMi -------------------------------------------------------------
+
+def _pod(server: FakeApiServer, name: str, resources: dict, *, scheduler: str | None = None,
+         phase: str = "Pending") -> None:
+    spec: dict = {"containers": [{"name": "main", "image": "registry.example/app:1",
+                                  "resources": {"limits": resources}}]}
+    if scheduler:
+        spec["schedulerName"] = scheduler
+    created = server.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "team-a"},
+                             "spec": spec})
+    created["status"] = {"phase": phase}
+    server.update_status(created)
+
+
+def hami(server: FakeApiServer) -> checks.Verdict:
+    with api_client_for(server) as client:
+        return next(v for v in doctor.cluster_verdicts(client) if v.check == checks.HAMI_PODS)
+
+
+def test_pending_hami_pods_without_the_webhook_are_named_with_the_way_over(fake_apiserver: FakeApiServer) -> None:
+    _pod(fake_apiserver, "plain-gpu", {"nvidia.com/gpu": "1"})  # the NVIDIA device plugin's: not HAMi's
+    _pod(fake_apiserver, "already-running", {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "3000"}, phase="Running")
+    assert hami(fake_apiserver).status is Status.OK
+    _pod(fake_apiserver, "trainer", {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "3000"})
+    _pod(fake_apiserver, "notebook", {"nvidia.com/gpu": "1"}, scheduler="hami-scheduler")
+    verdict = hami(fake_apiserver)
+    assert verdict.status is Status.WARN
+    assert "2 pending pod(s)" in verdict.message and "team-a/notebook, team-a/trainer" in verdict.message
+    assert "hamiWebhook.enabled=true" in verdict.fix and "vgpu-dra migrate" in verdict.fix
+
+
+def test_with_the_webhook_installed_pending_hami_pods_need_recreating(fake_apiserver: FakeApiServer) -> None:
+    _pod(fake_apiserver, "trainer", {"nvidia.com/gpucores": "30"})
+    fake_apiserver.create({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "vgpu-dra-hami-webhook", "labels": {
+            "app.kubernetes.io/name": "vgpu-dra", "app.kubernetes.io/component": "hami-webhook"}},
+        "webhooks": [{"name": "translate-hami-gpu.vgpu.dra.dev", "admissionReviewVersions": ["v1"],
+                      "sideEffects": "None", "clientConfig": {"url": "https://webhook.example/mutate"}}]})
+    verdict = hami(fake_apiserver)
+    assert verdict.status is Status.WARN and "created before it" in verdict.message
+    assert "recreate them" in verdict.fix
+
+
 def test_consumable_capacity_seen_on_published_gpus(fake_apiserver: FakeApiServer) -> None:
     add_node(fake_apiserver, "n1", [gpu(0)])
     verdict = consumable(fake_apiserver)
@@ -308,10 +352,10 @@ def test_a_healthy_node_and_cluster_pass(built: None, short_dir: Path, fake_nvml
         server.stop(None)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert [line.split()[:2] for line in lines[:7]] == [
-        ["ok", "dra-api"], ["ok", "consumable-capacity"], ["ok", "cdi-runtime"], ["ok", "nvidia-driver"],
-        ["ok", "plugin-registered"], ["ok", "shim-installed"], ["ok", "ld-so-preload"]]
-    assert lines[-1] == "7 checks: 7 ok, 0 warning(s), 0 failed"
+    assert [line.split()[:2] for line in lines[:8]] == [
+        ["ok", "dra-api"], ["ok", "hami-pods"], ["ok", "consumable-capacity"], ["ok", "cdi-runtime"],
+        ["ok", "nvidia-driver"], ["ok", "plugin-registered"], ["ok", "shim-installed"], ["ok", "ld-so-preload"]]
+    assert lines[-1] == "8 checks: 8 ok, 0 warning(s), 0 failed"
 
 
 def test_one_failure_makes_exit_1_and_json_names_it(built: None, short_dir: Path, fake_nvml: FakeNvml) -> None:

@@ -87,6 +87,9 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
                  "io.k8s.api.resource.v1.ResourceSlice", field_selectors=_fs("spec.nodeName", "spec.driver")),
     ResourceType("resource.k8s.io", "v1", "deviceclasses", "DeviceClass", False,
                  "io.k8s.api.resource.v1.DeviceClass"),
+    ResourceType("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
+                 "MutatingWebhookConfiguration", False,
+                 "io.k8s.api.admissionregistration.v1.MutatingWebhookConfiguration"),
 )
 
 _BY_PATH: dict[tuple[str, str, str], ResourceType] = {
