@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -73,24 +74,34 @@ class Timeline:
             try:
                 for event in self.kube.watch(resource, version, namespace=self.namespace, timeout_seconds=30):
                     obj = event["object"]
+                    if event.get("type") == "ERROR":
+                        # The watch fell behind (410): what it missed is in a fresh list.
+                        listed = self.kube.list(resource, self.namespace)
+                        now = time.monotonic()
+                        for item in listed.get("items") or []:
+                            self._seen(resource, item, now)
+                        version = listed["metadata"]["resourceVersion"]
+                        break
                     version = obj["metadata"].get("resourceVersion", version)
-                    now = time.monotonic()
-                    if resource is PODS and not any(g.get("name") == SCHEDULING_GATE
-                                                    for g in obj["spec"].get("schedulingGates") or []):
-                        self.ungated.setdefault(obj["metadata"]["name"], now)
-                    if resource is PODS and obj["spec"].get("nodeName"):
-                        self.bound.setdefault(obj["metadata"]["name"], now)
-                    if resource is RESOURCE_CLAIMS:
-                        owner = next((o["name"] for o in obj["metadata"].get("ownerReferences") or []
-                                      if o.get("kind") == "Pod"), None)
-                        if owner:
-                            self.claimed.setdefault(owner, now)
-                            if (obj.get("status") or {}).get("allocation"):
-                                self.allocated.setdefault(owner, now)
+                    if event.get("type") != "BOOKMARK":
+                        self._seen(resource, obj, time.monotonic())
                     if self._stop.is_set():
                         return
             except ApiError:
                 time.sleep(0.1)
+
+    def _seen(self, resource: Resource, obj: dict[str, Any], now: float) -> None:
+        if resource is PODS:
+            if not any(g.get("name") == SCHEDULING_GATE for g in obj["spec"].get("schedulingGates") or []):
+                self.ungated.setdefault(obj["metadata"]["name"], now)
+            if obj["spec"].get("nodeName"):
+                self.bound.setdefault(obj["metadata"]["name"], now)
+            return
+        owner = next((o["name"] for o in obj["metadata"].get("ownerReferences") or [] if o.get("kind") == "Pod"), None)
+        if owner:
+            self.claimed.setdefault(owner, now)
+            if (obj.get("status") or {}).get("allocation"):
+                self.allocated.setdefault(owner, now)
 
     def stop(self) -> None:
         self._stop.set()
@@ -173,6 +184,9 @@ def main() -> int:
     parser.add_argument("--dump", type=Path, default=None,
                         help="write every pod's times (JSON, per mode and phase) here, to look at the tail")
     args = parser.parse_args()
+    # A SIGTERM (a runner's timeout) unwinds like Ctrl-C, so the control plane and the installed
+    # components are stopped rather than left running under init.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     source = binaries_source()
     if source is None:
         print("no Kubernetes binaries: set VGPU_K8S_BIN (kube-apiserver, kube-controller-manager, kube-scheduler, "
