@@ -190,52 +190,9 @@ FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device,
     return fake_activity_utilization(device, utilization);
 }
 
-/*
- * NVML's two-call protocol: with *count smaller than the number of processes (or infos NULL)
- * the call stores the needed count and answers INSUFFICIENT_SIZE; otherwise it fills the array
- * and stores how many it wrote. Zero processes answer SUCCESS with *count = 0. `v1` selects the
- * unversioned symbol's layout (pid, usedGpuMemory).
- */
 static nvmlReturn_t processes(nvmlDevice_t device, const char *function, unsigned int *count, void *infos, int v1)
 {
-    nvmlReturn_t rc = fake_check_device(device, function);
-    if (rc == NVML_SUCCESS)
-        rc = fake_live_error(function);
-    if (rc != NVML_SUCCESS)
-        return rc;
-    if (count == NULL)
-        return NVML_ERROR_INVALID_ARGUMENT;
-    size_t n = list_processes(device, NULL, 0), cap = n + 8; /* room for processes starting now */
-    struct fake_listed *all = calloc(cap, sizeof(*all));
-    if (!all)
-        return NVML_ERROR_MEMORY;
-    n = list_processes(device, all, cap);
-    if (n > cap)
-        n = cap;
-    if (n > 0 && (infos == NULL || *count < n)) {
-        *count = (unsigned int)n;
-        free(all);
-        return NVML_ERROR_INSUFFICIENT_SIZE;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (v1) {
-            nvmlProcessInfo_v1_t *out = (nvmlProcessInfo_v1_t *)infos + i;
-            memset(out, 0, sizeof(*out));
-            out->pid = all[i].pid;
-            out->usedGpuMemory = all[i].used;
-        } else {
-            nvmlProcessInfo_t *out = (nvmlProcessInfo_t *)infos + i;
-            memset(out, 0, sizeof(*out));
-            out->pid = all[i].pid;
-            out->usedGpuMemory = all[i].used;
-            /* Not a MIG device: NVML reports both instance ids as "not available". */
-            out->gpuInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
-            out->computeInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
-        }
-    }
-    *count = (unsigned int)n;
-    free(all);
-    return NVML_SUCCESS;
+    return fake_process_query(device, function, count, infos, v1, list_processes);
 }
 
 FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,

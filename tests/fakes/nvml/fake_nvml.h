@@ -184,6 +184,14 @@ size_t fake_live_processes(const struct fake_gpu *gpu, int graphics, struct fake
 unsigned long long fake_live_graphics_bytes(const struct fake_gpu *gpu);
 /* The code the live file makes `function` answer, NVML_SUCCESS when none. */
 nvmlReturn_t fake_live_error(const char *function);
+/* The processes of gpu a query lists, written below cap; returns how many there are. */
+typedef size_t (*fake_process_lister)(const struct fake_gpu *gpu, struct fake_listed *out, size_t cap);
+/* NVML's two-call protocol for a process query (compute or graphics, by `list`): with *count
+ * smaller than the number of processes (or infos NULL) the call stores the needed count and
+ * answers INSUFFICIENT_SIZE; otherwise it fills the array and stores how many it wrote. Zero
+ * processes answer SUCCESS with *count = 0. `v1` selects the unversioned symbol's layout. */
+nvmlReturn_t fake_process_query(nvmlDevice_t device, const char *function, unsigned int *count, void *infos, int v1,
+                                fake_process_lister list);
 /* events.c: whether the control file (FAKE_NVML_CONTROL) says this GPU fell off the bus. */
 int fake_gpu_lost(const struct fake_gpu *gpu);
 

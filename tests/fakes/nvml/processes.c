@@ -169,8 +169,8 @@ unsigned long long fake_live_graphics_bytes(const struct fake_gpu *gpu)
     return used;
 }
 
-/* The two-call protocol of the graphics process queries (same as the compute ones, activity.c). */
-static nvmlReturn_t graphics(nvmlDevice_t device, const char *function, unsigned int *count, void *infos, int v1)
+nvmlReturn_t fake_process_query(nvmlDevice_t device, const char *function, unsigned int *count, void *infos, int v1,
+                                fake_process_lister list)
 {
     nvmlReturn_t rc = fake_check_device(device, function);
     if (rc == NVML_SUCCESS)
@@ -179,11 +179,11 @@ static nvmlReturn_t graphics(nvmlDevice_t device, const char *function, unsigned
         return rc;
     if (count == NULL)
         return NVML_ERROR_INVALID_ARGUMENT;
-    size_t n = fake_live_processes(device, 1, NULL, 0, 0), cap = n + 8;
+    size_t n = list(device, NULL, 0), cap = n + 8; /* room for processes starting now */
     struct fake_listed *all = calloc(cap, sizeof(*all));
     if (!all)
         return NVML_ERROR_MEMORY;
-    n = fake_live_processes(device, 1, all, cap, 0);
+    n = list(device, all, cap);
     if (n > cap)
         n = cap;
     if (n > 0 && (infos == NULL || *count < n)) {
@@ -193,22 +193,34 @@ static nvmlReturn_t graphics(nvmlDevice_t device, const char *function, unsigned
     }
     for (size_t i = 0; i < n; i++) {
         if (v1) {
-            nvmlProcessInfo_v1_t *o = (nvmlProcessInfo_v1_t *)infos + i;
-            memset(o, 0, sizeof(*o));
-            o->pid = all[i].pid;
-            o->usedGpuMemory = all[i].used;
+            nvmlProcessInfo_v1_t *out = (nvmlProcessInfo_v1_t *)infos + i;
+            memset(out, 0, sizeof(*out));
+            out->pid = all[i].pid;
+            out->usedGpuMemory = all[i].used;
         } else {
-            nvmlProcessInfo_t *o = (nvmlProcessInfo_t *)infos + i;
-            memset(o, 0, sizeof(*o));
-            o->pid = all[i].pid;
-            o->usedGpuMemory = all[i].used;
-            o->gpuInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
-            o->computeInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
+            nvmlProcessInfo_t *out = (nvmlProcessInfo_t *)infos + i;
+            memset(out, 0, sizeof(*out));
+            out->pid = all[i].pid;
+            out->usedGpuMemory = all[i].used;
+            /* Not a MIG device: NVML reports both instance ids as "not available". */
+            out->gpuInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
+            out->computeInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
         }
     }
     *count = (unsigned int)n;
     free(all);
     return NVML_SUCCESS;
+}
+
+/* The graphics queries list only the live file's graphics entries. */
+static size_t graphics_processes(const struct fake_gpu *gpu, struct fake_listed *out, size_t cap)
+{
+    return fake_live_processes(gpu, 1, out, cap, 0);
+}
+
+static nvmlReturn_t graphics(nvmlDevice_t device, const char *function, unsigned int *count, void *infos, int v1)
+{
+    return fake_process_query(device, function, count, infos, v1, graphics_processes);
 }
 
 FAKE_NVML_EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
