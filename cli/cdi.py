@@ -30,6 +30,7 @@ from vgpu_dra.api.names import HOST_CDI_KIND
 from vgpu_dra.api.quantity import QuantityError, format_bytes, humanize_bytes, parse_bytes
 from vgpu_dra.cli.cdi_store import DEFAULT_HOST_STATE_DIR, ShareStore, writable_dir
 from vgpu_dra.cli.run import RunError, find_shim, select_gpus
+from vgpu_dra.cli.share_arguments import add_limit_arguments
 from vgpu_dra.cli.table_format import format_table
 from vgpu_dra.driver import cdi
 from vgpu_dra.driver.claimconfig import ClaimConfigError
@@ -57,14 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     create = actions.add_parser("create", parents=[common], help="write the CDI spec of a new share")
     create.add_argument("name", metavar="NAME", help="the share's name: the CDI device vgpu.dra.dev/claim=NAME")
-    create.add_argument("--memory", required=True, metavar="QUANTITY",
-                        help="GPU memory wall per GPU, a Kubernetes quantity (2Gi, 1536Mi, 2G)")
-    create.add_argument("--cores", type=int, default=0, metavar="PERCENT",
-                        help="SM-core cap in percent, 0-100 (default 0: no cap)")
-    create.add_argument("--core-policy", choices=("soft", "hard"), default="soft",
-                        help="soft: the cap holds only while other work wants the GPU; hard: always")
-    create.add_argument("--gpu", action="append", metavar="INDEX|UUID",
-                        help="the GPU, by NVML index or UUID (repeatable; default: GPU 0)")
+    add_limit_arguments(create, "the GPU")
     create.add_argument("--cdi-dir", type=Path, default=DEFAULT_CDI_DIR, metavar="DIR",
                         help=f"where to write the spec; Docker and Podman read /etc/cdi and /var/run/cdi "
                              f"(default {DEFAULT_CDI_DIR})")

@@ -39,6 +39,7 @@ from typing import Any, TextIO
 
 from vgpu_dra.api.names import CONTAINER_CLAIMS_ROOT
 from vgpu_dra.cli.run_claim import PrivateClaim, create_private_claim, remove_if_unused
+from vgpu_dra.cli.share_arguments import add_limit_arguments
 from vgpu_dra.cli.run_child import ChildStartError
 from vgpu_dra.cli.run_child import start as start_child
 from vgpu_dra.api.quantity import QuantityError, format_bytes, humanize_bytes, parse_bytes
@@ -64,14 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser = subparsers.add_parser(
         "run", help="run a command under the GPU memory wall and SM cap, without Kubernetes",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--memory", required=True, metavar="QUANTITY",
-                        help="GPU memory wall per GPU, a Kubernetes quantity (2Gi, 1536Mi, 2G)")
-    parser.add_argument("--cores", type=int, default=0, metavar="PERCENT",
-                        help="SM-core cap in percent, 0-100 (default 0: no cap)")
-    parser.add_argument("--core-policy", choices=("soft", "hard"), default="soft",
-                        help="soft: the cap holds only while other work wants the GPU; hard: always")
-    parser.add_argument("--gpu", action="append", metavar="UUID|INDEX",
-                        help="the GPU to run on, by NVML index or UUID (repeatable; default: GPU 0)")
+    add_limit_arguments(parser, "the GPU to run on")
     parser.add_argument("--shim", type=Path, metavar="PATH",
                         help=f"libvgpu.so to load (default: {DEFAULT_SHIM_SOURCE}, else the checkout's "
                              "shim/out/libvgpu.so)")
