@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     settings = TermSettings(policy=PlacementPolicy.parse(args.node_policy, args.gpu_policy), workers=args.workers,
                             retry_refused_after_s=args.retry_refused_after)
     service = ControllerService(api_client(
-        args.kubeconfig,
+        args.kubeconfig, component="vgpu-dra-controller",
         # Five watches hold connections for their whole life; workers, events and the Lease need
         # their own, or urllib3 opens and discards a connection per request.
         connection_pool_maxsize=max(16, 2 * args.workers + 8)), settings, leader)

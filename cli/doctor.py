@@ -273,7 +273,7 @@ def _cluster(args: argparse.Namespace) -> Iterator[Verdict]:
     from vgpu_dra.cli.kube_client import api_client
 
     try:
-        client = api_client(args.kubeconfig)
+        client = api_client(args.kubeconfig, component="vgpu-dra-doctor")
     except Exception as exc:  # noqa: BLE001 - kubernetes.config.ConfigException, unreadable files
         yield Verdict(checks.DRA_API, Status.FAIL, f"no usable kubeconfig: {exc}",
                       "pass --kubeconfig, set KUBECONFIG, or run with --node-only")

@@ -4,8 +4,11 @@ from __future__ import annotations
 from typing import Any
 
 
-def api_client(kubeconfig: str | None, *, connection_pool_maxsize: int | None = None) -> Any:
-    """Build the client; ``connection_pool_maxsize`` sizes urllib3's pool for concurrent callers."""
+def api_client(kubeconfig: str | None, *, component: str = "vgpu-dra",
+               connection_pool_maxsize: int | None = None) -> Any:
+    """Build the client; ``component`` names its writes (User-Agent ``<component>/<version>``: the
+    API server records each writer in managedFields by that name, and its audit log shows it);
+    ``connection_pool_maxsize`` sizes urllib3's pool for concurrent callers."""
     from kubernetes import client, config
 
     configuration = client.Configuration()
@@ -18,4 +21,16 @@ def api_client(kubeconfig: str | None, *, connection_pool_maxsize: int | None = 
             config.load_kube_config(client_configuration=configuration)
     if connection_pool_maxsize is not None:
         configuration.connection_pool_maxsize = connection_pool_maxsize
-    return client.ApiClient(configuration)
+    api = client.ApiClient(configuration)
+    # Without this every write shows as "OpenAPI-Generator", the client library's default.
+    api.user_agent = f"{component}/{_version()}"
+    return api
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vgpu-dra")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             watchdog_tolerance_bytes=parse_bytes(args.watchdog_tolerance),
             watchdog_tolerance_percent=args.watchdog_tolerance_percent, proc_root=args.proc_root,
             health_quiet_seconds=args.health_quiet_seconds, health_poll_seconds=args.health_poll_seconds)
-        plugin = KubeletPlugin(settings, api_client(args.kubeconfig), publish_slices=not args.no_slices)
+        plugin = KubeletPlugin(settings, api_client(args.kubeconfig, component="vgpu-dra-kubelet-plugin"), publish_slices=not args.no_slices)
         return plugin.run_until_signal()
     except Exception as exc:  # noqa: BLE001 - one clear line, then a non-zero exit for the DaemonSet
         log.error("kubelet plugin failed", error=str(exc), exc_info=True)

@@ -276,7 +276,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     err = err or sys.stderr
     try:
         try:
-            client = api_client(args.kubeconfig)
+            client = api_client(args.kubeconfig, component="vgpu-dra-status")
         except Exception as exc:  # kubernetes.config.ConfigException, unreadable files
             raise StatusError(f"no usable kubeconfig: {exc}") from None
         with client:

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"vgpu-dra webhook: error: {exc}", file=sys.stderr)
         return 2
     try:
-        client = api_client(args.kubeconfig, connection_pool_maxsize=32)
+        client = api_client(args.kubeconfig, component="vgpu-dra-hami-webhook", connection_pool_maxsize=32)
     except Exception as exc:  # noqa: BLE001 - any configuration problem is one line for the operator
         print(f"vgpu-dra webhook: error: no usable cluster configuration ({exc}); give --kubeconfig or run in a pod",
               file=sys.stderr)

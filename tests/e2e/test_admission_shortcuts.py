@@ -52,6 +52,10 @@ def _gates(obj: dict) -> list[str]:
     return [g["name"] for g in obj["spec"].get("schedulingGates") or []]
 
 
+def _managers(obj: dict) -> set[tuple[str, str]]:
+    return {(m["manager"], m.get("subresource", "")) for m in obj["metadata"].get("managedFields") or []}
+
+
 def test_pods_wait_behind_the_gate_and_claims_carry_the_finalizer_from_creation(installation: Installation) -> None:
     """Controller mode: a user's pod is admitted with the controller's scheduling gate (next to the
     user's own), its claim with the controller's finalizer; the controller allocates, reserves the
@@ -74,6 +78,11 @@ def test_pods_wait_behind_the_gate_and_claims_carry_the_finalizer_from_creation(
         assert allocated["status"]["reservedFor"] == [{"resource": "pods", "name": "gated",
                                                        "uid": pod["metadata"]["uid"]}]
         assert not kube.get(PODS, "gated", NAMESPACE)["spec"].get("nodeName")  # the user's gate still holds it
+        # Who wrote what, as `kubectl get -o yaml --show-managed-fields` tells a user: the
+        # controller by name, not the client library's default "OpenAPI-Generator".
+        assert ("vgpu-dra-controller", "status") in _managers(allocated)
+        published = installation.published(next(iter(installation.nodes)))[0]
+        assert {m for m, _ in _managers(published)} == {"vgpu-dra-kubelet-plugin"}
         installation.cluster.kubectl("patch", "pod", "gated", "--type=json",
                                      "-p", '[{"op": "remove", "path": "/spec/schedulingGates"}]')
         wait_until(lambda: kube.get(PODS, "gated", NAMESPACE)["spec"].get("nodeName"), 60, "bound by kube-scheduler")
