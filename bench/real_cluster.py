@@ -162,7 +162,21 @@ def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: s
     cluster.kubectl("delete", "namespace", namespace, "--wait=false")
     wait_until(lambda: not kube.list(RESOURCE_CLAIMS, namespace, limit=1).get("items"), 300,
                f"{namespace}'s claims released")
+    # The next round starts on a quiet cluster: kube-controller-manager deleting a namespace's
+    # Events, pods and templates loaded the API server and etcd through most of the next round
+    # (every mode's second round was a quarter slower than its first).
+    wait_until(lambda: _gone(kube, namespace), 300, f"namespace {namespace} deleted")
     return result
+
+
+def _gone(kube: KubeApi, namespace: str) -> bool:
+    try:
+        kube.get(NAMESPACES, namespace)
+    except ApiError as exc:
+        if exc.not_found:
+            return True
+        raise
+    return False
 
 
 def summary(values: list[float]) -> str:

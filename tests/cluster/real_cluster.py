@@ -22,7 +22,8 @@ from typing import Any
 from kubernetes import config as kube_config
 
 from tests.controller.waiting import wait_for
-from vgpu_dra.controller.kubeapi import NODES, PODS, ApiError, KubeApi, Resource
+from vgpu_dra.controller.informer import Informer
+from vgpu_dra.controller.kubeapi import NODES, PODS, ApiError, JsonObject, KubeApi, Resource
 
 from .control_plane import ControlPlane, write_kubeconfig
 
@@ -31,7 +32,7 @@ NODE_LEASES = Resource("coordination.k8s.io", "v1", "leases", True)
 SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts", True)
 NODE_LEASE_NAMESPACE = "kube-node-lease"
 HEARTBEAT_S = 10.0
-POD_REAP_S = 0.5
+POD_SWEEP_S = 2.0
 
 
 def now_rfc3339(micro: bool = False) -> str:
@@ -66,13 +67,22 @@ def _ready(heartbeat: str, transition: str) -> dict[str, str]:
 class NodeKeeper:
     """Plays the kubelets of the test's Nodes: creates them, renews each node's Lease and Ready
     condition every 10 s (so the node lifecycle controller never marks them unreachable), and
-    removes deleted pods bound to them, as a kubelet does once their containers stopped."""
+    removes deleted pods bound to them, as a kubelet does once their containers stopped.
+
+    Bound pods are watched, as kubelets watch theirs, not listed: a list of every pod twice a
+    second cost the API server and this process (whose threads time the benchmarks) more than
+    anything the tests measure, and grew with every pod a test created."""
 
     def __init__(self, kube: KubeApi):
         self.kube = kube
         self._nodes: dict[str, str] = {}  # name → Ready's lastTransitionTime
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._pods = Informer(kube, PODS, self._on_pod, name="node-keeper-pods", field_selector="spec.nodeName!=",
+                              transform=_reap_view)
+        self._pod_thread = threading.Thread(target=self._pods.run, args=(self._stop,), name="node-keeper-pods",
+                                            daemon=True)
+        self._pod_thread.start()
         self._thread = threading.Thread(target=self._run, name="node-keeper", daemon=True)
         self._thread.start()
 
@@ -149,40 +159,53 @@ class NodeKeeper:
 
     def _run(self) -> None:
         last_beat = time.monotonic()
-        while not self._stop.wait(POD_REAP_S):
-            with self._lock:
-                names = list(self._nodes)
-            try:
-                self._finish_deleted_pods(names)
-            except ApiError:
-                pass  # next round
+        while not self._stop.wait(POD_SWEEP_S):
+            # The watch handler finishes pods as they are deleted; the sweep catches a pod deleted
+            # before its node was added here, or whose delete failed.
+            for pod in self._pods.items():
+                self._finish_if_deleted(pod)
             if time.monotonic() - last_beat < HEARTBEAT_S:
                 continue
             last_beat = time.monotonic()
+            with self._lock:
+                names = list(self._nodes)
             for name in names:
                 try:
                     self._renew(name)
                 except ApiError:
                     pass  # the next beat tries again; a test that needs the node notices its taint
 
-    def _finish_deleted_pods(self, names: list[str]) -> None:
+    def _on_pod(self, key: str, old: JsonObject | None, new: JsonObject | None) -> None:
+        if new is not None:
+            self._finish_if_deleted(new)
+
+    def _finish_if_deleted(self, pod: JsonObject) -> None:
         """What a kubelet does for a deleted pod once its containers stopped: remove it for good
         (without a kubelet a bound pod would stay Terminating forever)."""
-        if not names:
+        meta = pod["metadata"]
+        with self._lock:
+            ours = pod["spec"].get("nodeName") in self._nodes
+        if not (meta.get("deletionTimestamp") and ours):
             return
-        items = self.kube.list(PODS).get("items") or []
-        for pod in items:
-            if pod["metadata"].get("deletionTimestamp") and pod["spec"].get("nodeName") in names:
-                try:
-                    self.kube.delete(PODS, pod["metadata"]["name"], pod["metadata"]["namespace"], grace_period_s=0)
-                except ApiError as exc:
-                    if not exc.not_found:
-                        raise
+        try:
+            self.kube.delete(PODS, meta["name"], meta["namespace"], grace_period_s=0)
+        except ApiError:
+            pass  # gone already (404), or the next sweep tries again
 
     def stop(self) -> None:
-        """Stop the heartbeats (the nodes stay)."""
+        """Stop the heartbeats and the pod watch (the nodes stay)."""
         self._stop.set()
+        self._pods.close()
         self._thread.join(timeout=5)
+        self._pod_thread.join(timeout=5)
+
+
+def _reap_view(pod: JsonObject) -> JsonObject:
+    """What the keeper reads of a pod (a test's thousands of pods stay small here)."""
+    meta = pod.get("metadata") or {}
+    return {"metadata": {k: meta[k] for k in ("name", "namespace", "resourceVersion", "deletionTimestamp", "uid")
+                         if k in meta},
+            "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")}}
 
 
 @dataclass
