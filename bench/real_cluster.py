@@ -13,7 +13,10 @@ adds the controller's (`controller.admissionShortcuts`), as it does for every us
 
 Times are the watch events this process receives: pod created (the API server's answer to the
 create) → its claim's allocation seen → the pod's nodeName seen. The ratio controller/native is
-what the controller adds over the native path.
+what the controller adds over the native path. After each round it prints the CPU seconds every
+component used meanwhile (this process and everything it started), and with `--requests` what the
+round cost the API server (requests by verb and resource, watch events, watchers it cut off as
+too slow), read from its /metrics.
 
     .venv/bin/python bench/real_cluster.py                       # 200 pods, burst and paced, 2 rounds
     .venv/bin/python bench/real_cluster.py --pods 20 --rounds 1  # quick look
@@ -21,7 +24,9 @@ what the controller adds over the native path.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import signal
 import statistics
 import sys
@@ -30,6 +35,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -123,7 +130,7 @@ def pod(name: str, template_name: str) -> dict[str, Any]:
 
 
 def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: str, cores: int,
-              round_no: int | str) -> dict[str, list[float]]:
+              round_no: int | str, verbose: bool = False) -> dict[str, list[float]]:
     namespace = f"bench-{mode}-{round_no}-{'paced' if rate else 'burst'}"
     cluster.create_namespace(namespace)
     kube = cluster.kube
@@ -132,6 +139,13 @@ def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: s
     time.sleep(0.5)  # both watches open
     creators = 8
     names = [f"p-{i:04d}" for i in range(pods)]
+    before = api_server_counters(cluster)
+    cpu_before = component_cpu_seconds()
+    # This process is the stopwatch: a full collection of its heap (35–50 ms, measured with
+    # gc.callbacks) would stall every watch thread at once and show up as a tail on whichever
+    # pods were in flight, in either mode. Reference counting still frees the round's objects.
+    gc.collect()
+    gc.disable()
     start = time.monotonic()
 
     def create(mine: list[tuple[int, str]]) -> None:
@@ -154,11 +168,18 @@ def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: s
                    f"{pods} pods bound ({mode})", interval_s=0.1)
     finally:
         timeline.stop()
+        gc.enable()
+    requests = counter_difference(api_server_counters(cluster), before)
+    cpu = counter_difference(component_cpu_seconds(), cpu_before)
     result = {"claimed": [timeline.claimed[n] - timeline.created[n] for n in names],
               "allocated": [timeline.allocated[n] - timeline.created[n] for n in names],
               "ungated": [timeline.ungated.get(n, timeline.created[n]) - timeline.created[n] for n in names],
               "bound": [timeline.bound[n] - timeline.created[n] for n in names],
               "makespan": [max(timeline.bound.values()) - start]}
+    if verbose:
+        print(f"  {namespace} API server: " + ", ".join(f"{name} {count:g}" for name, count in requests.items()))
+    print(f"  {namespace} CPU seconds: " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in cpu.items()),
+          flush=True)
     cluster.kubectl("delete", "namespace", namespace, "--wait=false")
     wait_until(lambda: not kube.list(RESOURCE_CLAIMS, namespace, limit=1).get("items"), 300,
                f"{namespace}'s claims released")
@@ -167,6 +188,74 @@ def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: s
     # (every mode's second round was a quarter slower than its first).
     wait_until(lambda: _gone(kube, namespace), 300, f"namespace {namespace} deleted")
     return result
+
+
+def api_server_counters(cluster: RealCluster) -> dict[str, float]:
+    """The API server's own counters that say what a round cost it: requests by verb and
+    resource, watch events sent, its CPU seconds."""
+    text = cluster.kubectl("get", "--raw", "/metrics").stdout
+    counters: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "apiserver_request_total":
+                resource = labels["resource"] + (f"/{labels['subresource']}" if labels.get("subresource") else "")
+                key = f"{labels['verb']} {resource} {labels['code']}"
+            elif sample.name == "apiserver_watch_events_total":
+                key = f"watch-events {labels.get('kind') or labels.get('resource', '?')}"
+            elif sample.name == "apiserver_watch_events_sizes_sum":
+                key = f"watch-bytes {labels.get('kind') or labels.get('resource', '?')}"
+            elif sample.name == "apiserver_terminated_watchers_total":
+                key = f"watchers-cut {labels.get('resource', '?')}"
+            elif sample.name == "process_cpu_seconds_total":
+                key = "apiserver-cpu-s"
+            else:
+                continue
+            counters[key] = counters.get(key, 0.0) + sample.value
+    return counters
+
+
+def component_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) each component has used so far: this process and every
+    process it started (the control plane, the controller, the plugins), by component."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    used: dict[int, tuple[str, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        parents[int(entry)] = int(fields[1])
+        used[int(entry)] = (_component(argv), (int(fields[11]) + int(fields[12])) / ticks)
+    me = os.getpid()
+    totals: dict[str, float] = {}
+    for pid, (component, seconds) in used.items():
+        ancestor = pid
+        while ancestor not in (me, 0, 1) and ancestor in parents:
+            ancestor = parents[ancestor]
+        if ancestor == me or pid == me:
+            name = "bench" if pid == me else component
+            totals[name] = totals.get(name, 0.0) + seconds
+    return totals
+
+
+def _component(argv: list[bytes]) -> str:
+    words = [a.decode(errors="replace") for a in argv]
+    program = Path(words[0]).name if words else "?"
+    if "vgpu_dra.cli.main" in words:
+        after = words[words.index("vgpu_dra.cli.main") + 1:]
+        return f"vgpu-dra {after[0]}" if after else "vgpu-dra"
+    return program
+
+
+def counter_difference(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    """What grew between two readings, largest first."""
+    grown = {key: round(value - before.get(key, 0.0), 2) for key, value in after.items()}
+    return dict(sorted(((k, v) for k, v in grown.items() if v > 0), key=lambda kv: -kv[1]))
 
 
 def _gone(kube: KubeApi, namespace: str) -> bool:
@@ -195,6 +284,8 @@ def main() -> int:
     parser.add_argument("--phases", default="burst,paced", help="which phases to run")
     parser.add_argument("--warmup", type=int, default=20,
                         help="pods created (paced, not measured) after each installation, before its rounds")
+    parser.add_argument("--requests", action="store_true",
+                        help="also print, per round, the API server's requests and watch events it cost")
     parser.add_argument("--dump", type=Path, default=None,
                         help="write every pod's times (JSON, per mode and phase) here, to look at the tail")
     args = parser.parse_args()
@@ -222,7 +313,8 @@ def main() -> int:
                     for phase, rate in (("burst", 0.0), ("paced", args.rate)):
                         if phase not in args.phases.split(","):
                             continue
-                        got = one_round(cluster, mode, args.pods, rate, args.memory, args.cores, round_no)
+                        got = one_round(cluster, mode, args.pods, rate, args.memory, args.cores, round_no,
+                                        verbose=args.requests)
                         bucket = results.setdefault((mode, phase), {"claimed": [], "allocated": [], "ungated": [],
                                                                      "bound": [], "makespan": []})
                         for key, values in got.items():
