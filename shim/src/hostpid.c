@@ -26,7 +26,7 @@
 #define PAGE_BYTES (2LL << 20)
 #define LEARN_TRIES 8
 #define MAX_LISTED 1024
-#define PROBE_TRIES 3
+#define PROBE_TRIES 4
 #define PROBE_PAGES_MIN 2 /* a context probe is 2, 3 or 4 large pages (4, 6 or 8 MiB) */
 #define PROBE_PAGES_SPREAD 3
 
@@ -244,6 +244,11 @@ int64_t vgpu_hostpid_probe_context(struct vgpu_account *acct, CUcontext ctx, int
         if (grown_by(before, after, bytes, upper_of(bytes), acct->head, &pid)) {
             footprint = used_by(before, pid);
             record(pid);
+        } else if (attempt + 1 < PROBE_TRIES) {
+            /* First processes of different claims have the same slot, so the same probe sizes:
+             * started together (one workload's pods), they can stay in step through every try.
+             * A pause that differs between processes (1-8 ms) takes them out of step. */
+            usleep((useconds_t)(1 + getpid() % 8) * 1000);
         }
     }
     vgpu_helper.cuCtxPopCurrent_v2(&popped);

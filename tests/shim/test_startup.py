@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.shim.harness import GPU0, MiB, Node, read_until, stop
+from vgpu_dra.driver.claimconfig import ClaimConfig, GpuLimit, render
+from vgpu_dra.driver.region import create_region, read_region
 
 GiB = 1 << 30
 BOUND = 2 * GiB  # VGPU_CONTEXT_MAX_BYTES
@@ -126,3 +128,25 @@ def test_reading_a_fresh_claim_does_not_write_its_access_times(node: Node) -> No
         os.utime(path, (old, old))
     assert node.run("init", "ctx", "0").rcs() == [0, 0]
     assert (os.stat(config).st_atime, os.stat(node.claims_root).st_atime) == (old, old)
+
+
+def test_first_processes_of_several_claims_starting_together_each_charge_their_context(node: Node) -> None:
+    """Claims on one GPU whose first processes measure at the same instant (pods of one workload
+    starting together): each tells its own context apart and is charged it, none goes uncharged."""
+    node.ctx_bytes = CTX
+    roots = []
+    for index in range(6):
+        root = node.root / f"claims-{index}"
+        directory = root / f"claim-{index}"
+        directory.mkdir(parents=True)
+        config = ClaimConfig(f"claim-{index}", (GpuLimit(GPU0, 4 * GiB, 0, "soft"),))
+        (directory / "config").write_text(render(config))
+        create_region(directory / "region", config)
+        roots.append(root)
+    # Each creates its context, then sleeps: they all wake, and measure, at about the same moment.
+    procs = [node.start("init", "ctx", "0", "sleep", "400", "info", VGPU_CLAIMS_ROOT=str(root)) for root in roots]
+    outputs = [proc.communicate(timeout=60) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * len(procs), outputs
+    for index, root in enumerate(roots):
+        gpu = read_region(root / f"claim-{index}" / "region").gpu(GPU0)
+        assert (gpu.context_bytes, gpu.limit_errors, gpu.used_bytes) == (CTX, 0, 0), (index, outputs[index][1])
