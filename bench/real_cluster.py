@@ -139,7 +139,7 @@ def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: s
     time.sleep(0.5)  # both watches open
     creators = 8
     names = [f"p-{i:04d}" for i in range(pods)]
-    before = api_server_counters(cluster)
+    before = api_server_counters(cluster) if verbose else {}
     cpu_before = component_cpu_seconds()
     # This process is the stopwatch: a full collection of its heap (35–50 ms, measured with
     # gc.callbacks) would stall every watch thread at once and show up as a tail on whichever
@@ -169,7 +169,6 @@ def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: s
     finally:
         timeline.stop()
         gc.enable()
-    requests = counter_difference(api_server_counters(cluster), before)
     cpu = counter_difference(component_cpu_seconds(), cpu_before)
     result = {"claimed": [timeline.claimed[n] - timeline.created[n] for n in names],
               "allocated": [timeline.allocated[n] - timeline.created[n] for n in names],
@@ -177,6 +176,7 @@ def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: s
               "bound": [timeline.bound[n] - timeline.created[n] for n in names],
               "makespan": [max(timeline.bound.values()) - start]}
     if verbose:
+        requests = counter_difference(api_server_counters(cluster), before)
         print(f"  {namespace} API server: " + ", ".join(f"{name} {count:g}" for name, count in requests.items()))
     print(f"  {namespace} CPU seconds: " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in cpu.items()),
           flush=True)
