@@ -31,7 +31,8 @@ static const char *const g_what[CALLS] = {
                                 "an upper bound of its size",
     [VGPU_ERRCALL_CONTEXT] = "the context footprint could not be measured (no NVML or current context to "
                              "measure with, or another process started on the GPU at the same moment) and the "
-                             "claim has no earlier measurement; this context is not charged",
+                             "claim has no earlier measurement; it is charged an upper bound instead (the GPU's used "
+                             "memory as the driver reports it, at most 2 GiB), or refused when that does not fit",
     [VGPU_ERRCALL_MONITOR] = "the SM cap's monitor thread could not start; launches are charged 1 ms each and "
                              "a soft cap holds like a hard one",
     [VGPU_ERRCALL_UNDO] = "undoing an allocation (or context) that did not fit under the wall failed "

@@ -5,11 +5,12 @@
  * there (see struct ctx_measure), kept in the region (context_bytes, context_measurements), and
  * every later process of the claim is charged it without measuring, which keeps NVML out of its
  * start-up. When it cannot be measured (no NVML and no current context, or another process
- * starting on the GPU at the same moment) nothing is charged, the fail-safe counter says so, and
- * the next context measures again (docs/shim.md). A context measured around its creating call
- * that does not fit under the wall is undone and the call answers CUDA_ERROR_OUT_OF_MEMORY, as the
- * driver would; one measured later (LATER below) had its upper bound reserved before the call, so
- * it always fits. The charge stays until the process ends (its slot is refunded then).
+ * starting on the GPU at the same moment) it is charged an upper bound instead (footprint_bound),
+ * the fail-safe counter says so, and the claim's next process measures again (docs/shim.md): an
+ * error never leaves a context uncharged. A context charged around its creating call that does
+ * not fit under the wall is undone and the call answers CUDA_ERROR_OUT_OF_MEMORY, as the driver
+ * would; one measured later (LATER below) had its upper bound reserved before the call, so it
+ * always fits. The charge stays until the process ends (its slot is refunded then).
  */
 #include <dlfcn.h>
 #include <stdlib.h>
@@ -39,6 +40,21 @@ static int64_t cuda_used(CUdevice dev)
     if (!vgpu_real.cuMemGetInfo_v2 || vgpu_real.cuMemGetInfo_v2(&f, &t) != CUDA_SUCCESS)
         return -1;
     return (int64_t)(t - f);
+}
+
+/* What a context that could not be measured is charged: the device's used memory as the driver
+ * reports it with ctx current (every process on the GPU, this context among them), at most
+ * VGPU_CONTEXT_MAX_BYTES, and that bound when the driver cannot say. More than the context takes
+ * whenever the GPU has other tenants, never less. */
+static int64_t footprint_bound(CUdevice dev, CUcontext ctx)
+{
+    int pushed = ctx && vgpu_helper.cuCtxPushCurrent_v2 && vgpu_helper.cuCtxPushCurrent_v2(ctx) == CUDA_SUCCESS;
+    int64_t used = cuda_used(dev);
+    if (pushed) {
+        CUcontext popped;
+        vgpu_helper.cuCtxPopCurrent_v2(&popped);
+    }
+    return used >= 0 && used < VGPU_CONTEXT_MAX_BYTES ? used : VGPU_CONTEXT_MAX_BYTES;
 }
 
 /* Owned by this file: which devices already carry this process's context charge (0/1), set by
@@ -72,6 +88,7 @@ struct ctx_measure {
     int64_t claims_before; /* CUDA: what the GPU's claims (of this process) accounted for then */
     struct vgpu_nvml_snapshot *listed; /* NVML: the process list before the call */
     struct vgpu_account *reserved; /* LATER: the account holding the upper bound, else NULL */
+    int estimated; /* measure_now found an upper bound, not the footprint */
 };
 
 /* Bytes the GPU's claims (of this process) account for, every process of them, plus what was ever
@@ -115,6 +132,7 @@ static int measure_begin(CUdevice dev, struct ctx_measure *m)
     m->before = -1;
     m->listed = NULL;
     m->reserved = NULL;
+    m->estimated = 0;
     if (!m->acct) {
         __atomic_store_n(&g_ctx_charged[dev], 0, __ATOMIC_RELEASE);
         return 0;
@@ -149,15 +167,32 @@ static int64_t measure_now(struct ctx_measure *m, CUcontext ctx)
         memcpy(uuid, m->acct->gpu->uuid, sizeof(uuid));
         uuid[sizeof(uuid) - 1] = '\0';
         struct vgpu_nvml_snapshot *after = vgpu_nvml_snapshot(uuid);
-        int one = after && vgpu_nvml_newcomer(m->listed, after, &pid, &used);
+        int newcomers = after ? vgpu_nvml_newcomers(m->listed, after, &pid, &used) : 0;
         free(after);
-        if (!one) {
-            /* Another process started on the GPU at the same moment (or NVML failed). */
-            vgpu_limit_error(m->acct->gpu, VGPU_ERRCALL_CONTEXT, CUDA_ERROR_NOT_READY);
-            return -1;
+        if (newcomers == 1) {
+            vgpu_hostpid_record(pid);
+            return used;
         }
-        vgpu_hostpid_record(pid);
-        return used;
+        /* Other processes started on the GPU at the same moment (or NVML did not list this one):
+         * with room for a probe, tell this process apart by an allocation of its own. */
+        int64_t probed = -1, stuck = 0, bound = -1;
+        struct vgpu_account *room = NULL;
+        for (struct vgpu_account *a = m->acct; a && !room; a = a->next)
+            if (vgpu_admit_quiet(a, VGPU_CONTEXT_PROBE_MAX_BYTES))
+                room = a;
+        if (room) {
+            probed = vgpu_hostpid_probe_context(room, ctx, &stuck, &bound);
+            vgpu_refund(room, VGPU_CONTEXT_PROBE_MAX_BYTES - stuck); /* a probe the driver kept stays charged */
+        }
+        if (probed >= 0)
+            return probed;
+        vgpu_limit_error(m->acct->gpu, VGPU_ERRCALL_CONTEXT, CUDA_ERROR_NOT_READY);
+        if (newcomers == 0 && bound < 0)
+            return -1; /* NVML failed, or does not list this process */
+        /* This process is among the newcomers (or the probe's candidates): the largest of their
+         * usages is an upper bound of its context. */
+        m->estimated = 1;
+        return newcomers > 0 && (bound < 0 || used < bound) ? used : bound;
     }
     if (m->before < 0) {
         vgpu_limit_error(m->acct->gpu, VGPU_ERRCALL_CONTEXT, CUDA_ERROR_NOT_FOUND);
@@ -193,11 +228,17 @@ static int measure_end(struct ctx_measure *m, CUresult rc, CUcontext ctx)
     }
     int64_t footprint = rc != CUDA_SUCCESS ? -1 : m->known >= 0 ? m->known : measure_now(m, ctx);
     free(m->listed);
-    if (rc != CUDA_SUCCESS || footprint < 0 || footprint > VGPU_CONTEXT_MAX_BYTES) {
-        /* Failed, not measurable this time, or implausible (another tenant allocated meanwhile):
-         * the next context of this process on the device tries again. */
+    if (rc != CUDA_SUCCESS) {
+        /* No context: the next context of this process on the device is its first again. */
         __atomic_store_n(&g_ctx_charged[m->dev], 0, __ATOMIC_RELEASE);
         return 0;
+    }
+    int estimated = m->estimated || footprint < 0 || footprint > VGPU_CONTEXT_MAX_BYTES;
+    if (footprint < 0 || footprint > VGPU_CONTEXT_MAX_BYTES) {
+        /* Not measurable this time, or implausible (another tenant allocated meanwhile). */
+        if (footprint > VGPU_CONTEXT_MAX_BYTES)
+            vgpu_limit_error(m->acct->gpu, VGPU_ERRCALL_CONTEXT, CUDA_ERROR_NOT_READY);
+        footprint = footprint_bound(m->dev, ctx);
     }
     if (footprint == 0)
         return 0; /* nothing to charge (and a zero is not kept for reuse) */
@@ -207,7 +248,7 @@ static int measure_end(struct ctx_measure *m, CUresult rc, CUcontext ctx)
         __atomic_store_n(&g_ctx_charged[m->dev], 0, __ATOMIC_RELEASE);
         return -1;
     }
-    if (m->known < 0) {
+    if (m->known < 0 && !estimated) {
         __atomic_store_n(&charged->gpu->context_bytes, footprint, __ATOMIC_RELAXED);
         __atomic_add_fetch(&charged->gpu->context_measurements, 1, __ATOMIC_RELEASE);
     }
@@ -216,24 +257,26 @@ static int measure_end(struct ctx_measure *m, CUresult rc, CUcontext ctx)
 
 void vgpu_context_settle(CUdevice dev, struct vgpu_account *acct, CUcontext ctx)
 {
-    int64_t stuck = 0, footprint = measured_before(acct->head); /* measured meanwhile elsewhere */
+    int64_t stuck = 0, bound = -1, footprint = measured_before(acct->head); /* measured meanwhile elsewhere */
     int measured = footprint < 0;
     if (measured) {
-        footprint = vgpu_hostpid_probe_context(acct, ctx, &stuck);
+        footprint = vgpu_hostpid_probe_context(acct, ctx, &stuck, &bound);
         if (footprint < 0)
             vgpu_limit_error(acct->gpu, VGPU_ERRCALL_CONTEXT, vgpu_nvml() ? CUDA_ERROR_NOT_READY : CUDA_ERROR_NOT_FOUND);
     }
     /* The probe lives inside the reservation, so footprint + stuck <= the bound always fits. */
-    int plausible = footprint > 0 && footprint + stuck <= VGPU_CONTEXT_MAX_BYTES;
-    vgpu_refund(acct, VGPU_CONTEXT_MAX_BYTES - stuck - (plausible ? footprint : 0));
-    if (!plausible) {
-        /* Not measurable this time or implausible: the next context of this process measures
-         * again. (A zero is simply not charged, and not kept for reuse.) */
-        if (footprint != 0)
-            __atomic_store_n(&g_ctx_charged[dev], 0, __ATOMIC_RELEASE);
-        return;
+    if (footprint < 0 || footprint + stuck > VGPU_CONTEXT_MAX_BYTES) {
+        /* Not measurable this time, or implausible: the reservation shrinks to an upper bound
+         * and stays (the claim's next process measures again). */
+        if (footprint >= 0)
+            vgpu_limit_error(acct->gpu, VGPU_ERRCALL_CONTEXT, CUDA_ERROR_NOT_READY);
+        footprint = footprint < 0 && bound >= 0 ? bound : footprint_bound(dev, ctx);
+        if (footprint + stuck > VGPU_CONTEXT_MAX_BYTES)
+            footprint = VGPU_CONTEXT_MAX_BYTES - stuck;
+        measured = 0;
     }
-    if (measured) {
+    vgpu_refund(acct, VGPU_CONTEXT_MAX_BYTES - stuck - footprint);
+    if (measured && footprint > 0) { /* a zero is simply not charged, and not kept for reuse */
         __atomic_store_n(&acct->gpu->context_bytes, footprint, __ATOMIC_RELAXED);
         __atomic_add_fetch(&acct->gpu->context_measurements, 1, __ATOMIC_RELEASE);
     }

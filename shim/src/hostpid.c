@@ -72,19 +72,22 @@ struct vgpu_nvml_snapshot *vgpu_nvml_snapshot(const char *uuid)
     return s;
 }
 
-int vgpu_nvml_newcomer(const struct vgpu_nvml_snapshot *before, const struct vgpu_nvml_snapshot *after,
-                       unsigned int *pid, int64_t *used)
+int vgpu_nvml_newcomers(const struct vgpu_nvml_snapshot *before, const struct vgpu_nvml_snapshot *after,
+                        unsigned int *pid, int64_t *used)
 {
     int found = 0;
+    *used = 0;
     for (unsigned int i = 0; i < after->count; i++)
         if (!listed(before, after->entries[i].pid)) {
+            int64_t bytes = (int64_t)(after->entries[i].used_gpu_memory > (unsigned long long)INT64_MAX
+                                          ? INT64_MAX
+                                          : after->entries[i].used_gpu_memory);
             *pid = after->entries[i].pid;
-            *used = (int64_t)(after->entries[i].used_gpu_memory > (unsigned long long)INT64_MAX
-                                  ? INT64_MAX
-                                  : after->entries[i].used_gpu_memory);
+            if (bytes > *used)
+                *used = bytes;
             found++;
         }
-    return found == 1;
+    return found;
 }
 
 /* Records pid as this process's host PID in its slot of every claim it holds. */
@@ -161,17 +164,21 @@ int vgpu_hostpid_begin(struct vgpu_pid_probe *probe, struct vgpu_account *acct, 
 }
 
 /* The one PID whose NVML usage grew by [low, high] from before to after and that no other live
- * slot of head's claims holds: 1 with it in *pid, else 0 (none, or two at once). */
+ * slot of head's claims holds: 1 with it in *pid, else 0 (none, or two at once). The largest
+ * usage before of all such PIDs goes to *largest (-1 when there is none). */
 static int grown_by(const struct vgpu_nvml_snapshot *before, const struct vgpu_nvml_snapshot *after, long long low,
-                    long long high, const struct vgpu_account *head, unsigned int *pid)
+                    long long high, const struct vgpu_account *head, unsigned int *pid, long long *largest)
 {
     unsigned int found = 0, candidates = 0;
+    *largest = -1;
     for (unsigned int i = 0; i < after->count; i++) {
         unsigned int p = after->entries[i].pid;
-        long long grew = (long long)after->entries[i].used_gpu_memory - used_by(before, p);
+        long long had = used_by(before, p), grew = (long long)after->entries[i].used_gpu_memory - had;
         if (grew >= low && grew <= high && !claimed_by_another(head, p)) {
             found = p;
             candidates++;
+            if (had > *largest)
+                *largest = had;
         }
     }
     *pid = found;
@@ -188,8 +195,9 @@ void vgpu_hostpid_end(struct vgpu_pid_probe *probe, CUresult rc)
 {
     struct vgpu_nvml_snapshot *after = rc == CUDA_SUCCESS ? malloc(sizeof(*after)) : NULL;
     unsigned int found = 0;
+    long long largest;
     if (after && take(probe->device, after) == 0 &&
-        grown_by(probe->before, after, probe->bytes, upper_of(probe->bytes), probe->head, &found)) {
+        grown_by(probe->before, after, probe->bytes, upper_of(probe->bytes), probe->head, &found, &largest)) {
         record(found);
     } else if (rc == CUDA_SUCCESS && ++g_tries >= LEARN_TRIES) {
         __atomic_store_n(&vgpu_hostpid_state, -1, __ATOMIC_RELAXED);
@@ -207,14 +215,17 @@ void vgpu_hostpid_end(struct vgpu_pid_probe *probe, CUresult rc)
  * between tries and processes (4, 6 or 8 MiB), so two first processes probing at the same moment
  * tell themselves apart on a retry. The probe's bytes (at most VGPU_CONTEXT_PROBE_MAX_BYTES) are
  * covered by the caller's reservation; a probe the driver would not free again is added to *stuck
- * (it stays charged). The footprint, or -1 when it could not be told.
+ * (it stays charged). The footprint, or -1 when it could not be told. Then *bound is an upper bound
+ * of it when a try had several candidates (this process among them: the largest of their usages
+ * before the probe, over all tries), else -1.
  */
-int64_t vgpu_hostpid_probe_context(struct vgpu_account *acct, CUcontext ctx, int64_t *stuck)
+int64_t vgpu_hostpid_probe_context(struct vgpu_account *acct, CUcontext ctx, int64_t *stuck, int64_t *bound)
 {
     char uuid[VGPU_UUID_LEN];
     int64_t footprint = -1;
     CUcontext popped;
     *stuck = 0;
+    *bound = -1;
     memcpy(uuid, acct->gpu->uuid, sizeof(uuid));
     uuid[sizeof(uuid) - 1] = '\0';
     void *device = vgpu_nvml_device(uuid);
@@ -241,10 +252,15 @@ int64_t vgpu_hostpid_probe_context(struct vgpu_account *acct, CUcontext ctx, int
         }
         if (!seen || freed != CUDA_SUCCESS)
             break;
-        if (grown_by(before, after, bytes, upper_of(bytes), acct->head, &pid)) {
+        long long largest;
+        if (grown_by(before, after, bytes, upper_of(bytes), acct->head, &pid, &largest)) {
             footprint = used_by(before, pid);
             record(pid);
-        } else if (attempt + 1 < PROBE_TRIES) {
+            break;
+        }
+        if (largest > *bound)
+            *bound = largest; /* this process is one of the candidates (in some try, at least) */
+        if (attempt + 1 < PROBE_TRIES) {
             /* First processes of different claims have the same slot, so the same probe sizes:
              * started together (one workload's pods), they can stay in step through every try.
              * A pause that differs between processes (1-8 ms) takes them out of step. */

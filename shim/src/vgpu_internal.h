@@ -441,15 +441,17 @@ uint64_t vgpu_pid_namespace(void);
 void vgpu_hostpid_record(unsigned int pid);
 /* The claim's first process: the footprint of ctx (current or not) on acct's GPU, measured with
  * NVML around a probe allocation of the shim's own (learning the host PID on the way); -1 when it
- * cannot be told. Probe bytes the driver would not free again are added to *stuck. */
-int64_t vgpu_hostpid_probe_context(struct vgpu_account *acct, CUcontext ctx, int64_t *stuck);
+ * cannot be told, with an upper bound in *bound when other processes' usage grew alike (else -1).
+ * Probe bytes the driver would not free again are added to *stuck. */
+int64_t vgpu_hostpid_probe_context(struct vgpu_account *acct, CUcontext ctx, int64_t *stuck, int64_t *bound);
 #define VGPU_CONTEXT_PROBE_MAX_BYTES (8LL << 20)
 /* NVML's process list of the GPU with this UUID (malloc'd, free() it), NULL when unreadable. */
 struct vgpu_nvml_snapshot;
 struct vgpu_nvml_snapshot *vgpu_nvml_snapshot(const char *uuid);
-/* 1 when exactly one PID is listed in after and not in before: its PID and NVML usage. */
-int vgpu_nvml_newcomer(const struct vgpu_nvml_snapshot *before, const struct vgpu_nvml_snapshot *after,
-                       unsigned int *pid, int64_t *used);
+/* How many PIDs are listed in after and not in before; the largest NVML usage among them in *used
+ * (0 when none) and one of their PIDs in *pid (the one, when there is one). */
+int vgpu_nvml_newcomers(const struct vgpu_nvml_snapshot *before, const struct vgpu_nvml_snapshot *after,
+                        unsigned int *pid, int64_t *used);
 static inline int vgpu_hostpid_wanted(int64_t bytes)
 {
     return VGPU_UNLIKELY(bytes >= (2LL << 20)) && __atomic_load_n(&vgpu_hostpid_state, __ATOMIC_RELAXED) == 0;

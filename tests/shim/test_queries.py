@@ -90,16 +90,40 @@ def test_the_claims_first_process_measures_its_context_and_later_ones_reuse_it(n
     assert node.region("claim-a").gpu(GPU0).limit_errors == 0
 
 
-def test_a_context_nobody_could_measure_is_counted(node: Node) -> None:
+def test_a_context_nobody_could_measure_is_charged_an_upper_bound_and_counted(node: Node) -> None:
     node.ctx_bytes = 3 * MiB
     node.nvml = False
     node.add_claim("claim-a", {GPU0: 16 * MiB})
-    # No NVML and no context current before the primary one: nothing to measure against.
+    # No NVML and no context current before the primary one: nothing to measure against, so the
+    # context is charged what the driver says the GPU uses (here, only this context).
     result = node.run("init", "ctx", "0", "info")
     assert result.rcs() == [0, 0, 0]
+    assert int(result.lines[2]["free"]) == 13 * MiB
     gpu = node.region("claim-a").gpu(GPU0)
     assert gpu.limit_errors == 1 and gpu.limit_error_call.startswith("context footprint")
+    assert gpu.context_bytes == 0  # an upper bound is not a measurement for the claim's next process
     assert "the context footprint could not be measured" in result.stderr
+
+
+def test_an_unmeasured_context_whose_upper_bound_does_not_fit_is_refused(node: Node) -> None:
+    from tests.shim.harness import read_until, stop
+
+    node.ctx_bytes = 3 * MiB
+    node.nvml = False
+    node.add_claim("claim-a", {GPU0: 16 * MiB})
+    neighbour = Node(root=node.root / "neighbour", devices=node.devices, shared_state=node.state_file)
+    neighbour.add_claim("claim-b", {GPU0: 100 * MiB})
+    holder = neighbour.start("init", "ctx", "0", "alloc", str(20 * MiB), "hold")
+    try:
+        read_until(holder, "hold")
+        # The GPU uses 26 MiB with this context: more than the claim's 16 MiB. The context may be
+        # that large, so it is undone and refused, as a context measured too large would be.
+        result = node.run("init", "ctx", "0")
+        assert result.rcs() == [0, 2]
+        gpu = node.region("claim-a").gpu(GPU0)
+        assert gpu.used_bytes == 0 and gpu.limit_errors == 1
+    finally:
+        stop(holder)
 
 
 def test_a_context_that_does_not_fit_is_refused(node: Node) -> None:

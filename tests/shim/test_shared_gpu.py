@@ -206,15 +206,22 @@ def test_the_context_footprint_goes_to_the_first_claim_it_fits_in(node: Node) ->
         3 * MiB,
         0,
     )
-    # With claim-a full, the footprint goes whole to claim-b. (No NVML: the primary context cannot
-    # be measured, so the footprint is measured at the second context, once claim-a is full.)
+    # A footprint too large for claim-a goes whole to claim-b. (No NVML: the primary context is
+    # charged an upper bound, the GPU's used memory, a neighbour's 600 MiB included.)
     other = Node(root=node.root / "full", ctx_bytes=3 * MiB, nvml=False)
-    two_claims(other)
-    result = other.run("init", "ctx", "0", "alloc", str(GiB), "ctxcreate", "0", "info")
-    assert result.rcs() == [0, 0, 0, 0, 0]
-    assert int(result.lines[4]["free"]) == 512 * MiB - 3 * MiB
-    assert other.region("claim-b").gpu(GPU0).context_bytes == 3 * MiB
-    assert other.region("claim-b").gpu(GPU0).peak_bytes == 3 * MiB
+    other.add_claim("claim-a", {GPU0: 512 * MiB}, policy="hard")
+    other.add_claim("claim-b", {GPU0: GiB}, policy="hard")
+    neighbour = Node(root=other.root / "neighbour", devices=other.devices, shared_state=other.state_file)
+    neighbour.add_claim("claim-n", {GPU0: GiB})
+    holder = neighbour.start("init", "ctx", "0", "alloc", str(600 * MiB), "hold")
+    try:
+        read_until(holder, "hold")
+        result = other.run("init", "ctx", "0", "info")
+        assert result.rcs() == [0, 0, 0]
+        peaks = [other.region(uid).gpu(GPU0).peak_bytes for uid in ("claim-a", "claim-b")]
+        assert peaks == [0, 603 * MiB]
+    finally:
+        stop(holder)
 
 
 def test_a_fork_child_gets_its_own_slots_in_both_claims(node: Node) -> None:

@@ -2,7 +2,8 @@
 
 With room for any plausible context (2 GiB), the creating call reserves that bound and returns; the
 next intercepted call measures the context through NVML and corrects the reservation (docs/shim.md,
-"Accounting"). Also: reading a fresh claim's files does not write their access time.
+"Accounting"); a context that cannot be measured keeps an upper bound. Also: reading a fresh
+claim's files does not write their access time.
 """
 
 import os
@@ -57,17 +58,46 @@ def test_until_it_is_measured_the_claim_holds_the_upper_bound_for_the_context(no
     assert node.region("claim-a").gpu(GPU0).used_bytes == 0
 
 
-def test_a_first_context_that_cannot_be_measured_is_counted_and_its_bound_given_back(node: Node) -> None:
+def test_a_first_context_that_cannot_be_measured_is_charged_an_upper_bound_and_counted(node: Node) -> None:
     node.ctx_bytes = CTX
     node.nvml = False
     node.add_claim("claim-a", {GPU0: 4 * GiB})
+    # No NVML to measure with: the reserved bound shrinks to what the driver says the GPU uses
+    # (here only this context), never to nothing.
     result = node.run("init", "ctx", "0", "info")
     assert result.rcs() == [0, 0, 0]
-    assert int(result.lines[2]["free"]) == 4 * GiB  # not charged, as before the change: counted
+    assert int(result.lines[2]["free"]) == 4 * GiB - CTX
     gpu = node.region("claim-a").gpu(GPU0)
-    assert (gpu.limit_errors, gpu.context_bytes) == (1, 0)
+    assert (gpu.limit_errors, gpu.context_bytes) == (1, 0)  # an upper bound is not kept as a measurement
     assert gpu.limit_error_call.startswith("context footprint")
     assert "the context footprint could not be measured" in result.stderr
+    assert "charged an upper bound" in result.stderr
+
+
+def test_an_unmeasured_context_beside_other_tenants_is_charged_their_memory_too(node: Node) -> None:
+    node.ctx_bytes = CTX
+    node.nvml = False
+    node.add_claim("claim-a", {GPU0: 4 * GiB})
+    neighbour = Node(root=node.root / "neighbour", devices=node.devices, shared_state=node.state_file,
+                     ctx_bytes=CTX, nvml=False)
+    neighbour.add_claim("claim-b", {GPU0: 8 * GiB})
+    holder = neighbour.start("init", "ctx", "0", "alloc", str(GiB), "hold")
+    try:
+        read_until(holder, "hold")
+        # The GPU's used memory is an upper bound of this context: the neighbour's context and
+        # gigabyte count in it, never less than this context.
+        beside = node.run("init", "ctx", "0", "info")
+        assert int(beside.lines[2]["free"]) == 4 * GiB - (2 * CTX + GiB)
+    finally:
+        stop(holder)
+    # At most the 2 GiB bound, however full the GPU.
+    holder = neighbour.start("init", "ctx", "0", "alloc", str(3 * GiB), "hold")
+    try:
+        read_until(holder, "hold")
+        crowded = node.run("init", "ctx", "0", "info")
+        assert int(crowded.lines[2]["free"]) == 4 * GiB - BOUND
+    finally:
+        stop(holder)
 
 
 def test_a_later_process_reuses_the_deferred_measurement_without_nvml(node: Node) -> None:

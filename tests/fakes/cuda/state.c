@@ -87,6 +87,24 @@ static void reap_dead(void)
     }
 }
 
+/* Entries of this PID found at load belong to an image that exec replaced (a fork child does not
+ * load again): its contexts and memory went with it, as the real driver's do when exec closes its
+ * device files. */
+static void release_replaced_image(int me)
+{
+    int hw = __atomic_load_n(&g_fake_state->proc_high_water, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < hw && i < FAKE_MAX_PROCS; i++) {
+        struct fake_proc *p = &g_fake_state->procs[i];
+        int pid = me;
+        if (!__atomic_compare_exchange_n(&p->pid, &pid, -1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+            continue;
+        for (int d = 0; d < FAKE_MAX_DEVICES; d++)
+            __atomic_sub_fetch(&g_fake_state->used[d], __atomic_exchange_n(&p->used[d], 0, __ATOMIC_ACQ_REL),
+                               __ATOMIC_ACQ_REL);
+        __atomic_store_n(&p->pid, 0, __ATOMIC_RELEASE);
+    }
+}
+
 static struct fake_proc *try_claim(int me)
 {
     for (int i = 0; i < FAKE_MAX_PROCS; i++) {
@@ -159,6 +177,7 @@ __attribute__((constructor)) static void fake_load(void)
     for (int d = 0; d < g_fake_device_count; d++)
         if (g_fake_state->uuid[d][0] == '\0')
             memcpy(g_fake_state->uuid[d], g_fake_devices[d].uuid_text, sizeof(g_fake_state->uuid[d]));
+    release_replaced_image(getpid());
     g_fake_me = claim_proc();
     pthread_atfork(NULL, NULL, after_fork_child);
 }
