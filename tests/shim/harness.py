@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,3 +200,18 @@ def read_until(proc: subprocess.Popen[str], cmd: str, timeout: float = 20) -> li
         if seen and seen[-1]["cmd"] == cmd:
             return seen
     raise AssertionError(f"{cmd!r} never printed; got {seen}")
+
+
+@contextmanager
+def neighbour_holding(node: Node, held: int, **fields: int | bool) -> Iterator[None]:
+    """While the block runs, a process of another node's claim on node's GPUs (one fake device
+    state) holds a context and `held` bytes there: a tenant node's shim knows nothing of."""
+    neighbour = Node(root=node.root / "neighbour", devices=node.devices, shared_state=node.state_file,
+                     **fields)  # type: ignore[arg-type]
+    neighbour.add_claim("claim-n", {uuid: size for uuid, size in node.devices.items()})
+    holder = neighbour.start("init", "ctx", "0", "alloc", str(held), "hold")
+    try:
+        read_until(holder, "hold")
+        yield
+    finally:
+        stop(holder)

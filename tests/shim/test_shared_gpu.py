@@ -7,7 +7,7 @@ The claims are charged in claim-uid order, one whole allocation in one claim (do
 import signal
 
 from tests.shim.busy_trace import collect, window
-from tests.shim.harness import GPU0, GPU_A, MiB, Node, read_until, stop
+from tests.shim.harness import GPU0, GPU_A, MiB, Node, neighbour_holding, read_until, stop
 from tests.shim.test_nvml import OTHER_PID, probe_nvml
 from vgpu_dra.driver.region import read_region
 
@@ -211,17 +211,11 @@ def test_the_context_footprint_goes_to_the_first_claim_it_fits_in(node: Node) ->
     other = Node(root=node.root / "full", ctx_bytes=3 * MiB, nvml=False)
     other.add_claim("claim-a", {GPU0: 512 * MiB}, policy="hard")
     other.add_claim("claim-b", {GPU0: GiB}, policy="hard")
-    neighbour = Node(root=other.root / "neighbour", devices=other.devices, shared_state=other.state_file)
-    neighbour.add_claim("claim-n", {GPU0: GiB})
-    holder = neighbour.start("init", "ctx", "0", "alloc", str(600 * MiB), "hold")
-    try:
-        read_until(holder, "hold")
+    with neighbour_holding(other, 600 * MiB):
         result = other.run("init", "ctx", "0", "info")
         assert result.rcs() == [0, 0, 0]
         peaks = [other.region(uid).gpu(GPU0).peak_bytes for uid in ("claim-a", "claim-b")]
         assert peaks == [0, 603 * MiB]
-    finally:
-        stop(holder)
 
 
 def test_a_fork_child_gets_its_own_slots_in_both_claims(node: Node) -> None:

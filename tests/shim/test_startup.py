@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.shim.harness import GPU0, MiB, Node, read_until, stop
+from tests.shim.harness import GPU0, MiB, Node, neighbour_holding, read_until, stop
 from vgpu_dra.driver.claimconfig import ClaimConfig, GpuLimit, render
 from vgpu_dra.driver.region import create_region, read_region
 
@@ -78,26 +78,15 @@ def test_an_unmeasured_context_beside_other_tenants_is_charged_their_memory_too(
     node.ctx_bytes = CTX
     node.nvml = False
     node.add_claim("claim-a", {GPU0: 4 * GiB})
-    neighbour = Node(root=node.root / "neighbour", devices=node.devices, shared_state=node.state_file,
-                     ctx_bytes=CTX, nvml=False)
-    neighbour.add_claim("claim-b", {GPU0: 8 * GiB})
-    holder = neighbour.start("init", "ctx", "0", "alloc", str(GiB), "hold")
-    try:
-        read_until(holder, "hold")
+    with neighbour_holding(node, GiB, ctx_bytes=CTX, nvml=False):
         # The GPU's used memory is an upper bound of this context: the neighbour's context and
         # gigabyte count in it, never less than this context.
         beside = node.run("init", "ctx", "0", "info")
         assert int(beside.lines[2]["free"]) == 4 * GiB - (2 * CTX + GiB)
-    finally:
-        stop(holder)
     # At most the 2 GiB bound, however full the GPU.
-    holder = neighbour.start("init", "ctx", "0", "alloc", str(3 * GiB), "hold")
-    try:
-        read_until(holder, "hold")
+    with neighbour_holding(node, 3 * GiB, ctx_bytes=CTX, nvml=False):
         crowded = node.run("init", "ctx", "0", "info")
         assert int(crowded.lines[2]["free"]) == 4 * GiB - BOUND
-    finally:
-        stop(holder)
 
 
 def test_a_later_process_reuses_the_deferred_measurement_without_nvml(node: Node) -> None:

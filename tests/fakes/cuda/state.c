@@ -69,6 +69,17 @@ static void parse_devices(void)
     }
 }
 
+/* Frees the entry of pid (once: whoever takes it first) and the device memory it held. */
+static void release(struct fake_proc *p, int pid)
+{
+    if (!__atomic_compare_exchange_n(&p->pid, &pid, -1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        return;
+    for (int d = 0; d < FAKE_MAX_DEVICES; d++)
+        __atomic_sub_fetch(&g_fake_state->used[d], __atomic_exchange_n(&p->used[d], 0, __ATOMIC_ACQ_REL),
+                           __ATOMIC_ACQ_REL);
+    __atomic_store_n(&p->pid, 0, __ATOMIC_RELEASE);
+}
+
 /* A process that died keeps its memory until someone notices, like a driver reaping a client. */
 static void reap_dead(void)
 {
@@ -78,12 +89,7 @@ static void reap_dead(void)
         int pid = __atomic_load_n(&p->pid, __ATOMIC_ACQUIRE);
         if (pid <= 0 || p == g_fake_me || kill(pid, 0) == 0 || errno != ESRCH)
             continue;
-        if (!__atomic_compare_exchange_n(&p->pid, &pid, -1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
-            continue;
-        for (int d = 0; d < FAKE_MAX_DEVICES; d++)
-            __atomic_sub_fetch(&g_fake_state->used[d], __atomic_exchange_n(&p->used[d], 0, __ATOMIC_ACQ_REL),
-                               __ATOMIC_ACQ_REL);
-        __atomic_store_n(&p->pid, 0, __ATOMIC_RELEASE);
+        release(p, pid);
     }
 }
 
@@ -93,16 +99,8 @@ static void reap_dead(void)
 static void release_replaced_image(int me)
 {
     int hw = __atomic_load_n(&g_fake_state->proc_high_water, __ATOMIC_ACQUIRE);
-    for (int i = 0; i < hw && i < FAKE_MAX_PROCS; i++) {
-        struct fake_proc *p = &g_fake_state->procs[i];
-        int pid = me;
-        if (!__atomic_compare_exchange_n(&p->pid, &pid, -1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
-            continue;
-        for (int d = 0; d < FAKE_MAX_DEVICES; d++)
-            __atomic_sub_fetch(&g_fake_state->used[d], __atomic_exchange_n(&p->used[d], 0, __ATOMIC_ACQ_REL),
-                               __ATOMIC_ACQ_REL);
-        __atomic_store_n(&p->pid, 0, __ATOMIC_RELEASE);
-    }
+    for (int i = 0; i < hw && i < FAKE_MAX_PROCS; i++)
+        release(&g_fake_state->procs[i], me);
 }
 
 static struct fake_proc *try_claim(int me)

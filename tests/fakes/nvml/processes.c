@@ -179,13 +179,18 @@ nvmlReturn_t fake_process_query(nvmlDevice_t device, const char *function, unsig
         return rc;
     if (count == NULL)
         return NVML_ERROR_INVALID_ARGUMENT;
-    size_t n = list(device, NULL, 0), cap = n + 8; /* room for processes starting now */
-    struct fake_listed *all = calloc(cap, sizeof(*all));
-    if (!all)
-        return NVML_ERROR_MEMORY;
-    n = list(device, all, cap);
-    if (n > cap)
-        n = cap;
+    /* Processes starting meanwhile can outgrow the list between counting and listing: list again
+     * rather than drop one (NVML never leaves a running process out of its answer). */
+    struct fake_listed *all = NULL;
+    size_t n = list(device, NULL, 0), cap = 0;
+    do {
+        free(all);
+        cap = n + 8;
+        all = calloc(cap, sizeof(*all));
+        if (!all)
+            return NVML_ERROR_MEMORY;
+        n = list(device, all, cap);
+    } while (n > cap);
     if (n > 0 && (infos == NULL || *count < n)) {
         *count = (unsigned int)n;
         free(all);
