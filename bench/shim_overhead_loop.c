@@ -5,14 +5,10 @@
  * machine's speed at that moment, to tell a slow VM phase from a slow shim):
  * "round <alloc_free_ns> <launch_ns> <calibration_ns>" (launch_ns is 0 when the third argument is
  * "alloc-only"). With "startup" as the third argument it times only this
-<<<<<<< HEAD
  * process's first CUDA calls, cuInit + cuDevicePrimaryCtxRetain, then its first allocation and
- * free (4 KiB): "startup <init_ns> <first_alloc_ns>".
-=======
- * process's first CUDA calls, cuInit + cuDevicePrimaryCtxRetain:  "startup <ns>". With
- * "refuse:<bytes>" it times cuMemAlloc_v2 calls of that size that the claim's wall refuses (the
- * enforcement latency of bench/gpu_scorecard.py): "refuse <ns per call> <CUresult of the last>".
->>>>>>> scorecard
+ * free (4 KiB): "startup <init_ns> <first_alloc_ns>". With "refuse:<bytes>" it times cuMemAlloc_v2
+ * calls of that size that the claim's wall refuses (the enforcement latency of
+ * bench/gpu_scorecard.py): "refuse <ns per call> <CUresult of the last>".
  */
 #include <stdio.h>
 #include <stdlib.h>

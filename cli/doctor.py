@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vgpu_dra.api.names import ALLOCATOR_LABEL, ALLOCATOR_SCHEDULER, DRIVER_NAME
+from vgpu_dra.cli.hami_check import hami_verdict
 from vgpu_dra.cli.status import root_cause
+from vgpu_dra.controller.kubeapi import KubeApi
 from vgpu_dra.driver import doctor_checks as checks
 from vgpu_dra.driver.doctor_checks import Status, Verdict
 from vgpu_dra.kubeletplugin.settings import DEFAULT_REGISTRAR_DIR, DEFAULT_STATE_DIR
@@ -115,7 +117,7 @@ def cluster_verdicts(api_client: Any) -> Iterator[Verdict]:
     yield dra
     if dra.status is Status.FAIL:
         return
-    yield _hami_verdict(api_client)
+    yield hami_verdict(KubeApi(api_client))
     _, slices = _get_json(api_client, "/apis/resource.k8s.io/v1/resourceslices")
     devices = [device for item in (slices.get("items") or [] if isinstance(slices, dict) else [])
                if (item.get("spec") or {}).get("driver") == DRIVER_NAME
@@ -133,18 +135,6 @@ def cluster_verdicts(api_client: Any) -> Iterator[Verdict]:
         else:
             probe_error = f"HTTP {status}: {answer.get('message') if isinstance(answer, dict) else answer}"
     yield checks.check_consumable_capacity(devices, probe, probe_error, scheduler_mode)
-
-
-def _hami_verdict(api_client: Any) -> Verdict:
-    status, pods = _get_json(api_client, "/api/v1/pods", query=[("fieldSelector", "status.phase=Pending")])
-    if status != 200 or not isinstance(pods, dict):
-        return Verdict(checks.HAMI_PODS, Status.WARN, f"cannot list pending pods (HTTP {status})",
-                       "run doctor with a user allowed to list pods in every namespace")
-    status, configs = _get_json(api_client, "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
-                                query=[("labelSelector", "app.kubernetes.io/component=hami-webhook,"
-                                                         "app.kubernetes.io/name=vgpu-dra")])
-    installed = status == 200 and isinstance(configs, dict) and bool(configs.get("items"))
-    return checks.check_hami_pods(pods.get("items") or [], installed)
 
 
 # --- node checks ------------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """`vgpu-dra status` (also `kubectl vgpu`): the cluster's vGPUs — per node and GPU, the memory and
-cores allocated and the claims holding them; claims still waiting, with their last refusal.
+cores allocated and the claims holding them; claims still waiting, with their last refusal; pending
+pods still written for HAMi, which nothing may serve (the `hami-pods` check of `vgpu-dra doctor`).
 
     vgpu-dra status
     kubectl vgpu --kubeconfig ~/.kube/prod -o json
 
 Reads the API server only (ResourceSlices, ResourceClaims, DeviceClasses, Events, ResourceQuotas
-for the namespace GPU quotas, see docs/quotas.md); works in both
+for the namespace GPU quotas, see docs/quotas.md; pending Pods and MutatingWebhookConfigurations
+for the HAMi check, which says so when it cannot list them); works in both
 allocator modes, since what a claim takes is read from its allocation as kube-scheduler or the
 controller wrote it. Exit status 0, or 1 when the API cannot be read.
 """
@@ -15,17 +17,19 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from vgpu_dra.api.names import ALLOCATOR_LABEL, DRIVER_NAME
 from vgpu_dra.api.quantity import humanize_bytes
+from vgpu_dra.cli.hami_check import hami_verdict
 from vgpu_dra.cli.status_quotas import QuotasStatus, list_quotas, namespace_quotas, quotas_json, render_quotas
 from vgpu_dra.cli.table_format import format_table
 from vgpu_dra.controller.kubeapi import (DEVICE_CLASSES, EVENTS, RESOURCE_CLAIMS, RESOURCE_SLICES, ApiError,
                                          KubeApi, Resource)
 from vgpu_dra.driver.claim_model import (EXCLUSIVE_MEMORY_BYTES, allocated_node, allocation, booked_consumptions,
                                          meta, request_class_names, reserved_for)
+from vgpu_dra.driver.doctor_checks import Status, Verdict
 from vgpu_dra.driver.published_gpus import gpus_by_node
 
 EXIT_OK, EXIT_ERROR = 0, 1
@@ -96,6 +100,7 @@ class ClusterStatus:
     gpus: tuple[GpuStatus, ...]
     pending: tuple[PendingClaim, ...]
     quotas: QuotasStatus = QuotasStatus()
+    hami: Verdict | None = None  # the hami-pods check; None when it was not read
 
 
 def _our_class_names(classes: Iterable[JsonObject]) -> set[str]:
@@ -191,6 +196,8 @@ def status_json(status: ClusterStatus) -> dict[str, Any]:
         "pending": [{"namespace": p.namespace, "name": p.name, "reason": p.reason, "message": p.message}
                     for p in status.pending],
         "quotas": quotas_json(status.quotas),
+        "hamiPods": None if status.hami is None else {
+            "status": status.hami.status.value, "message": status.hami.message, "fix": status.hami.fix},
     }
 
 
@@ -219,7 +226,14 @@ def render_status(status: ClusterStatus) -> str:
             ["CLAIM", "LAST REFUSAL"],
             [[f"{p.namespace}/{p.name}", f"{p.reason}: {p.message}" if p.reason else "(no event yet)"]
              for p in status.pending])
-    return text + render_quotas(status.quotas)
+    return text + render_hami(status.hami) + render_quotas(status.quotas)
+
+
+def render_hami(verdict: Verdict | None) -> str:
+    """The section on pods written for HAMi: shown only when some wait (or they cannot be read)."""
+    if verdict is None or verdict.status is Status.OK:
+        return ""
+    return f"\nPods written for HAMi\n  {verdict.message}\n" + (f"  fix: {verdict.fix}\n" if verdict.fix else "")
 
 
 # --- I/O --------------------------------------------------------------------------------------------
@@ -265,7 +279,7 @@ def read_cluster(api_client: Any) -> ClusterStatus:
     events = (_list(api, EVENTS, "Events", field_selector="involvedObject.kind=ResourceClaim,type=Warning")
               if pending_any else [])
     quotas, unreadable = list_quotas(api)
-    return cluster_status(slices, claims, classes, events, quotas, unreadable)
+    return replace(cluster_status(slices, claims, classes, events, quotas, unreadable), hami=hami_verdict(api))
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -47,6 +47,8 @@ NODES = Resource("", "v1", "nodes", False)
 EVENTS = Resource("", "v1", "events", True)
 LEASES = Resource("coordination.k8s.io", "v1", "leases", True)
 RESOURCE_QUOTAS = Resource("", "v1", "resourcequotas", True)
+MUTATING_WEBHOOK_CONFIGURATIONS = Resource("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
+                                           False)
 
 
 class ApiError(Exception):

@@ -9,15 +9,13 @@ from typing import Any
 
 import structlog
 
-from vgpu_dra.controller.kubeapi import ApiError, KubeApi, Resource
+from vgpu_dra.controller.kubeapi import MUTATING_WEBHOOK_CONFIGURATIONS, ApiError, KubeApi, Resource
 from vgpu_dra.webhook.admission import TemplateError
 from vgpu_dra.webhook.certs import TlsMaterial
 
 JsonObject = dict[str, Any]
 RESOURCE_CLAIM_TEMPLATES = Resource("resource.k8s.io", "v1", "resourceclaimtemplates", True)
 SECRETS = Resource("", "v1", "secrets", True)
-MUTATING_WEBHOOK_CONFIGURATIONS = Resource("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
-                                           False)
 log = structlog.get_logger("vgpu_dra.webhook")
 
 

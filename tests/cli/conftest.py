@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.apiserver.fixtures import fake_apiserver, kube_client, kubeconfig_path  # noqa: F401
 from tests.fakes.nvml_env import FakeNvml, fake_nvml, fake_nvml_library  # noqa: F401
 from tests.shim.harness import CUDAPROG, FAKES_OUT, PROD_SHIM, build_all
@@ -42,4 +43,17 @@ def vgpu_dra(*args: str, env: Mapping[str, str] | None = None, timeout: float = 
                           capture_output=True, text=True, timeout=timeout, check=False, **popen)  # type: ignore[arg-type]
 
 
-__all__ = ["CUDAPROG", "PROD_SHIM", "HOMELAB_GPU", "vgpu_dra"]
+def hami_pod(server: FakeApiServer, name: str, resources: Mapping[str, str], *, scheduler: str | None = None,
+             phase: str = "Pending") -> None:
+    """A pod in team-a written as for HAMi (or not: `resources` are its one container's limits)."""
+    spec: dict[str, object] = {"containers": [{"name": "main", "image": "registry.example/app:1",
+                                               "resources": {"limits": dict(resources)}}]}
+    if scheduler:
+        spec["schedulerName"] = scheduler
+    created = server.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "team-a"},
+                             "spec": spec})
+    created["status"] = {"phase": phase}
+    server.update_status(created)
+
+
+__all__ = ["CUDAPROG", "PROD_SHIM", "HOMELAB_GPU", "hami_pod", "vgpu_dra"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.cli.conftest import PROD_SHIM, vgpu_dra
+from tests.cli.conftest import PROD_SHIM, hami_pod, vgpu_dra
 from tests.controller.cluster import add_device_class, add_node, gpu
 from tests.fakes.apiserver import FakeApiServer
 from tests.fakes.kubeconfig import api_client_for, write_kubeconfig
@@ -79,29 +79,17 @@ def consumable(server: FakeApiServer) -> checks.Verdict:
 
 # --- cluster: pods still written for HAMi -------------------------------------------------------------
 
-def _pod(server: FakeApiServer, name: str, resources: dict, *, scheduler: str | None = None,
-         phase: str = "Pending") -> None:
-    spec: dict = {"containers": [{"name": "main", "image": "registry.example/app:1",
-                                  "resources": {"limits": resources}}]}
-    if scheduler:
-        spec["schedulerName"] = scheduler
-    created = server.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "team-a"},
-                             "spec": spec})
-    created["status"] = {"phase": phase}
-    server.update_status(created)
-
-
 def hami(server: FakeApiServer) -> checks.Verdict:
     with api_client_for(server) as client:
         return next(v for v in doctor.cluster_verdicts(client) if v.check == checks.HAMI_PODS)
 
 
 def test_pending_hami_pods_without_the_webhook_are_named_with_the_way_over(fake_apiserver: FakeApiServer) -> None:
-    _pod(fake_apiserver, "plain-gpu", {"nvidia.com/gpu": "1"})  # the NVIDIA device plugin's: not HAMi's
-    _pod(fake_apiserver, "already-running", {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "3000"}, phase="Running")
+    hami_pod(fake_apiserver, "plain-gpu", {"nvidia.com/gpu": "1"})  # the NVIDIA device plugin's: not HAMi's
+    hami_pod(fake_apiserver, "already-running", {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "3000"}, phase="Running")
     assert hami(fake_apiserver).status is Status.OK
-    _pod(fake_apiserver, "trainer", {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "3000"})
-    _pod(fake_apiserver, "notebook", {"nvidia.com/gpu": "1"}, scheduler="hami-scheduler")
+    hami_pod(fake_apiserver, "trainer", {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "3000"})
+    hami_pod(fake_apiserver, "notebook", {"nvidia.com/gpu": "1"}, scheduler="hami-scheduler")
     verdict = hami(fake_apiserver)
     assert verdict.status is Status.WARN
     assert "2 pending pod(s)" in verdict.message and "team-a/notebook, team-a/trainer" in verdict.message
@@ -109,7 +97,7 @@ def test_pending_hami_pods_without_the_webhook_are_named_with_the_way_over(fake_
 
 
 def test_with_the_webhook_installed_pending_hami_pods_need_recreating(fake_apiserver: FakeApiServer) -> None:
-    _pod(fake_apiserver, "trainer", {"nvidia.com/gpucores": "30"})
+    hami_pod(fake_apiserver, "trainer", {"nvidia.com/gpucores": "30"})
     fake_apiserver.create({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": "vgpu-dra-hami-webhook", "labels": {

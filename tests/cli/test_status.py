@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import vgpu_dra
+from tests.cli.conftest import hami_pod, vgpu_dra
 from tests.controller.cluster import (add_device_class, add_node, claim, gpu, pod, rtx3080_usable,
                                       running_controller, vgpu_config)
 from tests.controller.waiting import wait_for
@@ -75,6 +75,7 @@ def test_json_shows_each_gpu_its_claims_and_the_pending_refusal(busy_cluster: Fa
     [pending] = document["pending"]
     assert pending["name"] == "big" and pending["reason"] == "AllocationFailed"
     assert pending["message"]  # the controller's sentence, whatever its words
+    assert document["hamiPods"]["status"] == "ok"
 
 
 def test_the_table_and_kubectl_vgpu(busy_cluster: FakeApiServer, tmp_path: Path,
@@ -88,6 +89,34 @@ def test_the_table_and_kubectl_vgpu(busy_cluster: FakeApiServer, tmp_path: Path,
     assert "65 %" in homelab and "default/worker-a, default/worker-b" in homelab
     assert "Pending claims" in text
     assert next(line for line in lines if line.startswith("default/big")).split()[1] == "AllocationFailed:"
+    assert "Pods written for HAMi" not in text  # no such pod waits: no section
+
+
+def test_pending_pods_written_for_hami_are_shown_with_the_way_over(fake_apiserver: FakeApiServer,
+                                                                    tmp_path: Path) -> None:
+    add_node(fake_apiserver, "homelab", [gpu(0)])
+    hami_pod(fake_apiserver, "trainer", {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "3000"})
+    hami_pod(fake_apiserver, "served", {"nvidia.com/gpumem": "3000"}, phase="Running")
+    kubeconfig = str(write_kubeconfig(fake_apiserver, tmp_path / "kubeconfig"))
+    table = vgpu_dra("status", "--kubeconfig", kubeconfig)
+    assert table.returncode == 0, table.stderr
+    section = table.stdout[table.stdout.index("Pods written for HAMi"):].splitlines()
+    assert "1 pending pod(s)" in section[1] and "team-a/trainer" in section[1] and "served" not in section[1]
+    assert section[2].strip().startswith("fix: install vgpu-dra with --set hamiWebhook.enabled=true")
+    document = json.loads(vgpu_dra("status", "--kubeconfig", kubeconfig, "-o", "json").stdout)
+    assert document["hamiPods"]["status"] == "warn" and "vgpu-dra migrate" in document["hamiPods"]["fix"]
+
+
+def test_a_user_who_may_not_list_pods_is_told_the_hami_check_is_skipped(fake_apiserver: FakeApiServer,
+                                                                         tmp_path: Path) -> None:
+    add_node(fake_apiserver, "homelab", [gpu(0)])
+    fake_apiserver.faults.add(403, resource="pods", verbs=("list",))
+    result = vgpu_dra("status", "--kubeconfig", str(write_kubeconfig(fake_apiserver, tmp_path / "kubeconfig")))
+    assert result.returncode == 0, result.stderr
+    assert "homelab" in result.stdout
+    [line] = [line for line in result.stdout.splitlines() if "cannot list pending pods (403" in line]
+    assert line.endswith("so pods written for HAMi are not checked")
+    assert "fix: use a kubeconfig whose user may list pods in every namespace" in result.stdout
 
 
 def test_an_unreachable_api_server_is_one_line(tmp_path: Path) -> None:

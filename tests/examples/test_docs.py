@@ -60,3 +60,21 @@ def test_the_readme_builds_the_image_tag_the_chart_installs_by_default():
     tags = set(re.findall(r"docker (?:build -t|push) \$REGISTRY/vgpu-dra:(\S+)", readme))
     assert tags == {chart["appVersion"]}, "without --set image.tag the chart pulls its appVersion"
     assert "helm install vgpu-dra deployments/helm/vgpu-dra" in readme
+
+
+_CONFLICT = re.compile(r"^(<{7} |={7}$|>{7} )", re.M)
+_SOURCE_SUFFIXES = {".md", ".py", ".c", ".h", ".yaml", ".yml", ".tpl", ".proto", ".toml", ".json", ".txt"}
+_NOT_OURS = {".git", ".venv", "node_modules", "__pycache__", "out", "build", "vgpu_dra.egg-info"}
+
+
+def test_no_file_keeps_a_merge_conflict_marker():
+    # A merge resolved in a hurry once left both sides of README.md's tables (and a C comment) in
+    # place; nothing else reads those lines, so only this notices.
+    kept = []
+    for path in REPO.rglob("*"):
+        if _NOT_OURS.intersection(path.relative_to(REPO).parts) or not path.is_file():
+            continue
+        if path.suffix in _SOURCE_SUFFIXES or path.name in ("Makefile", "Dockerfile"):
+            text = path.read_text(errors="replace")
+            kept += [f"{path.relative_to(REPO)}:{text.count(chr(10), 0, m.start()) + 1}" for m in _CONFLICT.finditer(text)]
+    assert not kept, f"merge conflict markers left in: {', '.join(kept)}"
