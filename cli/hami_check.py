@@ -3,33 +3,20 @@
 (`driver.doctor_checks.check_hami_pods`); this module only lists what it needs."""
 from __future__ import annotations
 
-from typing import Any
-
 from vgpu_dra.controller.kubeapi import MUTATING_WEBHOOK_CONFIGURATIONS, PODS, ApiError, KubeApi
 from vgpu_dra.driver import doctor_checks as checks
 from vgpu_dra.driver.doctor_checks import Status, Verdict
 
 # The chart labels its HAMi webhook so that it can be told from any other mutating webhook.
 HAMI_WEBHOOK_SELECTOR = "app.kubernetes.io/component=hami-webhook,app.kubernetes.io/name=vgpu-dra"
-_PAGE = 500
-
-
-def _pending_pods(api: KubeApi) -> list[dict[str, Any]]:
-    pods: list[dict[str, Any]] = []
-    token: str | None = None
-    while True:
-        page = api.list(PODS, field_selector="status.phase=Pending", limit=_PAGE, continue_token=token)
-        pods.extend(page.get("items") or [])
-        token = (page.get("metadata") or {}).get("continue")
-        if not token:
-            return pods
 
 
 def hami_verdict(api: KubeApi) -> Verdict:
     """Whether pending pods ask for HAMi resources, and whether vgpu-dra's HAMi webhook is there to
     translate new ones; a WARN naming the HTTP status when the pods cannot be listed."""
     try:
-        pending = _pending_pods(api)
+        pending = [pod for page in api.pages(PODS, field_selector="status.phase=Pending")
+                   for pod in page.get("items") or []]
     except ApiError as exc:
         return Verdict(checks.HAMI_PODS, Status.WARN,
                        f"cannot list pending pods ({exc.status} {exc.reason}), so pods written for HAMi are not checked",

@@ -240,26 +240,19 @@ def render_hami(verdict: Verdict | None) -> str:
 
 def _list(api: KubeApi, resource: Resource, what: str, field_selector: str | None = None) -> list[dict[str, Any]]:
     """Every item of a cluster-wide list, page by page."""
-    items: list[dict[str, Any]] = []
-    token: str | None = None
-    while True:
-        try:
-            page = api.list(resource, limit=500, continue_token=token, field_selector=field_selector)
-        except ApiError as exc:
-            if exc.status == 404:
-                raise StatusError(f"the API server does not serve {what} ({resource.path()}): DRA "
-                                  "(resource.k8s.io/v1) needs Kubernetes ≥ 1.34") from None
-            if exc.status in (401, 403):
-                raise StatusError(f"not allowed to list {what} (HTTP {exc.status}): check your kubeconfig's "
-                                  "user") from None
-            if exc.status == 0:
-                raise StatusError(f"cannot list {what}: no answer from the API server at "
-                                  f"{api.api_client.configuration.host} ({root_cause(exc.message)})") from None
-            raise StatusError(f"cannot list {what}: {exc}") from None
-        items.extend(page.get("items") or [])
-        token = (page.get("metadata") or {}).get("continue")
-        if not token:
-            return items
+    try:
+        return [item for page in api.pages(resource, field_selector=field_selector) for item in page.get("items") or []]
+    except ApiError as exc:
+        if exc.status == 404:
+            raise StatusError(f"the API server does not serve {what} ({resource.path()}): DRA "
+                              "(resource.k8s.io/v1) needs Kubernetes ≥ 1.34") from None
+        if exc.status in (401, 403):
+            raise StatusError(f"not allowed to list {what} (HTTP {exc.status}): check your kubeconfig's "
+                              "user") from None
+        if exc.status == 0:
+            raise StatusError(f"cannot list {what}: no answer from the API server at "
+                              f"{api.api_client.configuration.host} ({root_cause(exc.message)})") from None
+        raise StatusError(f"cannot list {what}: {exc}") from None
 
 
 def root_cause(message: str) -> str:

@@ -102,20 +102,15 @@ class Informer:
 
     def _relist(self) -> None:
         items: dict[str, JsonObject] = {}
-        token: str | None = None
-        while True:
-            page = self.api.list(self.resource, self.namespace, label_selector=self.label_selector,
-                                 field_selector=self.field_selector, limit=self.page_size,
-                                 continue_token=token)
+        version = ""
+        for page in self.api.pages(self.resource, self.namespace, label_selector=self.label_selector,
+                                   field_selector=self.field_selector, limit=self.page_size):
             for obj in page.get("items") or []:
                 kind = page.get("kind", "").removesuffix("List")
                 obj.setdefault("kind", kind)
                 obj.setdefault("apiVersion", page.get("apiVersion"))
                 items[object_key(obj)] = self.transform(obj) if self.transform else obj
-            token = page.get("metadata", {}).get("continue") or None
-            if not token:
-                version = page.get("metadata", {}).get("resourceVersion", "")
-                break
+            version = page.get("metadata", {}).get("resourceVersion", "")
         with self.lock:
             old = self.store
             for key, obj in items.items():

@@ -132,6 +132,19 @@ class KubeApi:
             "labelSelector": label_selector, "fieldSelector": field_selector, "limit": limit,
             "continue": continue_token})
 
+    def pages(self, resource: Resource, namespace: str | None = None, *, label_selector: str | None = None,
+              field_selector: str | None = None, limit: int = 500) -> Iterator[JsonObject]:
+        """Every page of a list, in order, following `metadata.continue` (the last page carries
+        the list's resourceVersion)."""
+        token: str | None = None
+        while True:
+            page = self.list(resource, namespace, label_selector=label_selector, field_selector=field_selector,
+                             limit=limit, continue_token=token)
+            yield page
+            token = (page.get("metadata") or {}).get("continue") or None
+            if not token:
+                return
+
     def watch(self, resource: Resource, resource_version: str, *, namespace: str | None = None,
               timeout_seconds: int = 60, label_selector: str | None = None,
               field_selector: str | None = None,
