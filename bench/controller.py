@@ -36,6 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.latency_stats import percentile  # noqa: E402
 from tests.controller.cluster import VGPU_SELECTOR, claim, gpu, pod, vgpu_config  # noqa: E402
 from tests.fakes.apiserver import FakeApiServer  # noqa: E402
 from tests.fakes.kubeconfig import api_client_for, write_kubeconfig  # noqa: E402
@@ -50,11 +51,6 @@ from vgpu_dra.driver.ledger import Ledger  # noqa: E402
 from vgpu_dra.driver.placement_policy import PlacementPolicy  # noqa: E402
 
 SIZES = ("512Mi", "1Gi", "2Gi", "1Gi", "768Mi")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def build_cluster(server: FakeApiServer, nodes: int, gpus_per_node: int) -> None:

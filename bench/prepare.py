@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from kubernetes import client  # noqa: E402
 
+from bench.latency_stats import percentile  # noqa: E402
 from tests.fakes.apiserver import FakeApiServer  # noqa: E402
 from tests.fakes.kubeconfig import api_client_for, write_kubeconfig  # noqa: E402
 from tests.fakes.nvml_env import INVENTORIES_DIR, build_library, inventory_document, render_flat_inventory  # noqa: E402
@@ -42,11 +43,6 @@ from tests.plugin.kubelet_client import FakeKubelet  # noqa: E402
 from tests.plugin.node import ClaimMaker, create_node, node_settings, plugin_command, shim_library  # noqa: E402
 
 NODE = "mixed-node"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def rss_mb(pid: int) -> tuple[float, float]:

@@ -41,6 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.latency_stats import percentile, ratio_interval  # noqa: E402
 from tests.cluster.control_plane import ControlPlane, binaries_source, find_binaries  # noqa: E402
 from tests.cluster.real_cluster import RealCluster, wait_until  # noqa: E402
 from tests.e2e.install import installed  # noqa: E402
@@ -50,10 +51,6 @@ from vgpu_dra.controller.kubeapi import PODS, RESOURCE_CLAIMS, ApiError, KubeApi
 TEMPLATES = Resource("resource.k8s.io", "v1", "resourceclaimtemplates", True)
 NAMESPACES = Resource("", "v1", "namespaces", False)
 
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 class Timeline:
@@ -272,6 +269,25 @@ def summary(values: list[float]) -> str:
     return f"p50 {statistics.median(values) * 1000:7.1f} ms  p99 {percentile(values, 0.99) * 1000:7.1f} ms"
 
 
+def print_table(results: dict[tuple[str, str], dict[str, list[float]]],
+                rounds: dict[tuple[str, str], list[dict[str, list[float]]]], phases: list[str]) -> None:
+    """The markdown table of docs/benchmarks.md: each mode's pooled p50 / p99, the ratio with its
+    bootstrap interval over pods, and the range of the ratios of the rounds (round k of each mode)."""
+    print("| phase | measure | controller p50 / p99 | native p50 / p99 | ratio p50 [95 %] | ratio p99 [95 %] "
+          "| rounds' ratios p50; p99 |")
+    print("|---|---|---|---|---|---|---|")
+    for phase in phases:
+        for measure in ("allocated", "bound"):
+            ours, native = results[("controller", phase)][measure], results[("scheduler", phase)][measure]
+            r50s, r99s = zip(*[tuple(percentile(a[measure], q) / percentile(b[measure], q) for q in (0.5, 0.99))
+                               for a, b in zip(rounds[("controller", phase)], rounds[("scheduler", phase)])])
+            print(f"| {phase} | create → {measure} | {percentile(ours, 0.5) * 1000:.0f} / "
+                  f"{percentile(ours, 0.99) * 1000:.0f} ms | {percentile(native, 0.5) * 1000:.0f} / "
+                  f"{percentile(native, 0.99) * 1000:.0f} ms | {ratio_interval(ours, native, 0.5)} | "
+                  f"{ratio_interval(ours, native, 0.99)} | {min(r50s):.2f}–{max(r50s):.2f}×; "
+                  f"{min(r99s):.2f}–{max(r99s):.2f}× |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=200)
@@ -301,6 +317,7 @@ def main() -> int:
     cluster = RealCluster(control_plane.admin_kubeconfig, control_plane.binaries.path("kubectl"),
                           Path(tempfile.mkdtemp(prefix="vgpu-bench-")), control_plane)
     results: dict[tuple[str, str], dict[str, list[float]]] = {}
+    rounds: dict[tuple[str, str], list[dict[str, list[float]]]] = {}
     try:
         for round_no in range(args.rounds):
             for mode in ("controller", "scheduler"):
@@ -319,6 +336,7 @@ def main() -> int:
                                                                      "bound": [], "makespan": []})
                         for key, values in got.items():
                             bucket[key] += values
+                        rounds.setdefault((mode, phase), []).append(got)
                         print(f"round {round_no + 1} {mode:10s} {phase}: create→claim {summary(got['claimed'])}; "
                               f"create→allocated {summary(got['allocated'])}; "
                               f"create→ungated {summary(got['ungated'])}; "
@@ -329,16 +347,7 @@ def main() -> int:
     if args.dump:
         args.dump.write_text(json.dumps({f"{mode} {phase}": got for (mode, phase), got in results.items()}))
     print(f"\n{args.pods} pods per round, {args.rounds} round(s) per mode; paced = {args.rate:g} pods/s")
-    print("| phase | measure | controller p50 / p99 | native p50 / p99 | ratio p50 / p99 |")
-    print("|---|---|---|---|---|")
-    for phase in [p for p in ("burst", "paced") if p in args.phases.split(",")]:
-        for measure in ("allocated", "bound"):
-            ours, native = results[("controller", phase)][measure], results[("scheduler", phase)][measure]
-            r50 = statistics.median(ours) / statistics.median(native)
-            r99 = percentile(ours, 0.99) / percentile(native, 0.99)
-            print(f"| {phase} | create → {measure} | {statistics.median(ours) * 1000:.0f} / "
-                  f"{percentile(ours, 0.99) * 1000:.0f} ms | {statistics.median(native) * 1000:.0f} / "
-                  f"{percentile(native, 0.99) * 1000:.0f} ms | {r50:.2f}× / {r99:.2f}× |")
+    print_table(results, rounds, [p for p in ("burst", "paced") if p in args.phases.split(",")])
     return 0
 
 
