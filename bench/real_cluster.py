@@ -16,7 +16,11 @@ create) → its claim's allocation seen → the pod's nodeName seen. The ratio c
 what the controller adds over the native path. After each round it prints the CPU seconds every
 component used meanwhile (this process and everything it started), and with `--requests` what the
 round cost the API server (requests by verb and resource, watch events, watchers it cut off as
-too slow), read from its /metrics.
+too slow), read from its /metrics. `--profile DIR` records the API server's CPU profile of each
+round and prints where its CPU went (bench/apiserver_profile.py); `--audit` audits every write to
+pods and claims and prints who wrote each round's claims, creation to teardown (bench/api_audit.py).
+The table gives each ratio with a 95 % bootstrap interval over pods and the range of the rounds'
+ratios (bench/latency_stats.py).
 
     .venv/bin/python bench/real_cluster.py                       # 200 pods, burst and paced, 2 rounds
     .venv/bin/python bench/real_cluster.py --pods 20 --rounds 1  # quick look
@@ -41,6 +45,7 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import api_audit, apiserver_profile  # noqa: E402
 from bench.latency_stats import percentile, ratio_interval  # noqa: E402
 from tests.cluster.control_plane import ControlPlane, binaries_source, find_binaries  # noqa: E402
 from tests.cluster.real_cluster import RealCluster, wait_until  # noqa: E402
@@ -64,6 +69,7 @@ class Timeline:
         self.allocated: dict[str, float] = {}   # pod name → time
         self.bound: dict[str, float] = {}
         self.ungated: dict[str, float] = {}     # pod name → first seen without the controller's gate
+        self.named: dict[str, float] = {}       # pod name → first seen with its claim's name in its status (kcm)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._watch, args=(r,), daemon=True) for r in (PODS, RESOURCE_CLAIMS)]
 
@@ -100,6 +106,8 @@ class Timeline:
                 self.ungated.setdefault(obj["metadata"]["name"], now)
             if obj["spec"].get("nodeName"):
                 self.bound.setdefault(obj["metadata"]["name"], now)
+            if (obj.get("status") or {}).get("resourceClaimStatuses"):
+                self.named.setdefault(obj["metadata"]["name"], now)
             return
         owner = next((o["name"] for o in obj["metadata"].get("ownerReferences") or [] if o.get("kind") == "Pod"), None)
         if owner:
@@ -127,7 +135,7 @@ def pod(name: str, template_name: str) -> dict[str, Any]:
 
 
 def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: str, cores: int,
-              round_no: int | str, verbose: bool = False) -> dict[str, list[float]]:
+              round_no: int | str, verbose: bool = False, profile_dir: Path | None = None) -> dict[str, list[float]]:
     namespace = f"bench-{mode}-{round_no}-{'paced' if rate else 'burst'}"
     cluster.create_namespace(namespace)
     kube = cluster.kube
@@ -137,6 +145,14 @@ def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: s
     creators = 8
     names = [f"p-{i:04d}" for i in range(pods)]
     before = api_server_counters(cluster) if verbose else {}
+    profiler = None
+    if profile_dir is not None:
+        # The same window in both modes (a burst's makespan and then some; a paced round's length and
+        # then some), so the two modes' profiles add up the same stretch of time.
+        window_s = 8 if not rate else int(pods / rate) + 3
+        profile_path = profile_dir / f"{namespace}.pb.gz"
+        profiler = apiserver_profile.start_recording(cluster.kubectl_path, cluster.kubeconfig, window_s, profile_path)
+        time.sleep(0.2)  # the profile has begun before the first pod
     cpu_before = component_cpu_seconds()
     # This process is the stopwatch: a full collection of its heap (35–50 ms, measured with
     # gc.callbacks) would stall every watch thread at once and show up as a tail on whichever
@@ -170,8 +186,16 @@ def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: s
     result = {"claimed": [timeline.claimed[n] - timeline.created[n] for n in names],
               "allocated": [timeline.allocated[n] - timeline.created[n] for n in names],
               "ungated": [timeline.ungated.get(n, timeline.created[n]) - timeline.created[n] for n in names],
+              "named": [timeline.named.get(n, timeline.bound[n]) - timeline.created[n] for n in names],
               "bound": [timeline.bound[n] - timeline.created[n] for n in names],
               "makespan": [max(timeline.bound.values()) - start]}
+    if profiler is not None:
+        profiler.wait()
+        try:
+            print(f"  {namespace} API server profile ({profile_path.name}, CPU s): "
+                  f"{apiserver_profile.areas_line(apiserver_profile.parse(profile_path.read_bytes()))}")
+        except (OSError, ValueError) as exc:
+            print(f"  {namespace} API server profile not read: {exc}")
     if verbose:
         requests = counter_difference(api_server_counters(cluster), before)
         print(f"  {namespace} API server: " + ", ".join(f"{name} {count:g}" for name, count in requests.items()))
@@ -184,6 +208,11 @@ def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: s
     # Events, pods and templates loaded the API server and etcd through most of the next round
     # (every mode's second round was a quarter slower than its first).
     wait_until(lambda: _gone(kube, namespace), 300, f"namespace {namespace} deleted")
+    if cluster.control_plane is not None and cluster.control_plane.audit_writes:
+        time.sleep(1.5)  # the audit log is written in batches of at most a second
+        writes = api_audit.read(cluster.control_plane.audit_log, namespace)
+        print(f"  {namespace} writes, creation to teardown: {api_audit.claim_writes_line(writes)}", flush=True)
+        result["claim_requests"] = [float(sum(1 for w in writes if w.resource.startswith("resourceclaims")))]
     return result
 
 
@@ -302,9 +331,17 @@ def main() -> int:
                         help="pods created (paced, not measured) after each installation, before its rounds")
     parser.add_argument("--requests", action="store_true",
                         help="also print, per round, the API server's requests and watch events it cost")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="record kube-apiserver's CPU profile of each measured round into DIR and print "
+                             "where its CPU went (bench/apiserver_profile.py reads them again)")
+    parser.add_argument("--audit", action="store_true",
+                        help="audit every write to pods and claims and print, per round, who wrote its claims "
+                             "and how often (creation to teardown); costs the API server a file write per request")
     parser.add_argument("--dump", type=Path, default=None,
                         help="write every pod's times (JSON, per mode and phase) here, to look at the tail")
     args = parser.parse_args()
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     # A SIGTERM (a runner's timeout) unwinds like Ctrl-C, so the control plane and the installed
     # components are stopped rather than left running under init.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -313,7 +350,7 @@ def main() -> int:
         print("no Kubernetes binaries: set VGPU_K8S_BIN (kube-apiserver, kube-controller-manager, kube-scheduler, "
               "kubectl)", file=sys.stderr)
         return 2
-    control_plane = ControlPlane(find_binaries(source)).start()
+    control_plane = ControlPlane(find_binaries(source), audit_writes=args.audit).start()
     cluster = RealCluster(control_plane.admin_kubeconfig, control_plane.binaries.path("kubectl"),
                           Path(tempfile.mkdtemp(prefix="vgpu-bench-")), control_plane)
     results: dict[tuple[str, str], dict[str, list[float]]] = {}
@@ -331,9 +368,10 @@ def main() -> int:
                         if phase not in args.phases.split(","):
                             continue
                         got = one_round(cluster, mode, args.pods, rate, args.memory, args.cores, round_no,
-                                        verbose=args.requests)
-                        bucket = results.setdefault((mode, phase), {"claimed": [], "allocated": [], "ungated": [],
-                                                                     "bound": [], "makespan": []})
+                                        verbose=args.requests, profile_dir=args.profile)
+                        bucket = results.setdefault((mode, phase), {"claimed": [], "named": [], "allocated": [],
+                                                                     "ungated": [], "bound": [], "makespan": [],
+                                                                     "claim_requests": []})
                         for key, values in got.items():
                             bucket[key] += values
                         rounds.setdefault((mode, phase), []).append(got)
@@ -347,7 +385,13 @@ def main() -> int:
     if args.dump:
         args.dump.write_text(json.dumps({f"{mode} {phase}": got for (mode, phase), got in results.items()}))
     print(f"\n{args.pods} pods per round, {args.rounds} round(s) per mode; paced = {args.rate:g} pods/s")
-    print_table(results, rounds, [p for p in ("burst", "paced") if p in args.phases.split(",")])
+    phases = [p for p in ("burst", "paced") if p in args.phases.split(",")]
+    print_table(results, rounds, phases)
+    if args.audit:
+        for phase in phases:
+            ours, native = (sum(results[(mode, phase)]["claim_requests"]) for mode in ("controller", "scheduler"))
+            print(f"{phase}: claim requests per pod, creation to teardown: controller {ours / args.pods / args.rounds:.2f}, "
+                  f"native {native / args.pods / args.rounds:.2f} ({ours / native:.2f}×)")
     return 0
 
 

@@ -64,6 +64,9 @@ class TermSettings:
     refusal_event_interval_s: float = 60.0
     watch_timeout_s: int = 60
     write_retries: int = 8
+    # How long a claim whose owning pod is gone waits for the garbage collector to delete it
+    # before the controller deallocates it itself.
+    owner_gone_grace_s: float = 10.0
 
 
 class AllocationTerm(PodSync, QuotaGate):
@@ -104,6 +107,7 @@ class AllocationTerm(PodSync, QuotaGate):
         self._last_refusal: dict[str, tuple[str, float]] = {}
         self._first_seen: dict[str, float] = {}          # pod uid -> monotonic time first seen pending
         self._finished: set[str] = set()                 # pod uids whose claims were all allocated
+        self._owner_gone_since: dict[str, float] = {}    # claim uid -> when its owning pod was found gone
         self._pending_claims: set[str] = set()           # claim keys of pending pods not yet allocated
         self._unsized: dict[str, set[str]] = {}          # node -> claims booked whole-GPU before its slices
         self._node_generation = 0                        # bumped when a Node's labels/spec change
@@ -230,6 +234,7 @@ class AllocationTerm(PodSync, QuotaGate):
             uid = meta(current).get("uid") if current else None
             if booked and booked != uid:
                 freed |= self.ledger.release(booked)
+                self._owner_gone_since.pop(booked, None)
                 self._booked_uid.pop(key, None)
                 self._claim_names.pop(booked, None)
                 self._drop_owner(key)
@@ -400,9 +405,37 @@ class AllocationTerm(PodSync, QuotaGate):
             return
         if not deleting and any(pod_pending(p) for p in users):
             return
+        if deleting:
+            # The allocation goes with the claim: one write (the finalizer) instead of a status
+            # write first, which raced kube-controller-manager's own status write dropping the
+            # dead pod from reservedFor (a 409 for one of the two on most claims of a deleted
+            # pod). The ledger frees the booking when the claim's deletion is seen.
+            self.writer.drop_finalizer(key, uid, allocation_goes_with_claim=True)
+            return
+        if self._awaiting_garbage_collection(key, uid):
+            return
         if allocation(claim) and is_our_allocation(claim):
             self._clear_allocation(key, uid)
         self.writer.drop_finalizer(key, uid)
+
+    def _awaiting_garbage_collection(self, key: str, uid: str) -> bool:
+        """True while a claim whose owning pod is gone (a template's claim) waits for the garbage
+        collector, which deletes it moments after the pod: deallocating it now would be two more
+        writes racing kube-controller-manager's. After `owner_gone_grace_s` without the deletion
+        (no garbage collector running, or the claim was orphaned) the controller releases it."""
+        with self.lock:
+            owner = self._claim_owner.get(key)
+            if not owner or owner in self._pod_key:
+                self._owner_gone_since.pop(uid, None)
+                return False
+            since = self._owner_gone_since.setdefault(uid, time.monotonic())
+        waited = time.monotonic() - since
+        if waited < self.settings.owner_gone_grace_s:
+            self.queue.add_after(("claim", key), self.settings.owner_gone_grace_s - waited)
+            return True
+        log.warning("the claim's pod is gone but the claim was not deleted; releasing it", claim=key,
+                    waited_s=round(waited, 1))
+        return False
 
     def _clear_allocation(self, key: str, uid: str) -> None:
         with self.lock:

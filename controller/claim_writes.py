@@ -91,14 +91,21 @@ class ClaimWriter:
 
         self.resolve_conflicts(RESOURCE_CLAIMS, key, self.claims.get(key), clear, observe=self.claims.observe)
 
-    def drop_finalizer(self, key: str, uid: str) -> None:
-        """Remove our finalizer, never from a claim that still holds an allocation of ours."""
+    def drop_finalizer(self, key: str, uid: str, *, allocation_goes_with_claim: bool = False) -> None:
+        """Remove our finalizer, never from a claim that still holds an allocation of ours, except
+        (`allocation_goes_with_claim`) from one being deleted: the API server removes it with our
+        finalizer, allocation and all, and the caller has checked that no live pod uses it."""
         def drop(claim: JsonObject) -> None:
             if meta(claim).get("uid") != uid or not has_finalizer(claim):
                 return
-            if allocation(claim) and is_our_allocation(claim):
+            ours = bool(allocation(claim)) and is_our_allocation(claim)
+            ends_with_claim = allocation_goes_with_claim and bool(meta(claim).get("deletionTimestamp"))
+            if ours and not ends_with_claim:
                 return  # never leave an allocation of ours without our finalizer
             self.patch_finalizers(claim, [f for f in meta(claim).get("finalizers") or [] if f != FINALIZER])
+            if ours:
+                self.metrics.deallocations.inc()
+                log.info("deallocated with the claim's deletion", claim=key)
 
         self.resolve_conflicts(RESOURCE_CLAIMS, key, self.claims.get(key), drop, observe=self.claims.observe)
 

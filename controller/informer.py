@@ -75,7 +75,13 @@ class Informer:
 
     def observe(self, obj: JsonObject) -> None:
         """Feed an object this process just wrote (the write's answer), so readers see it before
-        the watch echoes it. Older versions than the cached one are ignored."""
+        the watch echoes it. Older versions than the cached one are ignored. A write that removed
+        the last finalizer of an object being deleted answers with the object as it went: that is
+        its deletion (had the watch's DELETED come first, caching the answer would bring it back)."""
+        metadata = obj.get("metadata") or {}
+        if metadata.get("deletionTimestamp") and not metadata.get("finalizers"):
+            self._apply("DELETED", obj)
+            return
         self._apply("MODIFIED", obj)
 
     def run(self, stop: threading.Event) -> None:

@@ -175,6 +175,22 @@ def write_kubeconfig(path: Path, server: str, ca: Path, *, token: str | None = N
     return path
 
 
+AUDIT_WRITES_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    verbs: [get, list, watch]
+  - level: Metadata
+    resources:
+      - group: ""
+        resources: [pods, pods/status, pods/binding]
+      - group: resource.k8s.io
+        resources: [resourceclaims, resourceclaims/status]
+  - level: None
+"""
+
+
 @dataclass
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager + kube-scheduler on loopback."""
@@ -182,6 +198,9 @@ class ControlPlane:
     binaries: Binaries
     folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="vgpu-k8s-")))
     feature_gates: str = ""
+    # Record every write to pods and claims (who, what, the answer's code) in `audit_log`: what a
+    # bench round cost the API server, request by request. Off by default (a write to a file each).
+    audit_writes: bool = False
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     server: str = ""
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
@@ -197,6 +216,20 @@ class ControlPlane:
     def log(self, name: str) -> Path:
         """The log file of component `name`."""
         return self.folder / f"{name}.log"
+
+    @property
+    def audit_log(self) -> Path:
+        """kube-apiserver's audit log (JSON lines), written when `audit_writes` is set."""
+        return self.folder / "audit.log"
+
+    def _audit_flags(self) -> list[str]:
+        if not self.audit_writes:
+            return []
+        policy = self.folder / "audit-policy.yaml"
+        policy.write_text(AUDIT_WRITES_POLICY)
+        # Batches of at most a second: a reader waits that long for a round's last writes.
+        return ["--audit-policy-file", str(policy), "--audit-log-path", str(self.audit_log),
+                "--audit-log-mode", "batch", "--audit-log-batch-max-wait", "1s"]
 
     def start(self, timeout_s: float = 90.0) -> ControlPlane:
         """Start everything in order and wait until the API server is ready and the scheduler and
@@ -232,7 +265,8 @@ class ControlPlane:
             "--service-cluster-ip-range", "10.96.0.0/16", "--authorization-mode", "RBAC,Node",
             "--token-auth-file", str(token_file), "--runtime-config", "api/all=true",
             "--endpoint-reconciler-type", "none", "--allow-privileged=true", "--enable-priority-and-fairness=false",
-            "--max-requests-inflight", "800", "--max-mutating-requests-inflight", "400", *gates])
+            "--max-requests-inflight", "800", "--max-mutating-requests-inflight", "400", *self._audit_flags(),
+            *gates])
         write_kubeconfig(self.admin_kubeconfig, self.server, pki.ca, token=self.admin_token, user=ADMIN_USER)
         self._wait_ready(timeout_s)
         for component, user in (("kube-controller-manager", "system:kube-controller-manager"),

@@ -1,8 +1,11 @@
 """A claim's life around the allocation: refusals, template claims, deallocation, deletion, wipes."""
 from __future__ import annotations
 
+import time
+
 from tests.controller.backends import client_for
 from vgpu_dra.api.names import FINALIZER
+from vgpu_dra.controller.allocation_term import TermSettings
 from vgpu_dra.controller.kubeapi import DEVICE_CLASSES, PODS, ApiError, KubeApi
 
 from .cluster import add_device_class, add_node, claim, gpu, pod, running_controller, vgpu_config
@@ -101,6 +104,61 @@ def test_deleting_an_allocated_claim_completes(api_backend):
         server.delete("Pod", "app", "default")
         server.delete("ResourceClaim", "doomed", "default")
         wait_for(lambda: server.get("ResourceClaim", "doomed", "default") is None, what="claim gone")
+
+
+def test_a_template_claim_of_a_deleted_pod_frees_its_capacity_in_one_write(api_backend):
+    """The pod goes and the garbage collector deletes the claim it owns: the controller waits for
+    that deletion and drops its finalizer, allocation and all, without a status write first (which
+    raced kube-controller-manager's own status write of the claim), and the capacity goes to the
+    claim that was waiting for it."""
+    server = api_backend
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server)
+    owner = server.create(pod("first", templates={"gpu": "big-gpu"}))
+    # what kube-controller-manager creates for the template reference
+    server.create(claim("first-gpu-x7k2p", config=vgpu_config(memory="8Gi"), owner=owner))
+    with running_controller(server, user="ctl") as controller:
+        wait_for(lambda: allocation_of(server, "first-gpu-x7k2p"), what="the first 8Gi claim allocated")
+        server.create(claim("second", config=vgpu_config(memory="8Gi")))
+        server.create(pod("second", ["second"]))
+        wait_for(lambda: refusals(server, "second"), what="the second refused (one 10 GiB GPU)")
+        deallocated = controller.service.metrics.deallocations._value.get()
+        server.delete("Pod", "first", "default")
+        if server.get("ResourceClaim", "first-gpu-x7k2p", "default") is not None:
+            server.delete("ResourceClaim", "first-gpu-x7k2p", "default")  # as the garbage collector does
+        wait_for(lambda: server.get("ResourceClaim", "first-gpu-x7k2p", "default") is None, what="the claim gone")
+        wait_for(lambda: allocation_of(server, "second"), what="its capacity allocated to the second claim")
+        assert controller.service.metrics.deallocations._value.get() == deallocated + 1
+    if hasattr(server, "audit"):
+        writes = [(r.verb, r.subresource) for r in server.audit() if r.user == "ctl" and
+                  r.resource == "resourceclaims" and r.name == "first-gpu-x7k2p" and r.verb in ("patch", "update")]
+        # The finalizer and the allocation (status), then the finalizer's removal alone.
+        assert writes == [("patch", ""), ("patch", "status"), ("patch", "")], writes
+
+
+def test_a_claim_whose_pod_is_gone_but_is_never_deleted_is_released_after_a_grace(fake_apiserver, monkeypatch):
+    """No garbage collector deletes the claim of a deleted pod (a fault a real cluster's
+    kube-controller-manager does not show on demand; the fake's collector is switched off): the
+    controller releases it itself once `owner_gone_grace_s` has passed, so nothing stays booked."""
+    server = fake_apiserver
+    monkeypatch.setattr(server.store, "_collect_garbage", lambda *_args, **_kwargs: None)
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server)
+    owner = server.create(pod("first", templates={"gpu": "big-gpu"}))
+    server.create(claim("kept", config=vgpu_config(memory="8Gi"), owner=owner))
+    settings = TermSettings(watch_timeout_s=30, retry_refused_after_s=1.0, owner_gone_grace_s=2.0)
+    with running_controller(server, settings=settings):
+        wait_for(lambda: allocation_of(server, "kept"), what="the template claim allocated")
+        server.create(claim("second", config=vgpu_config(memory="8Gi")))
+        server.create(pod("second", ["second"]))
+        wait_for(lambda: refusals(server, "second"), what="the second refused (one 10 GiB GPU)")
+        server.delete("Pod", "first", "default")
+        started = time.monotonic()
+        wait_for(lambda: allocation_of(server, "kept") is None, timeout_s=20, what="the claim released after the grace")
+        waited = time.monotonic() - started
+        wait_for(lambda: allocation_of(server, "second"), what="its capacity allocated to the waiting claim")
+    assert server.get("ResourceClaim", "kept", "default") is not None  # released, not deleted
+    assert waited > 1.0, f"released after {waited:.1f} s: the garbage collector was not given its grace"
 
 
 def test_claims_are_changed_only_by_patches_never_written_back_whole(fake_apiserver):

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import threading
+import time
 
+from tests.controller.backends import client_for
 from tests.fakes.kubeconfig import api_client_for
 from vgpu_dra.controller.informer import Informer
 from vgpu_dra.controller.kubeapi import RESOURCE_CLAIMS, KubeApi
@@ -44,6 +46,45 @@ def test_informer_relists_after_410_and_reports_what_changed(fake_apiserver):
         thread.join(timeout=10)
     assert seen.count(("default/drop", True, False)) == 1
     assert ("default/new", False, True) in seen
+
+
+def test_the_answer_to_removing_the_last_finalizer_is_a_deletion_not_a_claim_to_cache(api_backend):
+    """Removing the last finalizer of a claim being deleted answers with the claim as it went.
+    Whether the watch's DELETED arrives before or after that answer, the cache must not keep the
+    claim: one cached after its deletion would stay forever, allocation and all, in the books."""
+    server = api_backend
+    api = KubeApi(client_for(server, "admin"))
+    seen: list[tuple[str, bool, bool]] = []
+    informer = Informer(api, RESOURCE_CLAIMS, lambda key, old, new: seen.append((key, old is not None, new is not None)),
+                        namespace="default", watch_timeout_s=30)
+    stop = threading.Event()
+    thread = threading.Thread(target=informer.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(informer.synced.is_set, what="first list")
+        for name, deleted_seen_first in (("watch-first", True), ("answer-first", False)):
+            created = api.create(RESOURCE_CLAIMS, {**claim(name), "metadata": {"name": name, "finalizers": ["x/y"]}},
+                                 "default")
+            wait_for(lambda: informer.get(f"default/{name}") is not None, what=f"{name} cached")
+            server.delete("ResourceClaim", name, "default")
+            wait_for(lambda: (informer.get(f"default/{name}") or {}).get("metadata", {}).get("deletionTimestamp"),
+                     what=f"{name} seen being deleted")
+            if not deleted_seen_first:
+                informer.close()  # hold the watch back, so the answer comes first
+            answer = api.patch(RESOURCE_CLAIMS, name, {"metadata": {"finalizers": None}}, "default")
+            assert answer["metadata"]["uid"] == created["metadata"]["uid"]
+            if deleted_seen_first:
+                wait_for(lambda: informer.get(f"default/{name}") is None, what=f"{name}'s DELETED from the watch")
+            informer.observe(answer)
+            assert informer.get(f"default/{name}") is None
+            wait_for(lambda: (f"default/{name}", True, False) in seen, what=f"{name}'s deletion reported")
+            time.sleep(0.3)  # the watch (reopened) delivers whatever it still has
+            assert informer.get(f"default/{name}") is None, f"{name} came back into the cache"
+            assert seen.count((f"default/{name}", True, False)) == 1
+    finally:
+        stop.set()
+        informer.close()
+        thread.join(timeout=10)
 
 
 def test_status_write_conflicts_are_retried(fake_apiserver):
