@@ -18,7 +18,10 @@ component used meanwhile (this process and everything it started), and with `--r
 round cost the API server (requests by verb and resource, watch events, watchers it cut off as
 too slow), read from its /metrics. `--profile DIR` records the API server's CPU profile of each
 round and prints where its CPU went (bench/apiserver_profile.py); `--audit` audits every write to
-pods and claims and prints who wrote each round's claims, creation to teardown (bench/api_audit.py).
+pods and claims and prints who wrote each round's claims, creation to teardown, and every write on
+the pods' way to their binding with the server's own times (bench/api_audit.py). `--controller-arg`
+passes a flag to the controller; `--against-arg` measures the controller against itself with other
+flags instead of against kube-scheduler (an A/B of one change, rounds alternating).
 The table gives each ratio with a 95 % bootstrap interval over pods and the range of the rounds'
 ratios (bench/latency_stats.py).
 
@@ -212,6 +215,8 @@ def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: s
         time.sleep(1.5)  # the audit log is written in batches of at most a second
         writes = api_audit.read(cluster.control_plane.audit_log, namespace)
         print(f"  {namespace} writes, creation to teardown: {api_audit.claim_writes_line(writes)}", flush=True)
+        for line in api_audit.write_path_lines(writes):
+            print(f"  {namespace} path to binding, {line}", flush=True)
         result["claim_requests"] = [float(sum(1 for w in writes if w.resource.startswith("resourceclaims")))]
     return result
 
@@ -298,18 +303,30 @@ def summary(values: list[float]) -> str:
     return f"p50 {statistics.median(values) * 1000:7.1f} ms  p99 {percentile(values, 0.99) * 1000:7.1f} ms"
 
 
+def controller_values(workers: int | None, extra_args: list[str]) -> dict[str, Any]:
+    """The chart values that set the controller's workers and extra flags (none: the chart's own)."""
+    controller: dict[str, Any] = {"workers": workers} if workers else {}
+    if extra_args:
+        controller["extraArgs"] = list(extra_args)
+    return {"controller": controller} if controller else {}
+
+
 def print_table(results: dict[tuple[str, str], dict[str, list[float]]],
-                rounds: dict[tuple[str, str], list[dict[str, list[float]]]], phases: list[str]) -> None:
-    """The markdown table of docs/benchmarks.md: each mode's pooled p50 / p99, the ratio with its
-    bootstrap interval over pods, and the range of the ratios of the rounds (round k of each mode)."""
-    print("| phase | measure | controller p50 / p99 | native p50 / p99 | ratio p50 [95 %] | ratio p99 [95 %] "
+                rounds: dict[tuple[str, str], list[dict[str, list[float]]]], phases: list[str],
+                baseline: str = "scheduler") -> None:
+    """The markdown table of docs/benchmarks.md: each side's pooled p50 / p99, the ratio with its
+    bootstrap interval over pods, and the range of the ratios of the rounds (round k of each side).
+    `baseline` is the other side's label: kube-scheduler ("scheduler", shown as native) or the
+    controller with `--against-arg` flags ("baseline")."""
+    shown = "native" if baseline == "scheduler" else baseline
+    print(f"| phase | measure | controller p50 / p99 | {shown} p50 / p99 | ratio p50 [95 %] | ratio p99 [95 %] "
           "| rounds' ratios p50; p99 |")
     print("|---|---|---|---|---|---|---|")
     for phase in phases:
         for measure in ("allocated", "bound"):
-            ours, native = results[("controller", phase)][measure], results[("scheduler", phase)][measure]
+            ours, native = results[("controller", phase)][measure], results[(baseline, phase)][measure]
             r50s, r99s = zip(*[tuple(percentile(a[measure], q) / percentile(b[measure], q) for q in (0.5, 0.99))
-                               for a, b in zip(rounds[("controller", phase)], rounds[("scheduler", phase)])])
+                               for a, b in zip(rounds[("controller", phase)], rounds[(baseline, phase)])])
             print(f"| {phase} | create → {measure} | {percentile(ours, 0.5) * 1000:.0f} / "
                   f"{percentile(ours, 0.99) * 1000:.0f} ms | {percentile(native, 0.5) * 1000:.0f} / "
                   f"{percentile(native, 0.99) * 1000:.0f} ms | {ratio_interval(ours, native, 0.5)} | "
@@ -326,6 +343,11 @@ def main() -> int:
     parser.add_argument("--cores", type=int, default=0)
     parser.add_argument("--controller-workers", type=int, default=None,
                         help="the chart's controller.workers (default: the chart's)")
+    parser.add_argument("--controller-arg", action="append", default=[], metavar="ARG",
+                        help="an extra flag for the vgpu-dra controller (repeatable), e.g. --no-nominate-node")
+    parser.add_argument("--against-arg", action="append", default=[], metavar="ARG",
+                        help="measure the controller against itself run with this extra flag (repeatable) "
+                             "instead of against kube-scheduler, e.g. --against-arg=--no-nominate-node")
     parser.add_argument("--phases", default="burst,paced", help="which phases to run")
     parser.add_argument("--warmup", type=int, default=20,
                         help="pods created (paced, not measured) after each installation, before its rounds")
@@ -355,11 +377,14 @@ def main() -> int:
                           Path(tempfile.mkdtemp(prefix="vgpu-bench-")), control_plane)
     results: dict[tuple[str, str], dict[str, list[float]]] = {}
     rounds: dict[tuple[str, str], list[dict[str, list[float]]]] = {}
+    # (label, allocator mode, chart values) of the measured side and of its baseline.
+    sides = [("controller", "controller", controller_values(args.controller_workers, args.controller_arg)),
+             ("baseline", "controller", controller_values(args.controller_workers, args.against_arg))
+             if args.against_arg else ("scheduler", "scheduler", {})]
     try:
         for round_no in range(args.rounds):
-            for mode in ("controller", "scheduler"):
-                values = {"controller": {"workers": args.controller_workers}} if args.controller_workers else {}
-                with installed(cluster, mode, values):
+            for mode, allocator, values in sides:
+                with installed(cluster, allocator, values):
                     if args.warmup:
                         # Both modes start measured on warm components: the first pods a fresh
                         # control plane sees pay its first-use costs (connections, caches).
@@ -386,12 +411,13 @@ def main() -> int:
         args.dump.write_text(json.dumps({f"{mode} {phase}": got for (mode, phase), got in results.items()}))
     print(f"\n{args.pods} pods per round, {args.rounds} round(s) per mode; paced = {args.rate:g} pods/s")
     phases = [p for p in ("burst", "paced") if p in args.phases.split(",")]
-    print_table(results, rounds, phases)
+    baseline = sides[1][0]
+    print_table(results, rounds, phases, baseline)
     if args.audit:
         for phase in phases:
-            ours, native = (sum(results[(mode, phase)]["claim_requests"]) for mode in ("controller", "scheduler"))
+            ours, native = (sum(results[(mode, phase)]["claim_requests"]) for mode in ("controller", baseline))
             print(f"{phase}: claim requests per pod, creation to teardown: controller {ours / args.pods / args.rounds:.2f}, "
-                  f"native {native / args.pods / args.rounds:.2f} ({ours / native:.2f}×)")
+                  f"{baseline} {native / args.pods / args.rounds:.2f} ({ours / native:.2f}×)")
     return 0
 
 

@@ -42,6 +42,12 @@ def register(subparsers: Any) -> None:
                         help="seconds between renewals (default: 1/8 of the lease duration)")
     parser.add_argument("--retry-refused-after", type=float, default=30.0,
                         help="seconds before a refused pod is retried even if nothing changed")
+    parser.add_argument("--owner-gone-grace", type=float, default=10.0,
+                        help="seconds a claim whose owning pod is gone waits for the garbage collector to delete "
+                             "it before the controller releases it itself (default: 10)")
+    parser.add_argument("--nominate-node", action=argparse.BooleanOptionalAction, default=True,
+                        help="write each pod's status.nominatedNodeName with its allocation, so kube-scheduler "
+                             "binds it without writing the node itself (default: on)")
     add_log_format_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -66,10 +72,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"vgpu-dra controller: error: {problem}; fix --lease-duration, --renew-deadline or --retry-period",
               file=sys.stderr)
         return 2
+    if args.owner_gone_grace < 0:
+        print(f"vgpu-dra controller: error: --owner-gone-grace {args.owner_gone_grace:g} is negative; give the "
+              "seconds to wait (0 releases at once)", file=sys.stderr)
+        return 2
     configure_logging(args.log_format)
     log = structlog.get_logger("vgpu_dra.controller")
     settings = TermSettings(policy=PlacementPolicy.parse(args.node_policy, args.gpu_policy), workers=args.workers,
-                            retry_refused_after_s=args.retry_refused_after)
+                            retry_refused_after_s=args.retry_refused_after, owner_gone_grace_s=args.owner_gone_grace,
+                            nominate_node=args.nominate_node)
     service = ControllerService(api_client(
         args.kubeconfig, component="vgpu-dra-controller",
         # Five watches hold connections for their whole life; workers, events and the Lease need

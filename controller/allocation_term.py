@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,10 @@ class TermSettings:
     # How long a claim whose owning pod is gone waits for the garbage collector to delete it
     # before the controller deallocates it itself.
     owner_gone_grace_s: float = 10.0
+    # Write each pod's nominatedNodeName, in parallel with its allocation (`ClaimWriter.nominate_node`),
+    # and how long lifting the gate waits for that write before going ahead without it.
+    nominate_node: bool = True
+    nomination_wait_s: float = 1.0
 
 
 class AllocationTerm(PodSync, QuotaGate):
@@ -92,6 +97,8 @@ class AllocationTerm(PodSync, QuotaGate):
         self.quotas = Informer(api, RESOURCE_QUOTAS, self._on_quota, watch_timeout_s=timeout)
         self.informers = (self.slices, self.classes, self.nodes, self.quotas, self.claims, self.pods)
         self.writer = ClaimWriter(api, self.claims, self.pods, metrics, settings.write_retries)
+        # The nominations run beside the allocations' writes (one per worker at most).
+        self.nominations = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="nominate")
         # Indexes (guarded by self.lock).
         self._booked_uid: dict[str, str] = {}            # claim key -> uid booked in the ledger
         self._claim_names: dict[str, str] = {}           # claim uid -> key (metrics view)
@@ -150,6 +157,7 @@ class AllocationTerm(PodSync, QuotaGate):
 
     def _stop(self, threads: list[threading.Thread]) -> None:
         self.metrics.ready.set(0)
+        self.nominations.shutdown(wait=True, cancel_futures=True)
         for informer in self.informers:
             informer.close()
         for thread in threads:

@@ -97,6 +97,10 @@ class ControllerMetrics:
                                 "Pods whose claims could not be allocated, by reason", ["reason"], registry=r)
         self.conflicts = Counter("vgpu_dra_controller_write_conflicts_total",
                                  "Writes that hit a resourceVersion conflict and were retried", registry=r)
+        self.nominations = Counter("vgpu_dra_controller_node_nominations_total",
+                                   "Pods' nominatedNodeName written with their allocation's node, by result "
+                                   "(written, failed: kube-scheduler then picks the node itself)",
+                                   ["result"], registry=r)
         self.wipes = Counter("vgpu_dra_controller_allocation_wipes_total",
                              "Allocations cleared by someone else (kube-scheduler) while the pod was pending",
                              registry=r)

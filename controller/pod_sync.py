@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING
 
 import structlog
@@ -143,6 +145,7 @@ class PodSync:
 
     def _commit(self: AllocationTerm, pod: JsonObject, pending: list[JsonObject], placement: Placement,
                 classes: Mapping[str, JsonObject]) -> None:
+        nomination = self._nominate(pod, placement.node)
         written = 0
         rejected: tuple[JsonObject, ApiError] | None = None
         try:
@@ -179,9 +182,35 @@ class PodSync:
                                        f"({error.status} {error.reason}): {error.message}", "write-rejected")
             return
         if written == len(pending):
-            self._finish_pod(pod)
+            self._finish_pod(pod, nomination)
         else:
             self.queue.add_rate_limited(("pod", object_key(pod)))
+
+    def _nominate(self: AllocationTerm, pod: JsonObject, node: str) -> Future[None] | None:
+        """Start writing the pod's nominated node (`ClaimWriter.nominate_node`) beside its
+        allocation; None where there is nothing to write (bound already, or named already)."""
+        if not self.settings.nominate_node or (pod.get("spec") or {}).get("nodeName") or \
+                (pod.get("status") or {}).get("nominatedNodeName") == node:
+            return None
+        try:
+            return self.nominations.submit(self.writer.nominate_node, object_key(pod), node)
+        except RuntimeError:  # the term is ending: its last writes go without the hint
+            return None
+
+    def _await_nomination(self: AllocationTerm, key: str, nomination: Future[None]) -> None:
+        """Let the nomination land before the gate goes, so kube-scheduler sees both in one pod;
+        a failed or slow one only costs kube-scheduler's own write of the node (logged, counted)."""
+        try:
+            nomination.result(timeout=self.settings.nomination_wait_s)
+            self.metrics.nominations.labels("written").inc()
+        except FutureTimeout:
+            self.metrics.nominations.labels("failed").inc()
+            log.warning("nominating the pod's node is slow: lifting its gate without it", pod=key,
+                        waited_s=self.settings.nomination_wait_s)
+        except ApiError as exc:
+            self.metrics.nominations.labels("failed").inc()
+            log.warning("could not nominate the pod's node: kube-scheduler will choose it itself", pod=key,
+                        status=exc.status, reason=exc.reason, message=exc.message)
 
     def _rebook(self: AllocationTerm, key: str, uid: str) -> None:
         """Make the ledger match the cached claim again (after a write finished either way)."""
@@ -197,8 +226,9 @@ class PodSync:
         for pod_key in refused:
             self.queue.add(("pod", pod_key))
 
-    def _finish_pod(self: AllocationTerm, pod: JsonObject) -> None:
-        """All the pod's claims are allocated: record latency, lift our scheduling gate."""
+    def _finish_pod(self: AllocationTerm, pod: JsonObject, nomination: Future[None] | None = None) -> None:
+        """All the pod's claims are allocated: record latency, lift our scheduling gate (once
+        `nomination`, the write of its node, has landed)."""
         uid = meta(pod)["uid"]
         key = object_key(pod)
         with self.lock:
@@ -210,6 +240,8 @@ class PodSync:
             self.metrics.pending_claims.set(len(self._pending_claims))
         if started is not None:
             self.metrics.allocation_latency.observe(time.monotonic() - started)
+        if nomination is not None:
+            self._await_nomination(key, nomination)
         self.writer.lift_gate(key, pod)
 
     def _refuse(self: AllocationTerm, pod: JsonObject, claims: Iterable[JsonObject], reason: str, kind: str,

@@ -24,8 +24,8 @@ def pod_pending(pod: Mapping[str, Any] | None) -> bool:
 
 
 def pod_essentials(pod: JsonObject) -> JsonObject:
-    """The part of a pod the controller reads (placement constraints, claims, phase), so the pod
-    cache stays small however large the cluster's pod specs are."""
+    """The part of a pod the controller reads (placement constraints, claims, phase, nominated
+    node), so the pod cache stays small however large the cluster's pod specs are."""
     metadata = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
@@ -38,7 +38,8 @@ def pod_essentials(pod: JsonObject) -> JsonObject:
         "metadata": {k: metadata[k] for k in ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp")
                      if k in metadata},
         "spec": trimmed_spec,
-        "status": {k: status[k] for k in ("phase", "resourceClaimStatuses") if k in status},
+        "status": {k: status[k] for k in ("phase", "resourceClaimStatuses", "nominatedNodeName")
+                   if k in status},
     }
 
 

@@ -67,3 +67,14 @@ def test_the_table_shows_pooled_ratios_intervals_and_every_rounds_range(capsys):
     assert "20 ms | 10 / 10 ms | " in bound
     allocated = next(line for line in lines if "create → allocated" in line)
     assert "1.00× [1.00–1.00]" in allocated
+
+
+def test_against_the_controllers_own_baseline_the_table_names_it(capsys):
+    fast, slow = [0.010] * 100, [0.030] * 100
+    rounds = {("controller", "burst"): [{"allocated": fast, "bound": fast}],
+              ("baseline", "burst"): [{"allocated": fast, "bound": slow}]}
+    results = {key: per_round[0] for key, per_round in rounds.items()}
+    print_table(results, rounds, ["burst"], "baseline")
+    header, _, _, bound = capsys.readouterr().out.splitlines()
+    assert "| baseline p50 / p99 |" in header and "native" not in header
+    assert "| 10 / 10 ms | 30 / 30 ms | 0.33× [0.33–0.33] |" in bound

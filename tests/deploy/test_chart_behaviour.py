@@ -207,6 +207,7 @@ def test_controller_may_write_allocations_through_status_and_binding():
         assert {("resource.k8s.io", subresource, "update"), ("resource.k8s.io", subresource, "patch")} <= rules
     assert ("resource.k8s.io", "resourceclaims", "update") in rules      # its finalizer
     assert ("", "pods", "update") in rules                               # scheduling-gate removal
+    assert {v for g, r, v in rules if r == "pods/status"} == {"patch"}  # the nominated node alone
     assert ("", "events", "create") in rules
     for read_only in ("resourceslices", "deviceclasses"):
         assert {v for g, r, v in rules if r == read_only} == {"get", "list", "watch"}
