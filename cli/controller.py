@@ -6,12 +6,15 @@ import gc
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from .kube_client import api_client
 from .logging_setup import add_log_format_argument, configure_logging
+
+if TYPE_CHECKING:
+    from vgpu_dra.controller.allocation_term import TermSettings
 
 
 def register(subparsers: Any) -> None:
@@ -48,17 +51,28 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--nominate-node", action=argparse.BooleanOptionalAction, default=True,
                         help="write each pod's status.nominatedNodeName with its allocation, so kube-scheduler "
                              "binds it without writing the node itself (default: on)")
+    parser.add_argument("--nomination-wait", type=float, default=1.0,
+                        help="seconds lifting a pod's gate waits for its nomination's write (0: not at all; "
+                             "default: 1)")
     add_log_format_argument(parser)
     parser.set_defaults(handler=run)
+
+
+def term_settings(args: argparse.Namespace) -> TermSettings:
+    """The allocation controller's `TermSettings` from the parsed flags."""
+    from vgpu_dra.controller.allocation_term import TermSettings
+    from vgpu_dra.driver.placement_policy import PlacementPolicy
+
+    return TermSettings(policy=PlacementPolicy.parse(args.node_policy, args.gpu_policy), workers=args.workers,
+                        retry_refused_after_s=args.retry_refused_after, owner_gone_grace_s=args.owner_gone_grace,
+                        nominate_node=args.nominate_node, nomination_wait_s=args.nomination_wait)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT."""
     from prometheus_client import start_http_server
 
-    from vgpu_dra.controller.allocation_term import TermSettings
     from vgpu_dra.controller.service import ControllerService, LeaderSettings
-    from vgpu_dra.driver.placement_policy import PlacementPolicy
 
     leader = LeaderSettings(enabled=args.leader_elect, namespace=args.lease_namespace, name=args.lease_name,
                             lease_duration_s=args.lease_duration,
@@ -78,9 +92,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     configure_logging(args.log_format)
     log = structlog.get_logger("vgpu_dra.controller")
-    settings = TermSettings(policy=PlacementPolicy.parse(args.node_policy, args.gpu_policy), workers=args.workers,
-                            retry_refused_after_s=args.retry_refused_after, owner_gone_grace_s=args.owner_gone_grace,
-                            nominate_node=args.nominate_node)
+    settings = term_settings(args)
     service = ControllerService(api_client(
         args.kubeconfig, component="vgpu-dra-controller",
         # Five watches hold connections for their whole life; workers, events and the Lease need

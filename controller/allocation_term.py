@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +69,7 @@ class TermSettings:
     # before the controller deallocates it itself.
     owner_gone_grace_s: float = 10.0
     # Write each pod's nominatedNodeName, in parallel with its allocation (`ClaimWriter.nominate_node`),
-    # and how long lifting the gate waits for that write before going ahead without it.
+    # and how long its gate waits for that write at most (0: not at all).
     nominate_node: bool = True
     nomination_wait_s: float = 1.0
 
@@ -120,6 +120,7 @@ class AllocationTerm(PodSync, QuotaGate):
         self._node_generation = 0                        # bumped when a Node's labels/spec change
         self._fit_cache: dict[str, tuple[int, frozenset[str]]] = {}  # pod constraints -> allowed nodes
         self._quotas: dict[str, NamespaceQuota] = {}     # namespace -> its GPU quota (where it has one)
+        self._nominating: dict[str, tuple[Future[None], float]] = {}  # pod uid -> its nomination, gate deadline
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -324,6 +325,7 @@ class AllocationTerm(PodSync, QuotaGate):
                     self._avoid.pop(uid, None)
                     self._first_seen.pop(uid, None)
                     self._finished.discard(uid)
+                    self._nominating.pop(uid, None)
                     self._last_refusal.pop(key, None)
                     to_check |= self._owned.get(uid, set())
                 self._refused.discard(key)

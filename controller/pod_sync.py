@@ -13,7 +13,6 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING
 
 import structlog
@@ -145,7 +144,7 @@ class PodSync:
 
     def _commit(self: AllocationTerm, pod: JsonObject, pending: list[JsonObject], placement: Placement,
                 classes: Mapping[str, JsonObject]) -> None:
-        nomination = self._nominate(pod, placement.node)
+        self._nominate(pod, placement.node)
         written = 0
         rejected: tuple[JsonObject, ApiError] | None = None
         try:
@@ -182,35 +181,37 @@ class PodSync:
                                        f"({error.status} {error.reason}): {error.message}", "write-rejected")
             return
         if written == len(pending):
-            self._finish_pod(pod, nomination)
+            self._finish_pod(pod)
         else:
             self.queue.add_rate_limited(("pod", object_key(pod)))
 
-    def _nominate(self: AllocationTerm, pod: JsonObject, node: str) -> Future[None] | None:
+    def _nominate(self: AllocationTerm, pod: JsonObject, node: str) -> None:
         """Start writing the pod's nominated node (`ClaimWriter.nominate_node`) beside its
-        allocation; None where there is nothing to write (bound already, or named already)."""
+        allocation, unless there is nothing to write (bound already, or named already)."""
         if not self.settings.nominate_node or (pod.get("spec") or {}).get("nodeName") or \
                 (pod.get("status") or {}).get("nominatedNodeName") == node:
-            return None
+            return
+        key = object_key(pod)
         try:
-            return self.nominations.submit(self.writer.nominate_node, object_key(pod), node)
+            nomination = self.nominations.submit(self.writer.nominate_node, key, node)
         except RuntimeError:  # the term is ending: its last writes go without the hint
-            return None
+            return
+        with self.lock:
+            self._nominating[meta(pod)["uid"]] = (nomination, time.monotonic() + self.settings.nomination_wait_s)
+        nomination.add_done_callback(lambda done: self._nominated(key, done))
 
-    def _await_nomination(self: AllocationTerm, key: str, nomination: Future[None]) -> None:
-        """Let the nomination land before the gate goes, so kube-scheduler sees both in one pod;
-        a failed or slow one only costs kube-scheduler's own write of the node (logged, counted)."""
-        try:
-            nomination.result(timeout=self.settings.nomination_wait_s)
+    def _nominated(self: AllocationTerm, key: str, nomination: Future[None]) -> None:
+        """A nomination finished: the pod's sync may lift its gate now. Counted; a failed one is
+        logged and costs only kube-scheduler's own write of the node."""
+        self.queue.add(("pod", key))
+        error = None if nomination.cancelled() else nomination.exception()
+        if error is None and not nomination.cancelled():
             self.metrics.nominations.labels("written").inc()
-        except FutureTimeout:
-            self.metrics.nominations.labels("failed").inc()
-            log.warning("nominating the pod's node is slow: lifting its gate without it", pod=key,
-                        waited_s=self.settings.nomination_wait_s)
-        except ApiError as exc:
-            self.metrics.nominations.labels("failed").inc()
-            log.warning("could not nominate the pod's node: kube-scheduler will choose it itself", pod=key,
-                        status=exc.status, reason=exc.reason, message=exc.message)
+            return
+        self.metrics.nominations.labels("failed").inc()
+        detail = {"status": error.status, "reason": error.reason, "message": error.message} \
+            if isinstance(error, ApiError) else {"error": repr(error)}
+        log.warning("could not nominate the pod's node: kube-scheduler will choose it itself", pod=key, **detail)
 
     def _rebook(self: AllocationTerm, key: str, uid: str) -> None:
         """Make the ledger match the cached claim again (after a write finished either way)."""
@@ -226,9 +227,9 @@ class PodSync:
         for pod_key in refused:
             self.queue.add(("pod", pod_key))
 
-    def _finish_pod(self: AllocationTerm, pod: JsonObject, nomination: Future[None] | None = None) -> None:
-        """All the pod's claims are allocated: record latency, lift our scheduling gate (once
-        `nomination`, the write of its node, has landed)."""
+    def _finish_pod(self: AllocationTerm, pod: JsonObject) -> None:
+        """All the pod's claims are allocated: record latency, lift our scheduling gate once its
+        nomination has landed (`_nomination_pending`)."""
         uid = meta(pod)["uid"]
         key = object_key(pod)
         with self.lock:
@@ -240,9 +241,28 @@ class PodSync:
             self.metrics.pending_claims.set(len(self._pending_claims))
         if started is not None:
             self.metrics.allocation_latency.observe(time.monotonic() - started)
-        if nomination is not None:
-            self._await_nomination(key, nomination)
+        if self._nomination_pending(uid, key):
+            return
         self.writer.lift_gate(key, pod)
+
+    def _nomination_pending(self: AllocationTerm, uid: str, key: str) -> bool:
+        """Whether the pod's nomination is still being written and its deadline not yet passed: its
+        gate waits, so kube-scheduler finds the node named when it sees the pod. No worker waits:
+        the write's end re-queues the pod (`_nominated`), and so does the deadline."""
+        with self.lock:
+            found = self._nominating.get(uid)
+            if found is None:
+                return False
+            nomination, deadline = found
+            remaining = deadline - time.monotonic()
+            if nomination.done() or remaining <= 0 or self.settings.nomination_wait_s <= 0:
+                del self._nominating[uid]
+                if not nomination.done():
+                    log.warning("nominating the pod's node is slow: lifting its gate without waiting", pod=key,
+                                waited_s=self.settings.nomination_wait_s)
+                return False
+        self.queue.add_after(("pod", key), remaining)
+        return True
 
     def _refuse(self: AllocationTerm, pod: JsonObject, claims: Iterable[JsonObject], reason: str, kind: str,
                 event_reason: str = REASON_FAILED) -> None:

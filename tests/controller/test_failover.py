@@ -214,3 +214,12 @@ def test_bad_lease_timings_are_refused_with_one_line(tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "must be longer than the renew deadline" in lines[0], done.stderr
+
+
+def test_a_negative_owner_grace_is_refused_with_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "vgpu_dra.cli.main", "controller", "--kubeconfig",
+                           str(tmp_path / "none"), "--owner-gone-grace", "-1"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--owner-gone-grace -1 is negative" in lines[0], done.stderr

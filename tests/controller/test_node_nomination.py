@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 from tests.controller.backends import client_for
+from tests.fakes.apiserver.hooks import SLOW
 from vgpu_dra.api.names import SCHEDULING_GATE
 from vgpu_dra.controller.allocation_term import TermSettings
 from vgpu_dra.controller.kubeapi import PODS, ApiError, KubeApi
@@ -48,6 +49,10 @@ class PodVersions:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+
+def allocation_of(server: Any, name: str) -> dict[str, Any] | None:
+    return (server.get("ResourceClaim", name, "default").get("status") or {}).get("allocation")
 
 
 def _node_of(server: Any, claim_name: str) -> str:
@@ -100,3 +105,31 @@ def test_nominations_can_be_switched_off(fake_apiserver):
     with running_controller(server, user="ctl", settings=settings):
         wait_for(lambda: not server.get("Pod", "app", "default")["spec"].get("schedulingGates"), what="gate lifted")
     assert [(r.resource, r.subresource) for r in server.writes_by("ctl") if r.resource == "pods"] == [("pods", "")]
+
+
+def test_a_slow_nomination_holds_the_gate_until_it_lands_but_no_longer_than_the_wait(fake_apiserver):
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server)
+    for name in ("c1", "c2"):
+        server.create(claim(name, config=vgpu_config(memory="1Gi")))
+    first = server.create(pod("slow", ["c1"]))
+    versions = PodVersions(server, "slow", first["metadata"]["resourceVersion"])
+    server.faults.add(SLOW, resource="pods", verbs=("patch",), subresource="status", delay_s=2.0)
+    settings = TermSettings(watch_timeout_s=30, workers=1, nomination_wait_s=5.0)
+    try:
+        with running_controller(server, settings=settings):
+            # One worker: had it waited for the slow write, the second pod would wait behind it.
+            server.create(pod("next", ["c2"]))
+            wait_for(lambda: allocation_of(server, "c2"), what="the second pod's claim allocated meanwhile")
+            assert versions.first_ungated() is None, "the gate went before the nomination landed"
+            wait_for(versions.first_ungated, what="the gate lifted once the nomination landed")
+            assert versions.first_ungated()["status"].get("nominatedNodeName") == "node"
+    finally:
+        versions.close()
+    server.faults.add(SLOW, resource="pods", verbs=("patch",), subresource="status", delay_s=4.0)
+    server.create(claim("c3", config=vgpu_config(memory="1Gi")))
+    server.create(pod("stuck", ["c3"]))
+    with running_controller(server, settings=TermSettings(watch_timeout_s=30, nomination_wait_s=0.5)):
+        wait_for(lambda: not server.get("Pod", "stuck", "default")["spec"].get("schedulingGates"), timeout_s=3.0,
+                 what="the gate lifted after the wait, before the slow write")

@@ -233,6 +233,16 @@ def test_controller_lease_access_is_its_own_lease_in_the_release_namespace():
     assert (args.lease_name, args.lease_namespace) == ("gpu-allocator", NAMESPACE)
 
 
+def test_controller_extra_args_set_the_nomination_and_the_owner_grace():
+    from vgpu_dra.cli.controller import term_settings
+
+    default = term_settings(_parsed_cli(_container(render().one("Deployment"), "controller")))
+    assert (default.nominate_node, default.owner_gone_grace_s) == (True, 10.0)
+    values = {"controller": {"extraArgs": ["--no-nominate-node", "--owner-gone-grace=30"]}}
+    changed = term_settings(_parsed_cli(_container(render(values).one("Deployment"), "controller")))
+    assert (changed.nominate_node, changed.owner_gone_grace_s) == (False, 30.0)
+
+
 def test_controller_lease_timings_reach_the_cli_and_are_ones_it_accepts():
     from vgpu_dra.controller.service import LeaderSettings
 

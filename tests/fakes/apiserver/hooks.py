@@ -11,6 +11,8 @@ from .resources import ResourceType
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 # Fault code meaning "close the connection without answering".
 DROP_CONNECTION = 0
+# Fault code meaning "answer as usual, only `delay_s` later" (a slow request, not a failed one).
+SLOW = 200
 
 
 @dataclass
@@ -23,6 +25,7 @@ class Fault:
     subresource: str | None  # "" = main resource only, None = any
     remaining: int
     hits: int = 0
+    delay_s: float = 0.0  # SLOW: how long the request is held before it is served
 
     def matches(self, verb: str, rt: ResourceType, subresource: str) -> bool:
         """Whether this fault applies to a request."""
@@ -57,11 +60,12 @@ class FaultInjector:
         self._faults: list[Fault] = []
 
     def add(self, code: int, *, resource: str | None = None, verbs: tuple[str, ...] | frozenset[str] = tuple(WRITE_VERBS),
-            subresource: str | None = None, count: int = 1) -> Fault:
+            subresource: str | None = None, count: int = 1, delay_s: float = 0.0) -> Fault:
         """Make the next `count` requests matching (resource, verbs, subresource) fail with `code`
         (409 is a resourceVersion conflict, 500 an internal error, 429/503 ask to retry, 410 on a
-        watch an in-stream "too old resource version", DROP_CONNECTION (0) no answer at all)."""
-        fault = Fault(code, frozenset(verbs), resource, subresource, count)
+        watch an in-stream "too old resource version", DROP_CONNECTION (0) no answer at all), or
+        with SLOW (200) succeed `delay_s` later."""
+        fault = Fault(code, frozenset(verbs), resource, subresource, count, delay_s=delay_s)
         with self._lock:
             self._faults.append(fault)
         return fault

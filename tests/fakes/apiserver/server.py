@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from . import events_view
 from .discovery import discovery_response
 from .errors import ApiError, bad_request, invalid
-from .hooks import DROP_CONNECTION, WRITE_VERBS, AuditLog, AuditRecord, FaultInjector
+from .hooks import DROP_CONNECTION, SLOW, WRITE_VERBS, AuditLog, AuditRecord, FaultInjector
 from .patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from .resources import RESOURCE_TYPES, ResourceType, resource_for_path, resource_named
 from .schema_validation import SchemaRegistry, default_openapi_dir
@@ -406,6 +406,9 @@ class FakeApiServer:
             fault = self.faults.take(verb, route.rt, route.subresource)
             if self.latency_s > 0 and verb != "watch":
                 time.sleep(self.latency_s)
+            if fault is not None and fault.code == SLOW:
+                time.sleep(fault.delay_s)
+                fault = None
             watch_gone = None
             if fault is not None and fault.code == DROP_CONNECTION:
                 # Vanish mid-request, like a crashed server or a cut network: no answer at all.
