@@ -203,9 +203,11 @@ class PodSync:
     def _nominated(self: AllocationTerm, key: str, nomination: Future[None]) -> None:
         """A nomination finished: the pod's sync may lift its gate now. Counted; a failed one is
         logged and costs only kube-scheduler's own write of the node."""
+        if nomination.cancelled():
+            return  # the term ended before it was sent: the next term's sync sees to the pod
         self.queue.add(("pod", key))
-        error = None if nomination.cancelled() else nomination.exception()
-        if error is None and not nomination.cancelled():
+        error = nomination.exception()
+        if error is None:
             self.metrics.nominations.labels("written").inc()
             return
         self.metrics.nominations.labels("failed").inc()
