@@ -298,9 +298,14 @@ def test_the_region_edit_attack_is_detected_in_one_poll_and_stopped(shim_node):
 def test_honest_shimmed_processes_are_not_findings(shim_node):
     node, cuda, harness = shim_node
     claim = node.prepare(memory="2Gi")
-    procs = [cuda.start("init", "ctx", "0", "alloc", str(GIB - (64 << 20)), "hold") for _ in range(2)]
+    procs = []
     try:
-        for proc in procs:
+        # One after the other: two contexts created at the same moment may not be measurable, and
+        # an unmeasured one is charged an upper bound (docs/shim.md), which a claim this tight
+        # cannot hold twice. That fail-closed charge is tested in tests/shim, not here.
+        for _ in range(2):
+            proc = cuda.start("init", "ctx", "0", "alloc", str(GIB - (64 << 20)), "hold")
+            procs.append(proc)
             assert [line["rc"] for line in harness.read_until(proc, "hold")] == ["0"] * 4
             write_proc(node.proc, proc.pid, node.pod_uid(claim))
         outcome = node.plugin.watchdog.poll()
