@@ -379,6 +379,15 @@ def test_pods_of_statefulsets_and_jobs_with_init_and_several_gpu_containers_get_
         assert walls == {"vgpu-a": (1024 * MIB, 10), "vgpu-b": (tenth - tenth % MIB, 0), "vgpu-work": (512 * MIB, 0)}
     finally:
         cluster.kubectl("delete", "-f", "-", "--wait=false", input=WORKLOADS, check=False)
-    wait_until(lambda: not _pods(cluster, TEST_NAMESPACE)
-               and not cluster.kube.list(RESOURCE_CLAIMS, TEST_NAMESPACE).get("items"), 120,
-               "the pods and claims gone")
+    try:
+        wait_until(lambda: not _pods(cluster, TEST_NAMESPACE)
+                   and not cluster.kube.list(RESOURCE_CLAIMS, TEST_NAMESPACE).get("items"), 120,
+                   "the pods and claims gone")
+    except AssertionError as exc:
+        left = cluster.kubectl("get", "pods,resourceclaims,events", "-n", TEST_NAMESPACE, "-o", "wide",
+                               check=False).stdout
+        finalizers = [(c["metadata"]["name"], c["metadata"].get("finalizers"), c["metadata"].get("deletionTimestamp"),
+                       (c.get("status") or {}).get("reservedFor"))
+                      for c in cluster.kube.list(RESOURCE_CLAIMS, TEST_NAMESPACE).get("items") or []]
+        raise AssertionError(f"{exc}\n{left}\nclaims (finalizers, deletion, reservedFor): {finalizers}\n"
+                             f"{installation.logs()}") from None
