@@ -119,7 +119,11 @@ struct vgpu_proc {
     int32_t host_pid;
     int32_t host_pid_pad;
     uint64_t pid_ns;
-    int64_t spare[2];
+    /* Bit g set: this process reserved the context bound on gpus[g] and has not measured its
+     * context yet (shim/src/ctx_deferred.c). An allocation of another process that does not fit
+     * waits for it to clear (shim/src/admission.c): the bound mostly comes back within moments. */
+    uint64_t context_pending;
+    int64_t spare[1];
 };
 
 struct vgpu_region {

@@ -97,6 +97,12 @@ static int claim_slot(struct vgpu_attached_region *a)
             refund_slot(r, i, 1); /* its owner died without anyone noticing yet */
         for (int g = 0; g < VGPU_MAX_GPUS; g++)
             __atomic_store_n(&p->used[g], 0, __ATOMIC_RELAXED);
+        /* What the previous owner learned or promised is not this process's: a stale host PID
+         * would hide this process from NVML lists in the pod and show it to the watchdog as a
+         * process without the shim; a stale pending bit would make others wait for nothing. */
+        __atomic_store_n(&p->host_pid, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&p->pid_ns, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&p->context_pending, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&p->pid, (int32_t)getpid(), __ATOMIC_RELAXED);
         __atomic_add_fetch(&p->generation, 1, __ATOMIC_RELAXED);
         __atomic_store_n(&p->state, VGPU_PROC_LIVE, __ATOMIC_RELEASE);

@@ -83,11 +83,17 @@ struct vgpu_account {
      * GPU. Only the first account of a GPU is ever returned by devices.c; it heads the chain. */
     struct vgpu_account *next;
     struct vgpu_account *head; /* the first account of this GPU's chain (itself in the common case) */
+    /* The last other process whose pending context measurement an allocation here waited for in
+     * vain (admission.c: slot + 1, its generation above bit 16), so that one idle process costs
+     * this process one wait, not one per refused allocation. Any thread; atomics. */
+    uint64_t settle_gave_up;
 };
 
-/* Reserve bytes under the wall (CAS). 1 = admitted, 0 = refused (counted as rejected). */
+/* Reserve bytes under the wall (CAS). 1 = admitted, 0 = refused (counted as rejected). What does
+ * not fit while another process of the claim holds a provisional context bound waits for its
+ * measurement (at most VGPU_CONTEXT_SETTLE_WAIT_NS); so does vgpu_admit_chain_slow. */
 int vgpu_admit(struct vgpu_account *acct, int64_t bytes);
-/* vgpu_admit without counting a refusal and without the scan for dead processes. */
+/* vgpu_admit without counting a refusal, without the scan for dead processes and without waiting. */
 int vgpu_admit_quiet(struct vgpu_account *acct, int64_t bytes);
 /* Reserve bytes in one account of head's chain: the first (claim-uid order) where they fit whole;
  * an allocation is never split across claims. The account charged, or NULL when none has room
@@ -477,6 +483,9 @@ void vgpu_limit_error(struct vgpu_gpu *gpu, int call, int code);
 void vgpu_contexts_forget(void);
 /* Contexts take hundreds of MiB on real GPUs: a larger measurement was caused by someone else. */
 #define VGPU_CONTEXT_MAX_BYTES (2LL << 30)
+/* How long an allocation that does not fit waits for other processes of the claim to measure the
+ * contexts they reserved that bound for (admission.c): their next CUDA call does it, at once. */
+#define VGPU_CONTEXT_SETTLE_WAIT_NS (2000LL * 1000 * 1000)
 /* hooks_ctx.c: measure a first context created earlier with VGPU_CONTEXT_MAX_BYTES reserved in acct
  * (ctx_deferred.c calls it), correct the reservation to the footprint and record it. */
 void vgpu_context_settle(CUdevice dev, struct vgpu_account *acct, CUcontext ctx);

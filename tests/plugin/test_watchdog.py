@@ -298,14 +298,12 @@ def test_the_region_edit_attack_is_detected_in_one_poll_and_stopped(shim_node):
 def test_honest_shimmed_processes_are_not_findings(shim_node):
     node, cuda, harness = shim_node
     claim = node.prepare(memory="2Gi")
-    procs = []
+    procs: list[subprocess.Popen[str]] = []
     try:
-        # One after the other: two contexts created at the same moment may not be measurable, and
-        # an unmeasured one is charged an upper bound (docs/shim.md), which a claim this tight
-        # cannot hold twice. That fail-closed charge is tested in tests/shim, not here.
-        for _ in range(2):
-            proc = cuda.start("init", "ctx", "0", "alloc", str(GIB - (64 << 20)), "hold")
-            procs.append(proc)
+        # Started together, as a pod's workers are: the first one's context bound fills this
+        # tight claim until it is measured, and the second's allocation waits for that.
+        procs = [cuda.start("init", "ctx", "0", "alloc", str(GIB - (64 << 20)), "hold") for _ in range(2)]
+        for proc in procs:
             assert [line["rc"] for line in harness.read_until(proc, "hold")] == ["0"] * 4
             write_proc(node.proc, proc.pid, node.pod_uid(claim))
         outcome = node.plugin.watchdog.poll()
@@ -314,6 +312,30 @@ def test_honest_shimmed_processes_are_not_findings(shim_node):
     finally:
         for proc in procs:
             harness.stop(proc)
+
+
+def test_a_process_in_the_slot_of_a_killed_one_is_not_mistaken_for_one_without_the_shim(shim_node):
+    """A worker killed and restarted in its pod takes over the dead one's process slot; what the
+    dead one learned (its host PID) must not be taken for the new one's."""
+    node, cuda, harness = shim_node
+    cuda.ctx_bytes = 2 << 20  # measured by the first process, charged to the later one without NVML
+    claim = node.prepare(memory="2Gi")
+    first = cuda.start("init", "ctx", "0", "alloc", str(64 << 20), "hold")
+    later = None
+    try:
+        assert [line["rc"] for line in harness.read_until(first, "hold")] == ["0"] * 4
+        harness.stop(first)
+        # Too small an allocation to learn its host PID by: known to the watchdog by its own PID.
+        later = cuda.start("init", "ctx", "0", "alloc", str(1 << 20), "hold")
+        assert [line["rc"] for line in harness.read_until(later, "hold")] == ["0"] * 4
+        write_proc(node.proc, later.pid, node.pod_uid(claim))
+        outcome = node.plugin.watchdog.poll()
+        assert outcome.findings == () and outcome.healthy
+        assert later.poll() is None
+    finally:
+        for proc in (first, later):
+            if proc is not None:
+                harness.stop(proc)
 
 
 def test_a_finding_the_second_sample_does_not_confirm_is_not_reported(tmp_path):

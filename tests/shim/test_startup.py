@@ -58,6 +58,27 @@ def test_until_it_is_measured_the_claim_holds_the_upper_bound_for_the_context(no
     assert node.region("claim-a").gpu(GPU0).used_bytes == 0
 
 
+def test_a_process_starting_beside_an_unmeasured_context_waits_for_it_instead_of_failing(node: Node) -> None:
+    """Two processes of one pod starting together on a claim no larger than the bound: the second's
+    context and allocation fit once the first has measured, so they wait for that, not fail."""
+    node.ctx_bytes = CTX
+    node.add_claim("claim-a", {GPU0: BOUND})
+    # The first reserves the whole claim for its context and measures only at its next CUDA call.
+    first = node.start("init", "ctx", "0", "sleep", "300", "alloc", str(512 * MiB), "hold")
+    try:
+        read_until(first, "ctx")
+        assert node.region("claim-a").gpu(GPU0).used_bytes == BOUND
+        second = node.run("init", "ctx", "0", "alloc", str(512 * MiB), "info")
+        assert second.rcs() == [0, 0, 0, 0], second.stderr
+        assert [line["rc"] for line in read_until(first, "hold")] == ["0"] * 3  # sleep, alloc, hold
+        gpu = node.region("claim-a").gpu(GPU0)
+    finally:
+        stop(first)
+    # Both contexts measured and charged, nothing refused, nothing failed closed.
+    assert (gpu.context_bytes, gpu.rejected_allocations, gpu.limit_errors) == (CTX, 0, 0)
+    assert gpu.peak_bytes == BOUND
+
+
 def test_a_first_context_that_cannot_be_measured_is_charged_an_upper_bound_and_counted(node: Node) -> None:
     node.ctx_bytes = CTX
     node.nvml = False
