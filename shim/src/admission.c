@@ -65,7 +65,7 @@ static uint64_t pending_holder(struct vgpu_account *a)
     for (uint32_t i = 0; i < hw && i < VGPU_MAX_PROCS; i++) {
         const struct vgpu_proc *p = &r->procs[i];
         if ((int)i == a->region->slot || __atomic_load_n(&p->state, __ATOMIC_ACQUIRE) != VGPU_PROC_LIVE ||
-            !(__atomic_load_n(&p->context_pending, __ATOMIC_ACQUIRE) & bit))
+            !(__atomic_load_n(&p->context_pending, __ATOMIC_SEQ_CST) & bit))
             continue;
         uint64_t key = (uint64_t)(i + 1) | __atomic_load_n(&p->generation, __ATOMIC_RELAXED) << 16;
         if (key != gave_up)

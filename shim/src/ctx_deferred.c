@@ -28,18 +28,16 @@ static struct {
 /* The thread measuring now: NVML's loading may call back into the shim (dlsym). */
 static __thread int t_settling;
 
-/* Tell the claim's other processes, in our slot, that the bound held on acct's GPU is provisional:
- * an allocation of theirs that does not fit waits for it (admission.c) instead of failing. */
-static void publish_pending(struct vgpu_account *acct, int pending)
+void vgpu_context_pending(struct vgpu_account *acct, int pending)
 {
     struct vgpu_attached_region *r = acct->region;
     uint64_t bit = 1ULL << (acct->gpu - r->map->gpus);
     if (r->slot < 0)
         return;
     if (pending)
-        __atomic_or_fetch(&r->map->procs[r->slot].context_pending, bit, __ATOMIC_RELEASE);
+        __atomic_or_fetch(&r->map->procs[r->slot].context_pending, bit, __ATOMIC_SEQ_CST);
     else
-        __atomic_and_fetch(&r->map->procs[r->slot].context_pending, ~bit, __ATOMIC_RELEASE);
+        __atomic_and_fetch(&r->map->procs[r->slot].context_pending, ~bit, __ATOMIC_SEQ_CST);
 }
 
 void vgpu_context_defer(CUdevice dev, struct vgpu_account *acct, CUcontext ctx)
@@ -48,7 +46,6 @@ void vgpu_context_defer(CUdevice dev, struct vgpu_account *acct, CUcontext ctx)
     g_pending[dev].acct = acct;
     g_pending[dev].ctx = ctx;
     g_pending[dev].pending = 1;
-    publish_pending(acct, 1);
     vgpu_slow_path_needed(1);
     pthread_mutex_unlock(&g_lock);
 }
@@ -63,7 +60,7 @@ void vgpu_contexts_settle(void)
         if (g_pending[dev].pending) {
             g_pending[dev].pending = 0;
             vgpu_context_settle(dev, g_pending[dev].acct, g_pending[dev].ctx);
-            publish_pending(g_pending[dev].acct, 0); /* after the refund: waiters find the room */
+            vgpu_context_pending(g_pending[dev].acct, 0); /* after the refund: waiters find the room */
         }
     vgpu_slow_path_needed(0);
     pthread_mutex_unlock(&g_lock);

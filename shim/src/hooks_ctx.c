@@ -144,9 +144,14 @@ static int measure_begin(CUdevice dev, struct ctx_measure *m)
     m->before = cuda_used(dev);
     if (m->before < 0) {
         /* A GPU in several claims: the bound in the first claim where it fits, like any charge. */
-        for (struct vgpu_account *a = m->acct; a && !m->reserved; a = a->next)
+        for (struct vgpu_account *a = m->acct; a && !m->reserved; a = a->next) {
+            /* Said before the reservation: an allocation it refuses can see it will come back. */
+            vgpu_context_pending(a, 1);
             if (vgpu_admit_quiet(a, VGPU_CONTEXT_MAX_BYTES))
                 m->reserved = a;
+            else
+                vgpu_context_pending(a, 0);
+        }
         if (m->reserved)
             return 1;
         char uuid[VGPU_UUID_LEN];
@@ -223,6 +228,7 @@ static int measure_end(struct ctx_measure *m, CUresult rc, CUcontext ctx)
             return 0;
         }
         vgpu_refund(m->reserved, VGPU_CONTEXT_MAX_BYTES);
+        vgpu_context_pending(m->reserved, 0);
         __atomic_store_n(&g_ctx_charged[m->dev], 0, __ATOMIC_RELEASE);
         return 0;
     }

@@ -492,6 +492,10 @@ void vgpu_context_settle(CUdevice dev, struct vgpu_account *acct, CUcontext ctx)
 
 /* ---- ctx_deferred.c: first contexts measured at the next intercepted call ------------------- */
 
+/* Tell the claim's other processes, in our slot, whether the context bound reserved on acct's
+ * GPU is provisional (set before the reservation, cleared after its correction): an allocation of
+ * theirs that does not fit meanwhile waits for it (admission.c) instead of failing. */
+void vgpu_context_pending(struct vgpu_account *acct, int pending);
 /* After a first context was created with the upper bound reserved in acct: measure it before the
  * next intercepted call of any thread goes on. */
 void vgpu_context_defer(CUdevice dev, struct vgpu_account *acct, CUcontext ctx);

@@ -7,6 +7,7 @@ claim's files does not write their access time.
 """
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,26 @@ def test_a_process_starting_beside_an_unmeasured_context_waits_for_it_instead_of
     # Both contexts measured and charged, nothing refused, nothing failed closed.
     assert (gpu.context_bytes, gpu.rejected_allocations, gpu.limit_errors) == (CTX, 0, 0)
     assert gpu.peak_bytes == BOUND
+
+
+def test_a_process_starting_while_the_first_is_still_creating_its_context_waits_too(node: Node) -> None:
+    """On a real GPU the creating call itself takes hundreds of ms, with the bound reserved all along."""
+    node.ctx_bytes = CTX
+    node.add_claim("claim-a", {GPU0: BOUND})
+    first = node.start("init", "ctx", "0", "alloc", str(512 * MiB), "hold", FAKE_CUDA_CTX_MS="1000")
+    try:
+        read_until(first, "init")
+        deadline = time.monotonic() + 10
+        while node.region("claim-a").gpu(GPU0).used_bytes < BOUND and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert node.region("claim-a").gpu(GPU0).used_bytes == BOUND  # inside the creating call
+        second = node.run("init", "ctx", "0", "alloc", str(512 * MiB), "info")
+        assert second.rcs() == [0, 0, 0, 0], second.stderr
+        assert [line["rc"] for line in read_until(first, "hold")] == ["0"] * 3  # ctx, alloc, hold
+        gpu = node.region("claim-a").gpu(GPU0)
+    finally:
+        stop(first)
+    assert (gpu.rejected_allocations, gpu.limit_errors) == (0, 0)
 
 
 def test_a_first_context_that_cannot_be_measured_is_charged_an_upper_bound_and_counted(node: Node) -> None:

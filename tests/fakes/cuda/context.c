@@ -1,6 +1,9 @@
-/* Initialisation, devices and contexts of the fake driver. A context occupies FAKE_CUDA_CTX_BYTES. */
+/* Initialisation, devices and contexts of the fake driver. A context occupies FAKE_CUDA_CTX_BYTES;
+ * creating one takes FAKE_CUDA_CTX_MS milliseconds (default 0), once its memory is taken, as a real
+ * driver's does (hundreds of ms on real GPUs). */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fake_cuda.h"
 
@@ -153,6 +156,15 @@ FAKE_EXPORT CUresult cuMemGetInfo(unsigned int *free_bytes, unsigned int *total)
     return rc;
 }
 
+static void creation_takes_time(void)
+{
+    const char *env = getenv("FAKE_CUDA_CTX_MS");
+    long ms = env ? atol(env) : 0;
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    if (ms > 0)
+        nanosleep(&ts, NULL);
+}
+
 static CUresult create(CUcontext *pctx, CUdevice dev)
 {
     CHECK_INIT();
@@ -165,6 +177,7 @@ static CUresult create(CUcontext *pctx, CUdevice dev)
     CUcontext c = calloc(1, sizeof(*c));
     c->dev = dev;
     fake_context_count(dev, 1);
+    creation_takes_time();
     if (t_depth < STACK_DEPTH)
         t_stack[t_depth++] = c;
     *pctx = c;
@@ -229,8 +242,10 @@ FAKE_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
         return CUDA_ERROR_INVALID_DEVICE;
     if (g_primary_refs[dev] == 0 && fake_charge(dev, g_fake_ctx_bytes) != CUDA_SUCCESS)
         return CUDA_ERROR_OUT_OF_MEMORY;
-    if (g_primary_refs[dev] == 0)
+    if (g_primary_refs[dev] == 0) {
         fake_context_count(dev, 1);
+        creation_takes_time();
+    }
     g_primary_refs[dev]++;
     g_primary[dev].dev = dev;
     g_primary[dev].primary = 1;
