@@ -82,6 +82,17 @@ static uint64_t pending_holder(struct vgpu_account *a)
  * first allocations. The wall holds throughout; on timeout the caller refuses as before. The
  * account admitted (one of head's chain, or head alone when !chain), else NULL.
  */
+static struct vgpu_account *admit_in_any(struct vgpu_account *head, int chain, int64_t bytes, int reclaim)
+{
+    for (struct vgpu_account *a = head; a; a = chain ? a->next : NULL) {
+        if (reclaim)
+            vgpu_region_reclaim_dead(a->region);
+        if (admit(a, bytes, 0))
+            return a;
+    }
+    return NULL;
+}
+
 static struct vgpu_account *admit_after_settling(struct vgpu_account *head, int chain, int64_t bytes)
 {
     const struct timespec nap = {0, 1000 * 1000};
@@ -92,8 +103,10 @@ static struct vgpu_account *admit_after_settling(struct vgpu_account *head, int 
         for (struct vgpu_account *a = head; a && !holder; a = chain ? a->next : NULL)
             if ((holder = pending_holder(a)) != 0)
                 holder_acct = a;
+        /* Nothing provisional (now): the claim is full, unless a holder measured and gave its
+         * bound back between the refusal and this look, so look at the room once more. */
         if (!holder)
-            return NULL; /* nothing provisional: the claim is full */
+            return admit_in_any(head, chain, bytes, 0);
         int64_t now = vgpu_mono_ns();
         if (!deadline)
             deadline = now + VGPU_CONTEXT_SETTLE_WAIT_NS;
@@ -103,13 +116,10 @@ static struct vgpu_account *admit_after_settling(struct vgpu_account *head, int 
             return NULL;
         }
         nanosleep(&nap, NULL);
-        for (struct vgpu_account *a = head; a; a = chain ? a->next : NULL) {
-            /* A holder killed before it measured is refunded with its slot: look now and then. */
-            if (round % 32 == 31)
-                vgpu_region_reclaim_dead(a->region);
-            if (admit(a, bytes, 0))
-                return a;
-        }
+        /* A holder killed before it measured is refunded with its slot: look now and then. */
+        struct vgpu_account *a = admit_in_any(head, chain, bytes, round % 32 == 31);
+        if (a)
+            return a;
     }
 }
 
