@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,16 @@ import pytest
 
 KUBECONFIG_ENV = "VGPU_E2E_KUBECONFIG"
 REQUIRE_ENV = "VGPU_REQUIRE_CLUSTER"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM (a runner's timeout, `kill`) unwinds the run like Ctrl-C, so the session's teardown
+    stops the control plane and the components it started: they run in sessions of their own and
+    would otherwise be left running, loading the machine."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _unavailable(reason: str) -> None:
