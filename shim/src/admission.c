@@ -74,14 +74,8 @@ static uint64_t pending_holder(struct vgpu_account *a)
     return 0;
 }
 
-/*
- * The allocation did not fit; was that only because another process of the claim holds the
- * context bound it reserved at its first context and measures at its next CUDA call? Then wait
- * for that measurement (it gives most of the bound back) and try again, for at most
- * VGPU_CONTEXT_SETTLE_WAIT_NS: processes of one pod starting together must not fail each other's
- * first allocations. The wall holds throughout; on timeout the caller refuses as before. The
- * account admitted (one of head's chain, or head alone when !chain), else NULL.
- */
+/* The first account (of head's chain, or head alone when !chain) where bytes fit now, else NULL;
+ * reclaim: look for dead processes' slots first. */
 static struct vgpu_account *admit_in_any(struct vgpu_account *head, int chain, int64_t bytes, int reclaim)
 {
     for (struct vgpu_account *a = head; a; a = chain ? a->next : NULL) {
@@ -93,6 +87,14 @@ static struct vgpu_account *admit_in_any(struct vgpu_account *head, int chain, i
     return NULL;
 }
 
+/*
+ * The allocation did not fit; was that only because another process of the claim holds the
+ * context bound it reserved at its first context and measures at its next CUDA call? Then wait
+ * for that measurement (it gives most of the bound back) and try again, for at most
+ * VGPU_CONTEXT_SETTLE_WAIT_NS: processes of one pod starting together must not fail each other's
+ * first allocations. The wall holds throughout; on timeout the caller refuses as before. The
+ * account admitted (one of head's chain, or head alone when !chain), else NULL.
+ */
 static struct vgpu_account *admit_after_settling(struct vgpu_account *head, int chain, int64_t bytes)
 {
     const struct timespec nap = {0, 1000 * 1000};
