@@ -53,6 +53,18 @@ def test_two_processes_share_one_budget(claim: GpuClaim) -> None:
     assert claim.python(TRY_ALLOC, str(left_mib)) == {"ok": True}
 
 
+def test_two_processes_started_together_both_get_their_first_allocation(claim: GpuClaim) -> None:
+    """A pod's workers start together: the first one's context bound (2 GiB, the whole claim here)
+    is provisional until it has measured its context, and the other waits for that, not fails."""
+    claim.write(memory=LIMIT)
+    procs = [claim.start(TRY_ALLOC, "128") for _ in range(2)]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    answers = [json.loads(out.strip().splitlines()[-1]) if out.strip() else None for out, _ in outputs]
+    assert answers == [{"ok": True}] * 2, [err[-2000:] for _, err in outputs]
+    usage = claim.region().gpu(claim.uuid)
+    assert usage.rejected_allocations == 0 and usage.peak_bytes <= LIMIT
+
+
 def test_matmul_runs_at_99_percent_of_its_speed_under_the_shim(claim: GpuClaim) -> None:
     claim.write(memory=1 << 50)  # a wall far away, no core cap: only the shim's own cost
     without, with_shim = [], []
