@@ -138,7 +138,7 @@ int vgpu_admit_quiet(struct vgpu_account *a, int64_t bytes)
     return admit(a, bytes, 0);
 }
 
-struct vgpu_account *vgpu_admit_chain_slow(struct vgpu_account *head, int64_t bytes)
+struct vgpu_account *vgpu_admit_chain_uncounted(struct vgpu_account *head, int64_t bytes)
 {
     /* First where there is room now; only then scan for dead processes' bytes, so a full first
      * claim does not cost every allocation that scan. */
@@ -146,7 +146,12 @@ struct vgpu_account *vgpu_admit_chain_slow(struct vgpu_account *head, int64_t by
         for (struct vgpu_account *a = head; a; a = a->next)
             if (admit(a, bytes, pass))
                 return a;
-    struct vgpu_account *a = admit_after_settling(head, 1, bytes);
+    return admit_after_settling(head, 1, bytes);
+}
+
+struct vgpu_account *vgpu_admit_chain_slow(struct vgpu_account *head, int64_t bytes)
+{
+    struct vgpu_account *a = vgpu_admit_chain_uncounted(head, bytes);
     if (!a)
         __atomic_add_fetch(&head->gpu->rejected_allocs, 1, __ATOMIC_RELAXED);
     return a;

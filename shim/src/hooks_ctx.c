@@ -181,10 +181,9 @@ static int64_t measure_now(struct ctx_measure *m, CUcontext ctx)
         /* Other processes started on the GPU at the same moment (or NVML did not list this one):
          * with room for a probe, tell this process apart by an allocation of its own. */
         int64_t probed = -1, stuck = 0, bound = -1;
-        struct vgpu_account *room = NULL;
-        for (struct vgpu_account *a = m->acct; a && !room; a = a->next)
-            if (vgpu_admit_quiet(a, VGPU_CONTEXT_PROBE_MAX_BYTES))
-                room = a;
+        /* Room that another first process's provisional bound holds is waited for: the pod's
+         * other workers, started at the same moment, are the usual newcomers beside this one. */
+        struct vgpu_account *room = vgpu_admit_chain_uncounted(m->acct, VGPU_CONTEXT_PROBE_MAX_BYTES);
         if (room) {
             probed = vgpu_hostpid_probe_context(room, ctx, &stuck, &bound);
             vgpu_refund(room, VGPU_CONTEXT_PROBE_MAX_BYTES - stuck); /* a probe the driver kept stays charged */

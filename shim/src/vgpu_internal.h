@@ -99,6 +99,8 @@ int vgpu_admit_quiet(struct vgpu_account *acct, int64_t bytes);
  * an allocation is never split across claims. The account charged, or NULL when none has room
  * (counted as one rejection, on head). Free/refund with vgpu_refund on the account returned. */
 struct vgpu_account *vgpu_admit_chain_slow(struct vgpu_account *head, int64_t bytes);
+/* vgpu_admit_chain_slow for the shim's own bytes (a context probe): a refusal is not counted. */
+struct vgpu_account *vgpu_admit_chain_uncounted(struct vgpu_account *head, int64_t bytes);
 static inline struct vgpu_account *vgpu_admit_chain(struct vgpu_account *head, int64_t bytes)
 {
     /* The common case, one claim per GPU, costs one predictable branch over vgpu_admit. */

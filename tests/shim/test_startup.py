@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.nvml_processes import FakeProcess, LiveProcesses
 from tests.shim.harness import GPU0, MiB, Node, neighbour_holding, read_until, stop
 from vgpu_dra.driver.claimconfig import ClaimConfig, GpuLimit, render
 from vgpu_dra.driver.region import create_region, read_region
@@ -89,6 +90,36 @@ def test_a_process_starting_beside_an_unmeasured_context_waits_for_it_instead_of
     # Both contexts measured and charged, nothing refused, nothing failed closed.
     assert (gpu.context_bytes, gpu.rejected_allocations, gpu.limit_errors) == (CTX, 0, 0)
     assert gpu.peak_bytes == BOUND
+
+
+def test_a_process_that_needs_a_probe_to_tell_itself_apart_waits_for_room_for_it(node: Node) -> None:
+    """Another process appeared in NVML's list while this one created its context, so it must probe
+    to tell which is itself; the first process's provisional bound holds all the room for that
+    probe, so it waits for the measurement instead of settling for an upper bound."""
+    node.ctx_bytes = CTX
+    node.add_claim("claim-a", {GPU0: BOUND})
+    live = LiveProcesses(node.root / "nvml-processes")
+    holder = node.start("init", "ctx", "0", "sleep", "2000", "alloc", str(MiB), "hold")
+    try:
+        read_until(holder, "ctx")
+        assert node.region("claim-a").gpu(GPU0).used_bytes == BOUND
+        # Its creating call takes a second; a stranger shows up in NVML meanwhile.
+        starting = node.start("init", "ctx", "0", "hold", FAKE_CUDA_CTX_MS="1000", **live.env())
+        deadline = time.monotonic() + 10
+        while node.fake_device_used() < 2 * CTX and time.monotonic() < deadline:
+            time.sleep(0.005)
+        live.set([FakeProcess(GPU0, 4242, 64 * MiB)])
+        try:
+            assert {line["rc"] for line in read_until(starting, "hold")} == {"0"}
+            assert {line["rc"] for line in read_until(holder, "hold")} == {"0"}
+            gpu = node.region("claim-a").gpu(GPU0)
+        finally:
+            stop(starting)
+    finally:
+        stop(holder)
+    # Measured by its probe, not estimated: nothing failed closed, and both contexts are charged.
+    assert (gpu.limit_errors, gpu.rejected_allocations, gpu.context_bytes) == (0, 0, CTX)
+    assert gpu.used_bytes == 2 * CTX + MiB
 
 
 def test_a_first_context_that_cannot_be_measured_is_charged_an_upper_bound_and_counted(node: Node) -> None:
