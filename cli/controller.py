@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import signal
 import sys
-import threading
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from .kube_client import api_client
 from .logging_setup import add_log_format_argument, configure_logging
+from .stop_signals import run_until_stopped
 
 if TYPE_CHECKING:
     from vgpu_dra.controller.allocation_term import TermSettings
@@ -100,9 +99,6 @@ def run(args: argparse.Namespace) -> int:
         connection_pool_maxsize=max(16, 2 * args.workers + 8)), settings, leader)
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=service.metrics.registry)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     log.info("starting", node_policy=args.node_policy, gpu_policy=args.gpu_policy, leader_elect=args.leader_elect,
              identity=leader.identity, metrics_port=args.metrics_port, lease_duration_s=leader.lease_duration_s,
              renew_deadline_s=leader.renew_deadline_s, retry_period_s=leader.retry_period_s)
@@ -110,6 +106,6 @@ def run(args: argparse.Namespace) -> int:
     # of objects) lives as long as the process: out of the collector's sight, so a full collection
     # no longer walks them while a pod waits for its allocation (a 15-20 ms pause at this size).
     gc.freeze()
-    service.run(stop)
+    run_until_stopped(service.run, "controller")
     log.info("stopped")
     return 0

@@ -10,6 +10,7 @@ import structlog
 
 from .kube_client import api_client
 from .logging_setup import add_log_format_argument, configure_logging
+from .stop_signals import run_until_stopped
 
 
 def register(subparsers: Any) -> None:
@@ -91,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
             watchdog_tolerance_percent=args.watchdog_tolerance_percent, proc_root=args.proc_root,
             health_quiet_seconds=args.health_quiet_seconds, health_poll_seconds=args.health_poll_seconds)
         plugin = KubeletPlugin(settings, api_client(args.kubeconfig, component="vgpu-dra-kubelet-plugin"), publish_slices=not args.no_slices)
-        return plugin.run_until_signal()
+        run_until_stopped(plugin.run, "kubelet-plugin")
+        return 0
     except Exception as exc:  # noqa: BLE001 - one clear line, then a non-zero exit for the DaemonSet
         log.error("kubelet plugin failed", error=str(exc), exc_info=True)
         return 1

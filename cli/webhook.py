@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
-import signal
 import sys
 import tempfile
 import threading
@@ -15,6 +14,7 @@ import structlog
 
 from .kube_client import api_client
 from .logging_setup import add_log_format_argument, configure_logging
+from .stop_signals import run_until_stopped
 
 
 def register(subparsers: Any) -> None:
@@ -112,15 +112,17 @@ def run(args: argparse.Namespace) -> int:
                                                  serving=dt.timedelta(days=args.cert_validity_days)))
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=metrics.registry)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    threading.Thread(target=keeper.run, args=(stop, args.check_interval), name="certificates", daemon=True).start()
     serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="https", daemon=True)
-    serving.start()
-    log.info("starting", address=args.address, port=args.port, allocator=args.allocator,
-             webhook_config=args.webhook_config, tls="files" if args.tls_dir else f"secret {args.tls_secret}")
-    stop.wait()
+
+    def serve(stop: threading.Event) -> None:
+        threading.Thread(target=keeper.run, args=(stop, args.check_interval), name="certificates",
+                         daemon=True).start()
+        serving.start()
+        log.info("starting", address=args.address, port=args.port, allocator=args.allocator,
+                 webhook_config=args.webhook_config, tls="files" if args.tls_dir else f"secret {args.tls_secret}")
+        stop.wait()
+
+    run_until_stopped(serve, "webhook")
     server.shutdown()
     server.server_close()
     log.info("stopped")

@@ -8,7 +8,6 @@ sockets (registration first) so the kubelet stops sending work before the DRA so
 """
 from __future__ import annotations
 
-import signal
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -42,7 +41,7 @@ log = structlog.get_logger(__name__)
 
 
 class KubeletPlugin:
-    """One running plugin; `start()` then `stop()` (or `run_until_signal()`)."""
+    """One running plugin; `start()` then `stop()` (or `run(stop)`)."""
 
     def __init__(self, settings: PluginSettings, api_client: client.ApiClient, *,
                  inventory_source: Callable[[], NodeInventory] | None = None,
@@ -223,18 +222,9 @@ class KubeletPlugin:
             self._sampler.close()
         log.info("kubelet plugin stopped")
 
-    def run_until_signal(self) -> int:
-        """Start, wait for SIGTERM or SIGINT, stop. Returns the exit code."""
-        stop = threading.Event()
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            log.info("signal received; shutting down", signal=signal.Signals(signum).name)
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+    def run(self, stop: threading.Event) -> None:
+        """Start, serve until `stop` is set (cli: SIGTERM or SIGINT), stop."""
         self.start()
         log.info("kubelet plugin ready", node=self.settings.node_name)
         stop.wait()
         self.stop()
-        return 0
