@@ -67,6 +67,10 @@ class ClaimWriter:
             if allocation(claim):
                 raise Abandon(f"claim got allocated by someone else in the meantime (node {allocated_node(claim)})")
             if meta(claim).get("deletionTimestamp"):
+                if has_finalizer(claim):
+                    # Added by an earlier try of this write, which the deletion then outran: with
+                    # no allocation it protects nothing, and would hold the claim forever.
+                    self.patch_finalizers(claim, [f for f in meta(claim).get("finalizers") or [] if f != FINALIZER])
                 raise Abandon("claim is being deleted")
             if not has_finalizer(claim):
                 claim = self.patch_finalizers(claim, [*(meta(claim).get("finalizers") or []), FINALIZER])
