@@ -5,6 +5,7 @@ import threading
 import time
 
 from tests.controller.backends import client_for
+from tests.fakes.apiserver.hooks import SLOW
 from tests.fakes.kubeconfig import api_client_for
 from vgpu_dra.controller.informer import Informer
 from vgpu_dra.controller.kubeapi import RESOURCE_CLAIMS, KubeApi
@@ -99,6 +100,26 @@ def test_status_write_conflicts_are_retried(fake_apiserver):
         conflicts = controller.service.metrics.conflicts._value.get()
     assert conflicts == 2
     assert len(allocation_of(server, "c")["devices"]["results"]) == 1
+
+
+def test_a_claim_deleted_between_our_finalizer_and_our_allocation_is_not_held_by_the_finalizer(fake_apiserver):
+    """The user deletes the claim after the controller added its finalizer and before its
+    allocation landed. The allocation is abandoned; the finalizer it added must go with it, or
+    the claim stays Terminating forever (`kubectl delete` hangs) with nothing to protect."""
+    server = fake_apiserver
+    add_node(server, "node", [gpu(0)])
+    add_device_class(server)
+    server.create(claim("c", config=vgpu_config(memory="1Gi")))
+    race = server.faults.add(SLOW, resource="resourceclaims", verbs=("patch",), subresource="status", count=1,
+                             before=lambda: server.delete("ResourceClaim", "c", "default"))
+    server.create(pod("app", ["c"]))
+    with running_controller(server):
+        wait_for(lambda: race.hits == 1, what="the allocation's status write")
+        wait_for(lambda: server.get("ResourceClaim", "c", "default") is None,
+                 what="the deleted claim gone, not held by our finalizer")
+    writes = [r for r in server.audit() if r.user == "vgpu-controller" and r.resource == "resourceclaims"
+              and r.verb == "patch"]
+    assert [(r.subresource, r.code) for r in writes] == [("", 200), ("status", 409), ("", 200)]
 
 
 def test_gate_conflicts_outlasting_the_retries_are_tried_again_later(fake_apiserver):

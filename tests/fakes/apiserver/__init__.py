@@ -17,7 +17,8 @@ semantic rules in `semantics.py` and `dra_validation.py`; quantities are stored 
 
 Test hooks on FakeApiServer: `objects(kind)`, `get(kind, name, ns)`, `create(obj)`,
 `update_status(obj)`, `delete(kind, name, ns)`; `add_observer(fn)` (every committed write, in
-order, under the store lock); `faults.add(code, resource=, verbs=, subresource=, count=)`;
+order, under the store lock); `faults.add(code, resource=, verbs=, subresource=, count=, delay_s=, before=)`
+(`before`: another client's write run just ahead of the request, a race);
 `latency_s`; `end_watches()`; `wait_until(check)`; `audit()` / `writes_by(user)`; `events()`; `compact()` (older RVs → 410);
 `disable_feature("DRAConsumableCapacity")`; `internal_errors`, `observer_errors`.
 `claim_controller.ResourceClaimControllerEmulator` adds kube-controller-manager's claim handling.

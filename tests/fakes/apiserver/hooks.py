@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import ApiError, conflict
@@ -26,6 +27,8 @@ class Fault:
     remaining: int
     hits: int = 0
     delay_s: float = 0.0  # SLOW: how long the request is held before it is served
+    # Run just before the request is served: another client's write that lands first, a race.
+    before: Callable[[], None] | None = None
 
     def matches(self, verb: str, rt: ResourceType, subresource: str) -> bool:
         """Whether this fault applies to a request."""
@@ -60,12 +63,14 @@ class FaultInjector:
         self._faults: list[Fault] = []
 
     def add(self, code: int, *, resource: str | None = None, verbs: tuple[str, ...] | frozenset[str] = tuple(WRITE_VERBS),
-            subresource: str | None = None, count: int = 1, delay_s: float = 0.0) -> Fault:
+            subresource: str | None = None, count: int = 1, delay_s: float = 0.0,
+            before: Callable[[], None] | None = None) -> Fault:
         """Make the next `count` requests matching (resource, verbs, subresource) fail with `code`
         (409 is a resourceVersion conflict, 500 an internal error, 429/503 ask to retry, 410 on a
         watch an in-stream "too old resource version", DROP_CONNECTION (0) no answer at all), or
-        with SLOW (200) succeed `delay_s` later."""
-        fault = Fault(code, frozenset(verbs), resource, subresource, count, delay_s=delay_s)
+        with SLOW (200) succeed `delay_s` later. `before`, when given, runs first: with SLOW and no
+        delay, the request is then served as usual, after whatever `before` wrote."""
+        fault = Fault(code, frozenset(verbs), resource, subresource, count, delay_s=delay_s, before=before)
         with self._lock:
             self._faults.append(fault)
         return fault

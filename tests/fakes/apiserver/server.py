@@ -404,6 +404,8 @@ class FakeApiServer:
             if "dryRun" in query:
                 raise bad_request("dryRun is not supported by the fake API server")
             fault = self.faults.take(verb, route.rt, route.subresource)
+            if fault is not None and fault.before is not None:
+                fault.before()
             if self.latency_s > 0 and verb != "watch":
                 time.sleep(self.latency_s)
             if fault is not None and fault.code == SLOW:
