@@ -73,6 +73,7 @@ class Timeline:
         self.bound: dict[str, float] = {}
         self.ungated: dict[str, float] = {}     # pod name → first seen without the controller's gate
         self.named: dict[str, float] = {}       # pod name → first seen with its claim's name in its status (kcm)
+        self.nominated: dict[str, float] = {}   # pod name → first seen with a nominated node
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._watch, args=(r,), daemon=True) for r in (PODS, RESOURCE_CLAIMS)]
 
@@ -111,6 +112,8 @@ class Timeline:
                 self.bound.setdefault(obj["metadata"]["name"], now)
             if (obj.get("status") or {}).get("resourceClaimStatuses"):
                 self.named.setdefault(obj["metadata"]["name"], now)
+            if (obj.get("status") or {}).get("nominatedNodeName"):
+                self.nominated.setdefault(obj["metadata"]["name"], now)
             return
         owner = next((o["name"] for o in obj["metadata"].get("ownerReferences") or [] if o.get("kind") == "Pod"), None)
         if owner:
@@ -190,6 +193,9 @@ def one_round(cluster: RealCluster, mode: str, pods: int, rate: float, memory: s
               "allocated": [timeline.allocated[n] - timeline.created[n] for n in names],
               "ungated": [timeline.ungated.get(n, timeline.created[n]) - timeline.created[n] for n in names],
               "named": [timeline.named.get(n, timeline.bound[n]) - timeline.created[n] for n in names],
+              # A pod bound without a nomination seen (kube-scheduler skips it on a bind with no work
+              # to do) counts at its binding.
+              "nominated": [timeline.nominated.get(n, timeline.bound[n]) - timeline.created[n] for n in names],
               "bound": [timeline.bound[n] - timeline.created[n] for n in names],
               "makespan": [max(timeline.bound.values()) - start]}
     if profiler is not None:
@@ -394,7 +400,7 @@ def main() -> int:
                             continue
                         got = one_round(cluster, mode, args.pods, rate, args.memory, args.cores, round_no,
                                         verbose=args.requests, profile_dir=args.profile)
-                        bucket = results.setdefault((mode, phase), {"claimed": [], "named": [], "allocated": [],
+                        bucket = results.setdefault((mode, phase), {"claimed": [], "named": [], "nominated": [], "allocated": [],
                                                                      "ungated": [], "bound": [], "makespan": [],
                                                                      "claim_requests": []})
                         for key, values in got.items():
