@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .kube_client import api_client
+from .kube_client import ClusterConfigError, api_client
 from .logging_setup import add_log_format_argument, configure_logging
 from .stop_signals import run_until_stopped
 
@@ -92,11 +92,15 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format)
     log = structlog.get_logger("vgpu_dra.controller")
     settings = term_settings(args)
-    service = ControllerService(api_client(
-        args.kubeconfig, component="vgpu-dra-controller",
-        # Five watches hold connections for their whole life; workers, events and the Lease need
-        # their own, or urllib3 opens and discards a connection per request.
-        connection_pool_maxsize=max(16, 2 * args.workers + 8)), settings, leader)
+    try:
+        client = api_client(args.kubeconfig, component="vgpu-dra-controller",
+                            # Five watches hold connections for their whole life; workers, events and
+                            # the Lease need their own, or urllib3 opens and discards one per request.
+                            connection_pool_maxsize=max(16, 2 * args.workers + 8))
+    except ClusterConfigError as exc:
+        print(f"vgpu-dra controller: error: {exc}", file=sys.stderr)
+        return 2
+    service = ControllerService(client, settings, leader)
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=service.metrics.registry)
     log.info("starting", node_policy=args.node_policy, gpu_policy=args.gpu_policy, leader_elect=args.leader_elect,

@@ -260,12 +260,12 @@ def _print_verdict(verdict: Verdict, out: TextIO) -> None:
 
 
 def _cluster(args: argparse.Namespace) -> Iterator[Verdict]:
-    from vgpu_dra.cli.kube_client import api_client
+    from vgpu_dra.cli.kube_client import ClusterConfigError, api_client
 
     try:
         client = api_client(args.kubeconfig, component="vgpu-dra-doctor")
-    except Exception as exc:  # noqa: BLE001 - kubernetes.config.ConfigException, unreadable files
-        yield Verdict(checks.DRA_API, Status.FAIL, f"no usable kubeconfig: {exc}",
+    except ClusterConfigError as exc:
+        yield Verdict(checks.DRA_API, Status.FAIL, f"no usable kubeconfig: {exc.reason}",
                       "pass --kubeconfig, set KUBECONFIG, or run with --node-only")
         return
     with client:

@@ -68,13 +68,10 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-
-
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the plugin until SIGTERM/SIGINT."""
     from vgpu_dra.api.quantity import parse_bytes
+    from vgpu_dra.driver.inventory import InventoryError
     from vgpu_dra.kubeletplugin.plugin import KubeletPlugin
     from vgpu_dra.kubeletplugin.settings import DEFAULT_NVIDIA_CDI_DIRS, PluginSettings
 
@@ -91,9 +88,17 @@ def run(args: argparse.Namespace) -> int:
             watchdog_tolerance_bytes=parse_bytes(args.watchdog_tolerance),
             watchdog_tolerance_percent=args.watchdog_tolerance_percent, proc_root=args.proc_root,
             health_quiet_seconds=args.health_quiet_seconds, health_poll_seconds=args.health_poll_seconds)
-        plugin = KubeletPlugin(settings, api_client(args.kubeconfig, component="vgpu-dra-kubelet-plugin"), publish_slices=not args.no_slices)
+        plugin = KubeletPlugin(settings, api_client(args.kubeconfig, component="vgpu-dra-kubelet-plugin"),
+                               publish_slices=not args.no_slices)
+    except ValueError as exc:  # a flag or the cluster configuration: the message names it and the fix
+        log.error("kubelet plugin cannot start", error=str(exc))
+        return 2
+    try:
         run_until_stopped(plugin.run, "kubelet-plugin")
         return 0
-    except Exception as exc:  # noqa: BLE001 - one clear line, then a non-zero exit for the DaemonSet
+    except InventoryError as exc:  # no driver or no NVML on the node: the message says what to check
+        log.error("kubelet plugin failed", error=str(exc))
+        return 1
+    except Exception as exc:  # noqa: BLE001 - unexpected: the traceback is for us, then a non-zero exit
         log.error("kubelet plugin failed", error=str(exc), exc_info=True)
         return 1

@@ -277,15 +277,15 @@ def read_cluster(api_client: Any) -> ClusterStatus:
 
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Print the cluster's status; returns the exit status."""
-    from vgpu_dra.cli.kube_client import api_client
+    from vgpu_dra.cli.kube_client import ClusterConfigError, api_client
 
     out = out or sys.stdout
     err = err or sys.stderr
     try:
         try:
             client = api_client(args.kubeconfig, component="vgpu-dra-status")
-        except Exception as exc:  # kubernetes.config.ConfigException, unreadable files
-            raise StatusError(f"no usable kubeconfig: {exc}") from None
+        except ClusterConfigError as exc:
+            raise StatusError(str(exc)) from None
         with client:
             status = read_cluster(client)
     except StatusError as exc:

@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from .kube_client import api_client
+from .kube_client import ClusterConfigError, api_client
 from .logging_setup import add_log_format_argument, configure_logging
 from .stop_signals import run_until_stopped
 
@@ -89,9 +89,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         client = api_client(args.kubeconfig, component="vgpu-dra-hami-webhook", connection_pool_maxsize=32)
-    except Exception as exc:  # noqa: BLE001 - any configuration problem is one line for the operator
-        print(f"vgpu-dra webhook: error: no usable cluster configuration ({exc}); give --kubeconfig or run in a pod",
-              file=sys.stderr)
+    except ClusterConfigError as exc:
+        print(f"vgpu-dra webhook: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_format)
     log = structlog.get_logger("vgpu_dra.webhook")

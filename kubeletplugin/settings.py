@@ -112,6 +112,8 @@ class PluginSettings:
         for sock in (self.registration_socket, self.dra_socket):
             if len(str(sock).encode()) > MAX_SOCKET_PATH:
                 raise ValueError(f"socket path {sock} is longer than {MAX_SOCKET_PATH} bytes (AF_UNIX limit)")
+        if self.resync_seconds <= 0:
+            raise ValueError(f"the resync period {self.resync_seconds:g} s must be positive seconds (--resync-seconds)")
         if self.health_quiet_seconds <= 0 or self.health_poll_seconds <= 0:
             raise ValueError("the health quiet period and poll interval must be positive seconds")
         if not 1 <= self.max_devices_per_slice <= 128:

@@ -137,7 +137,7 @@ def test_an_unreachable_api_server_is_one_line(tmp_path: Path) -> None:
 def test_a_missing_kubeconfig_is_one_line(tmp_path: Path) -> None:
     result = vgpu_dra("status", "--kubeconfig", str(tmp_path / "absent"))
     assert result.returncode == 1
-    assert result.stderr.startswith("vgpu-dra status: error: no usable kubeconfig: ")
+    assert result.stderr.startswith("vgpu-dra status: error: no usable cluster configuration (")
     assert result.stderr.count("\n") == 1
 
 
